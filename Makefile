@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Each builds its own virtual
+# environment from pyproject.toml (re-installed when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m collector demo
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check producer collector tests
+	$(VENV)/bin/ruff format --check producer collector tests
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.installed
+	$(PY) tests/benchmarks/bench_transport.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

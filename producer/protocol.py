@@ -1,0 +1,450 @@
+"""The clearml-relay wire protocol: the one place that defines what travels between processes.
+
+Everything else imports this module; the collector imports it from here. Decoding is the only
+place that trusts nothing, and the only exception it lets out is :class:`ProtocolError`.
+
+Frames
+======
+A producer (ZeroMQ DEALER) sends multipart messages to the collector (ZeroMQ ROUTER)::
+
+    frame 0   MAGIC + protocol version    6 bytes: b"CRLY" + unsigned 16-bit big-endian
+    frame 1   body                        msgpack of one request struct (tag field "t")
+    frame 2   payload                     raw bytes, only for FileChunk
+
+The collector answers on the same connection with ``[frame 0, body]`` (its ROUTER prepends the
+peer's identity frame, which never reaches the producer). Frame 0 is checked before anything is
+decoded, so an incompatible producer gets a clear ``Refuse(code="version")`` instead of a decode
+error. The protocol version is independent of the package version and changes only when an old
+peer could misread a new message; adding an optional field with a default does not change it
+(unknown fields are ignored).
+
+Events, sequence numbers and acks
+=================================
+An *event* is something that must land in the run's ClearML task (``RunOpen``, ``Scalar``, ...).
+Every event carries ``run`` (the run id), ``seq`` (1, 2, 3, ... per run, no holes) and ``ts``
+(producer wall-clock seconds). Events travel inside ``Submit`` batches, each one pre-encoded
+(``msgspec.Raw``) so that the producer's outbox and the collector's journal store the very bytes
+that crossed the wire.
+
+The collector accepts the events of a run strictly in ``seq`` order:
+
+- ``seq`` <= the run's journaled position: a duplicate (a resend), acked again, not stored twice;
+- ``seq`` == position + 1: validated, journaled (group commit), then acked;
+- ``seq`` > position + 1: something before it was lost in flight (a collector restart drops
+  whatever sat in its socket queues), so the event is not stored and the collector answers
+  ``Nack(run, expect=position + 1)``; the producer rewinds and resends from ``expect``.
+
+``Ack(runs={run: position})`` is cumulative: every event of ``run`` up to ``position`` is in the
+collector's journal. Only then may a producer drop those events from its outbox. A producer that
+has unacknowledged events in flight and hears no progress for a while resends from its acked
+position + 1 (the collector dedups), which also covers reconnects.
+
+An event that decodes but fails validation (or a ``Gap``) still consumes its ``seq``: the
+collector journals a ``Gap`` in its place, acks it, and answers ``Refuse`` with the reason, so a
+run never stalls behind one bad event and the producer can log exactly what was wrong.
+
+Files
+=====
+Images, plots and models travel as content, never as paths. An event that refers to a file
+holds a :class:`FileRef` (sha256, size, name). Before the producer sends such an event it makes
+sure the collector holds the file:
+
+1. ``FileOffer(run, sha256, size)``: the collector answers ``FileStatus(have=N)``, the number of
+   bytes of that file it already holds (``complete=True`` when all of them, verified).
+2. ``FileChunk(run, sha256, offset)`` + payload frame, from ``have`` onwards. The producer keeps
+   at most a credit window of chunks unanswered; the collector answers every chunk with
+   ``FileStatus(have=...)``, which returns one credit. A chunk at an offset other than ``have`` is
+   not written, and the answer tells the producer where to resume.
+3. When ``have == size`` the collector checks the sha256 of what it wrote: ``complete=True`` on a
+   match, otherwise it discards the bytes and answers ``have=0, error=...``.
+
+Only after ``complete=True`` is the event sent, so an acked event's file is always on the
+collector's disk. Files are content-addressed per run: an identical file is never sent twice.
+
+Other messages
+==============
+``Heartbeat`` tells the collector which runs still have a live producer (a run whose producer
+vanished is eventually marked aborted). ``StatusRequest`` is answered by ``StatusReply`` with the
+collector's counters and per-run positions (used by tests, ``clearml-relay runs`` and
+``clearml-relay status``). ``Refuse`` always names a code and a human-readable reason; ``backoff``
+carries ``retry_after`` seconds: keep spooling, send again later.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+MAGIC: Final = b"CRLY"
+HEADER: Final = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
+
+#: Default upper bound of one message body, and of one chunk payload.
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+CHUNK_BYTES: Final = 1024 * 1024
+
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+_Text = Annotated[str, msgspec.Meta(max_length=1024 * 1024)]
+_Short = Annotated[str, msgspec.Meta(max_length=255)]
+RunId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+_Iteration = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**62)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=2**50)]
+ParamValue = str | int | float | bool | None
+
+RefuseCode = Literal[
+    "version",  # frame 0 names another protocol version (or is not ours at all)
+    "malformed",  # undecodable body, wrong frame count, wrong types
+    "unknown_type",  # a body whose type tag this collector does not know
+    "too_large",  # a frame above the collector's size limits
+    "invalid",  # a decodable event with a bad field: it is replaced by a Gap
+    "out_of_order",  # a FileChunk at an offset other than what the collector holds
+    "backoff",  # the collector is at a resource bound: keep spooling, retry after
+    "internal",  # the collector failed to handle the message; it keeps serving
+]
+RunStatus = Literal["completed", "failed", "aborted"]
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; ``code`` is one of :data:`RefuseCode`."""
+
+    def __init__(self, code: RefuseCode, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code: RefuseCode = code
+        self.reason = reason
+
+
+class _Struct(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="t"):
+    """Common base: keyword-only, compact (defaults are not sent), tagged with ``t``."""
+
+
+# --------------------------------------------------------------------------------------- events
+
+
+class FileRef(msgspec.Struct, kw_only=True, frozen=True):
+    """A file that travels by content; ``name`` is a display name only, never a path."""
+
+    sha256: Sha256
+    size: _Size
+    name: _Name
+
+
+class GitInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    repository: _Short = ""
+    commit: _Short = ""
+    branch: _Short = ""
+    diff: _Text = ""
+
+
+class ExecutionContext(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Where the run executes: becomes the ClearML task's execution section."""
+
+    argv: list[_Text] = []
+    script: _Text = ""
+    cwd: _Text = ""
+    host: _Short = ""
+    pid: int = 0
+    user: _Short = ""
+    python: _Short = ""
+    packages: list[_Short] = []
+    git: GitInfo | None = None
+
+
+class _Event(_Struct):
+    run: RunId
+    seq: Seq
+    ts: float = 0.0
+
+
+class RunOpen(_Event, tag="open", kw_only=True):
+    """The first event of every run (seq 1)."""
+
+    project: _Name
+    name: _Name
+    tags: list[_Name] = []
+    task_type: _Short = "training"
+    hyperparams: dict[_Name, dict[_Name, ParamValue]] = {}
+    context: ExecutionContext | None = None
+    #: Report into this existing ClearML task instead of creating one.
+    task_id: _Short | None = None
+    #: Continue the ClearML task of this earlier run (a resumed training).
+    resume_run: RunId | None = None
+
+
+class Scalar(_Event, tag="scalar", kw_only=True):
+    title: _Name
+    series: _Name
+    value: float
+    iteration: _Iteration
+
+
+class SingleValue(_Event, tag="single", kw_only=True):
+    name: _Name
+    value: float
+
+
+class Hyperparams(_Event, tag="params", kw_only=True):
+    section: _Name
+    values: dict[_Name, ParamValue]
+
+
+class DebugImage(_Event, tag="image", kw_only=True):
+    title: _Name
+    series: _Name
+    iteration: _Iteration
+    file: FileRef
+
+
+class Plot(_Event, tag="plot", kw_only=True):
+    """A rendered plot (PNG) destined for the task's plot section."""
+
+    title: _Name
+    series: _Name
+    iteration: _Iteration
+    file: FileRef
+
+
+class Model(_Event, tag="model", kw_only=True):
+    name: _Name
+    file: FileRef
+    framework: _Short = "PyTorch"
+    tags: list[_Name] = []
+
+
+class ConsoleText(_Event, tag="text", kw_only=True):
+    text: _Text
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MachineStats(_Event, tag="stats", kw_only=True):
+    values: dict[_Name, float]
+    iteration: _Iteration | None = None
+
+
+class RunClose(_Event, tag="close", kw_only=True):
+    status: RunStatus = "completed"
+    error: _Text = ""
+
+
+class Gap(_Event, tag="gap", kw_only=True):
+    """Events ``seq`` .. ``last`` are lost (corrupt storage or refused as invalid)."""
+
+    last: Seq
+    reason: _Text
+
+
+Event = (
+    RunOpen
+    | Scalar
+    | SingleValue
+    | Hyperparams
+    | DebugImage
+    | Plot
+    | Model
+    | ConsoleText
+    | MachineStats
+    | RunClose
+    | Gap
+)
+FILE_EVENTS: Final = (DebugImage, Plot, Model)
+
+
+def event_file(event: Event) -> FileRef | None:
+    """The file an event refers to, if any."""
+    return event.file if isinstance(event, FILE_EVENTS) else None
+
+
+# ------------------------------------------------------------------------------------- requests
+
+
+class Submit(_Struct, tag="submit", kw_only=True):
+    """A batch of pre-encoded events (each one a msgpack-encoded :data:`Event`)."""
+
+    events: list[msgspec.Raw]
+
+
+class FileOffer(_Struct, tag="offer", kw_only=True):
+    run: RunId
+    sha256: Sha256
+    size: _Size
+
+
+class FileChunk(_Struct, tag="chunk", kw_only=True):
+    """Bytes ``offset`` .. ``offset + len(payload)`` of a file; the payload is frame 2."""
+
+    run: RunId
+    sha256: Sha256
+    offset: _Size
+
+
+class Heartbeat(_Struct, tag="heartbeat", kw_only=True):
+    runs: list[RunId]
+    host: _Short = ""
+    pid: int = 0
+
+
+class StatusRequest(_Struct, tag="status?", kw_only=True):
+    pass
+
+
+Request = Submit | FileOffer | FileChunk | Heartbeat | StatusRequest
+
+# -------------------------------------------------------------------------------------- replies
+
+
+class Ack(_Struct, tag="ack", kw_only=True):
+    """Cumulative: every event of each run up to the given seq is journaled."""
+
+    runs: dict[RunId, int]
+
+
+class Nack(_Struct, tag="nack", kw_only=True):
+    """Resend the run's events from ``expect`` on."""
+
+    run: RunId
+    expect: Seq
+
+
+class FileStatus(_Struct, tag="file", kw_only=True):
+    run: RunId
+    sha256: Sha256
+    have: _Size
+    complete: bool = False
+    error: _Text = ""
+
+
+class Refuse(_Struct, tag="refuse", kw_only=True):
+    code: RefuseCode
+    reason: _Text
+    run: RunId | None = None
+    seq: Seq | None = None
+    retry_after: float | None = None
+
+
+class RunInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    run: str
+    journaled: int = 0
+    applied: int = 0
+    state: str = "open"
+    project: str = ""
+    name: str = ""
+    task_id: str = ""
+    session: str = ""
+
+
+class StatusReply(_Struct, tag="status", kw_only=True):
+    counters: dict[str, int] = {}
+    runs: list[RunInfo] = []
+
+
+Reply = Ack | Nack | FileStatus | Refuse | StatusReply
+
+# ------------------------------------------------------------------------------ encode / decode
+
+_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+_any_decoder = msgspec.msgpack.Decoder()
+# msgspec raises DecodeError/ValidationError for bad msgpack and bad fields, but also plain
+# UnicodeDecodeError (a ValueError) for invalid UTF-8 and RecursionError for deep nesting.
+_DECODE_ERRORS: Final = (msgspec.MsgspecError, ValueError, RecursionError)
+_KNOWN_TAGS: Final = frozenset(
+    cls.__struct_config__.tag for cls in (*Event.__args__, *Request.__args__, *Reply.__args__)
+)
+
+
+def encode(message: Event | Request | Reply) -> bytes:
+    """The msgpack body of one message (frame 1)."""
+    return _encoder.encode(message)
+
+
+def check_header(frame: bytes) -> None:
+    """Raise ProtocolError unless ``frame`` is this protocol's frame 0 at this version."""
+    if frame == HEADER:
+        return
+    if len(frame) == len(HEADER) and frame.startswith(MAGIC):
+        (version,) = struct.unpack(">H", frame[len(MAGIC) :])
+        raise ProtocolError(
+            "version",
+            f"peer speaks clearml-relay protocol {version}, this side speaks {PROTOCOL_VERSION}",
+        )
+    raise ProtocolError("version", "frame 0 is not a clearml-relay protocol header")
+
+
+def _classify(body: bytes, exc: Exception, invalid: RefuseCode = "malformed") -> ProtocolError:
+    """Tell an unknown type tag from a malformed body (only on the error path).
+
+    ``invalid`` is the code for a body of a known type whose fields fail validation.
+    """
+    try:
+        obj: Any = _any_decoder.decode(body)
+    except _DECODE_ERRORS:
+        return ProtocolError("malformed", f"body is not valid msgpack: {exc}")
+    if isinstance(obj, dict) and isinstance(obj.get("t"), str) and obj["t"] not in _KNOWN_TAGS:
+        return ProtocolError("unknown_type", f"unknown message type {obj['t'][:64]!r}")
+    if isinstance(exc, msgspec.ValidationError):
+        return ProtocolError(invalid, str(exc))
+    return ProtocolError("malformed", str(exc))
+
+
+def decode_request(frames: list[bytes], max_body: int = MAX_BODY_BYTES) -> tuple[Request, bytes | None]:
+    """Decode ``[frame 0, body, payload?]`` from a producer into (request, payload)."""
+    if not 2 <= len(frames) <= 3:
+        raise ProtocolError("malformed", f"expected 2 or 3 frames, got {len(frames)}")
+    check_header(frames[0])
+    body = frames[1]
+    if len(body) > max_body:
+        raise ProtocolError("too_large", f"message body is {len(body)} bytes, limit {max_body}")
+    try:
+        request = _request_decoder.decode(body)
+    except _DECODE_ERRORS as exc:
+        raise _classify(body, exc) from None
+    payload = frames[2] if len(frames) == 3 else None
+    if isinstance(request, FileChunk) != (payload is not None):
+        raise ProtocolError("malformed", "a payload frame comes with FileChunk and nothing else")
+    return request, payload
+
+
+def decode_event(raw: bytes | msgspec.Raw) -> Event:
+    """Decode one pre-encoded event from a Submit batch, an outbox or a journal."""
+    try:
+        event: Event = _event_decoder.decode(raw)
+    except _DECODE_ERRORS as exc:
+        raise _classify(bytes(raw), exc, invalid="invalid") from None
+    return event
+
+
+def decode_reply(frames: list[bytes]) -> Reply:
+    """Decode ``[frame 0, body]`` from the collector."""
+    if len(frames) != 2:
+        raise ProtocolError("malformed", f"expected 2 frames, got {len(frames)}")
+    check_header(frames[0])
+    try:
+        reply: Reply = _reply_decoder.decode(frames[1])
+    except _DECODE_ERRORS as exc:
+        raise _classify(frames[1], exc) from None
+    return reply
+
+
+def peek_event_id(raw: bytes | msgspec.Raw) -> tuple[str, int] | None:
+    """Best-effort (run, seq) of an event that failed validation, to keep the run moving."""
+    try:
+        obj: Any = _any_decoder.decode(raw)
+    except _DECODE_ERRORS:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    try:
+        ident = msgspec.convert({"run": obj.get("run"), "seq": obj.get("seq")}, _EventId)
+    except msgspec.ValidationError:
+        return None
+    return ident.run, ident.seq
+
+
+class _EventId(msgspec.Struct):
+    run: RunId
+    seq: Seq
