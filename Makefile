@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m collector demo
+	$(PY) -m collector --log-level WARNING demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check producer collector tests

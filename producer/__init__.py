@@ -1,0 +1,23 @@
+"""clearml-relay's producer: the light library a training process logs through.
+
+Importing it loads only the standard library, pyzmq and msgspec: never clearml, torch,
+matplotlib or ultralytics.
+"""
+
+from producer.client import Client, get_client
+from producer.config import ConfigError, ProducerConfig
+from producer.run import Run
+from producer.sync import SyncProgress, SyncResult
+
+# ``sync`` (the function) is imported from ``producer.sync``: re-exporting it here would shadow
+# the submodule of the same name.
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "ProducerConfig",
+    "Run",
+    "SyncProgress",
+    "SyncResult",
+    "get_client",
+]

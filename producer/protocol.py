@@ -60,6 +60,8 @@ sure the collector holds the file:
 
 Only after ``complete=True`` is the event sent, so an acked event's file is always on the
 collector's disk. Files are content-addressed per run: an identical file is never sent twice.
+The collector persists each offer, so after its restart (or a sha256 mismatch) a producer may
+simply go on sending chunks: they are answered with ``have`` as for any other chunk.
 
 Other messages
 ==============
@@ -88,7 +90,8 @@ CHUNK_BYTES: Final = 1024 * 1024
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 _Text = Annotated[str, msgspec.Meta(max_length=1024 * 1024)]
 _Short = Annotated[str, msgspec.Meta(max_length=255)]
-RunId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# No leading dot: "." and ".." must never reach a path join on either side.
+RunId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 _Iteration = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**62)]
@@ -234,6 +237,10 @@ class Gap(_Event, tag="gap", kw_only=True):
 
     last: Seq
     reason: _Text
+
+    def __post_init__(self) -> None:
+        if self.last < self.seq:  # msgspec turns this into a ValidationError on decode
+            raise ValueError(f"gap ends at {self.last}, before it starts at {self.seq}")
 
 
 Event = (

@@ -115,6 +115,8 @@ def test_wrong_version_names_both_versions() -> None:
     ("fields", "where"),
     [
         ({"run": "../etc"}, "$.run"),
+        ({"run": ".."}, "$.run"),
+        ({"run": "."}, "$.run"),
         ({"run": "r", "seq": 0}, "$.seq"),
         ({"title": ""}, "$.title"),
         ({"title": "x" * 256}, "$.title"),
@@ -135,6 +137,14 @@ def test_file_names_on_the_wire_are_bounded_and_hashes_are_hex() -> None:
     for file in ({"sha256": "zz" * 32, "size": 1, "name": "a"}, {"sha256": SHA, "size": -1, "name": "a"}):
         with pytest.raises(p.ProtocolError):
             p.decode_event(msgspec.msgpack.encode({**bad, "file": file}))
+
+
+def test_a_gap_cannot_end_before_it_starts() -> None:
+    body = msgspec.msgpack.encode({"t": "gap", "run": "r", "seq": 5, "last": 4, "reason": "x"})
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_event(body)
+    assert info.value.code == "invalid"
+    assert "before it starts" in info.value.reason
 
 
 def test_peek_event_id_recovers_run_and_seq_of_an_invalid_event() -> None:

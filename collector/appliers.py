@@ -1,0 +1,263 @@
+"""Appliers: move journaled events into the backend, in order, one thread per run.
+
+Each run with events to apply has its own thread, so a slow, failing or hung run never stalls
+another. A thread waits until the journal is ahead of the backend, reads the run's journal from
+the backend's applied position + 1 and applies each event in order:
+
+- a jump in seq (journal damage the checksum caught) is applied as a synthesized ``Gap`` and
+  counted, so the run goes on and the loss is visible in its task;
+- an exception from the backend is logged and counted, and the *same* event is retried with a
+  capped exponential backoff that :meth:`Appliers.stop` interrupts;
+- once caught up, journal segments that hold only applied events are reclaimed (the newest
+  segment stays: it carries the journaled position);
+- a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
+
+Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backend`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Final
+
+from collector.backend import Backend
+from collector.counters import Counters
+from collector.files import FileStore
+from collector.journal import Journal, through
+from producer import protocol
+from producer.recordlog import Record
+
+log = logging.getLogger(__name__)
+
+_READ_RECORDS: Final = 256
+#: How long to wait before looking again when the journal is ahead but nothing is readable yet.
+_REREAD_SECONDS: Final = 0.5
+
+
+class _Run:
+    """One run's positions (guarded by the appliers' lock) and its thread, if one runs."""
+
+    def __init__(self, run: str, lock: threading.Lock, applied: int, journaled: int) -> None:
+        self.run = run
+        self.applied = applied
+        self.journaled = journaled
+        self.wake = threading.Condition(lock)
+        self.thread: threading.Thread | None = None
+
+
+class Appliers:
+    """Applies every run's journaled events to ``backend``.
+
+    Args:
+        journal: Source of events and positions; call :meth:`notify` on each commit.
+        backend: Where events go; it owns the applied position.
+        files: Passed to the backend for events that refer to a file.
+        counters: Where applied events, damage and backend failures are counted.
+        retry_initial: First delay before retrying an event the backend failed.
+        retry_max: Cap of the doubling retry delay.
+        idle_exit: Seconds a caught-up run's thread waits for more before it ends.
+
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        backend: Backend,
+        files: FileStore,
+        counters: Counters,
+        *,
+        retry_initial: float = 0.05,
+        retry_max: float = 30.0,
+        idle_exit: float = 30.0,
+    ) -> None:
+        self.journal = journal
+        self.backend = backend
+        self.files = files
+        self.counters = counters
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.idle_exit = idle_exit
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._runs: dict[str, _Run] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Resume every journaled run from the backend's applied position + 1."""
+        for run in self.journal.runs():
+            state = _Run(run, self._lock, self.backend.applied(run), self.journal.position(run))
+            with self._lock:
+                self._runs[run] = state
+                if state.journaled > state.applied:
+                    self._spawn(state)
+            if state.applied >= state.journaled:
+                self.journal.reclaim(run, state.applied)
+
+    def notify(self, run: str, position: int) -> None:
+        """The journal of ``run`` now reaches ``position`` (a journal listener)."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            state = self._runs.get(run)
+            if state is None:
+                # A new run; its backend position is normally 0, but a backend may have
+                # outlived the journal (a wiped data dir), so ask.
+                state = _Run(run, self._lock, 0, position)
+                self._runs[run] = state
+                state.applied = self.backend.applied(run)
+            state.journaled = max(state.journaled, position)
+            if state.thread is None:
+                if state.journaled > state.applied:
+                    self._spawn(state)
+            else:
+                state.wake.notify()
+
+    def applied(self, run: str) -> int:
+        with self._lock:
+            state = self._runs.get(run)
+            return state.applied if state else 0
+
+    def wait_applied(self, run: str, seq: int, timeout: float) -> bool:
+        """Wait until ``run`` is applied through ``seq``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (state := self._runs.get(run)) is None or state.applied < seq:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+            return True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every run is applied through its journaled position; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(state.applied < state.journaled for state in self._runs.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+            return True
+
+    def stop(self, timeout: float) -> bool:
+        """Stop every thread (between events, or out of a retry wait); False if one is stuck."""
+        self._stop.set()
+        with self._lock:
+            threads = [state.thread for state in self._runs.values() if state.thread is not None]
+            for state in self._runs.values():
+                state.wake.notify()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in threads if thread.is_alive()]
+        if stuck:
+            log.warning("appliers still busy after %.1f s: %s", timeout, ", ".join(stuck))
+        return not stuck
+
+    # --------------------------------------------------------------------------------- threads
+
+    def _spawn(self, state: _Run) -> None:
+        # Daemon: a backend call that hangs forever must not keep the process alive at exit.
+        state.thread = threading.Thread(
+            target=self._serve, args=(state,), name=f"apply-{state.run}", daemon=True
+        )
+        state.thread.start()
+
+    def _serve(self, state: _Run) -> None:
+        delay = self.retry_initial
+        while True:
+            try:
+                self._apply_journal(state)
+            except Exception:  # e.g. an unreadable journal: keep the run alive
+                self.counters.incr("applier_error")
+                log.exception("run %s: applier failed, restarting in %.2f s", state.run, delay)
+                if not self._stop.wait(delay):
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                with self._lock:
+                    state.thread = None
+            return
+
+    def _apply_journal(self, state: _Run) -> None:
+        with self._lock:
+            start = state.applied + 1
+        reader = self.journal.reader(state.run, start)
+        while self._wait_for_work(state):
+            records = reader.read(max_records=_READ_RECORDS)
+            if not records:
+                # The position moved before the bytes became readable (or the tail is damaged).
+                self._stop.wait(_REREAD_SECONDS)
+                continue
+            for record in records:
+                if not self._apply_record(state, record):
+                    return
+            with self._lock:
+                caught_up = state.applied >= state.journaled
+                applied = state.applied
+            if caught_up:
+                # The backend owns applied events now: segments holding only those can go.
+                self.journal.reclaim(state.run, applied)
+
+    def _wait_for_work(self, state: _Run) -> bool:
+        """Block until the run has events to apply; False when this thread should end."""
+        deadline = time.monotonic() + self.idle_exit
+        with self._lock:
+            while state.applied >= state.journaled and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    state.thread = None  # under the lock: notify() starts a new one if needed
+                    return False
+                state.wake.wait(remaining)
+            return not self._stop.is_set()
+
+    def _apply_record(self, state: _Run, record: Record) -> bool:
+        """Apply one journal record (after a Gap for any seqs missing before it)."""
+        expected = state.applied + 1
+        if record.seq < expected:
+            return True  # already applied (a reader restarted behind the position)
+        if record.seq > expected:
+            self.counters.incr("journal_gaps")
+            log.warning(
+                "run %s: journal lost seq %d..%d, applying a gap", state.run, expected, record.seq - 1
+            )
+            gap = protocol.Gap(
+                run=state.run, seq=expected, last=record.seq - 1, reason="journal damage on the collector"
+            )
+            if not self._apply(state, gap):
+                return False
+        event: protocol.Event | None
+        try:
+            event, reason = protocol.decode_event(record.body), ""
+        except protocol.ProtocolError as exc:
+            event, reason = None, exc.reason
+        if event is not None and (event.run != state.run or event.seq != record.seq):
+            reason = f"record {record.seq} holds event {event.run}/{event.seq}"
+            event = None
+        if event is None:
+            self.counters.incr("journal_undecodable")
+            log.error("run %s: journal record %d cannot be applied: %s", state.run, record.seq, reason)
+            event = protocol.Gap(run=state.run, seq=record.seq, last=record.seq, reason=reason[:1000])
+        return self._apply(state, event)
+
+    def _apply(self, state: _Run, event: protocol.Event) -> bool:
+        """Apply with retries until it succeeds; False if the appliers stop first."""
+        delay = self.retry_initial
+        while True:
+            try:
+                self.backend.apply(state.run, event, self.files)
+                break
+            except Exception:  # any backend failure: count, back off, retry
+                self.counters.incr("apply_error")
+                log.exception(
+                    "run %s: applying seq %d failed, retrying in %.2f s", state.run, event.seq, delay
+                )
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, self.retry_max)
+        self.counters.incr("applied")
+        with self._lock:
+            state.applied = through(event)
+            self._progress.notify_all()
+        return True

@@ -1,0 +1,157 @@
+"""Backends: where journaled events finally land, each applied exactly once.
+
+Exactly-once needs the backend to own its applied position: an applier resumes every run from
+``backend.applied(run) + 1``, so a backend must make "event applied" and "position advanced" one
+atomic step. :class:`JsonlBackend` (tests, demos) does it by writing one JSON line per event with
+a single ``write``: the last complete line *is* the position, and a torn last line left by a
+``kill -9`` is cut off when the run's file is opened again. The ClearML backend lives in its own
+module, imported lazily, so importing the collector never imports clearml.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from collector import paths
+from collector.files import FileStore
+from collector.journal import through
+from producer import protocol
+
+log = logging.getLogger(__name__)
+
+_SUFFIX: Final = ".jsonl"
+_TAIL_READ_BYTES: Final = 64 * 1024
+
+
+class Backend(Protocol):
+    """What the appliers need from a backend; calls for one run come from one thread at a time."""
+
+    def applied(self, run: str) -> int:
+        """The backend's own durable position: every event of ``run`` up to it is applied."""
+        ...
+
+    def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
+        """Apply the event that follows ``applied(run)`` and advance the position with it.
+
+        Raising means "not applied": the applier retries the same event later.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Line(msgspec.Struct):
+    seq: int
+    event: msgspec.Raw
+    file: str | None
+
+
+class _RunFile:
+    def __init__(self, fd: int, size: int, applied: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.applied = applied
+
+
+class JsonlBackend:
+    """Appends ``{"seq", "event", "file"}`` per event to ``directory/<run>.jsonl``.
+
+    Args:
+        directory: Where the per-run files go (created if missing).
+        fsync: fsync after every line (durable against power loss, slow).
+
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = False) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._files: dict[str, _RunFile] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, run: str) -> Path:
+        return paths.run_dir(self.directory, run).with_name(run + _SUFFIX)
+
+    def applied(self, run: str) -> int:
+        return self._file(run).applied
+
+    def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
+        ref = protocol.event_file(event)
+        stored = str(files.path(run, ref.sha256).absolute()) if ref is not None else None
+        line = msgspec.json.encode({"seq": event.seq, "event": event, "file": stored}) + b"\n"
+        state = self._file(run)
+        try:
+            written = os.write(state.fd, line)
+        except OSError:
+            os.ftruncate(state.fd, state.size)  # whatever part of the line did land goes again
+            raise
+        if written != len(line):
+            # Only a full line counts: cut a partial one off so the next attempt starts clean.
+            os.ftruncate(state.fd, state.size)
+            raise OSError(f"short write to {self.path(run)}: {written} of {len(line)} bytes")
+        if self.fsync:
+            os.fsync(state.fd)
+        state.size += len(line)
+        state.applied = through(event)
+        if isinstance(event, protocol.RunClose):
+            # An ended run keeps no file descriptor; a late event reopens the file.
+            with self._lock:
+                del self._files[run]
+            os.close(state.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for state in self._files.values():
+                os.close(state.fd)
+            self._files.clear()
+
+    def records(self, run: str) -> list[dict[str, Any]]:
+        """Every line of the run's file, decoded (for tests and the demo)."""
+        try:
+            data = self.path(run).read_bytes()
+        except FileNotFoundError:
+            return []
+        decoded: list[dict[str, Any]] = [msgspec.json.decode(line) for line in data.splitlines()]
+        return decoded
+
+    def _file(self, run: str) -> _RunFile:
+        with self._lock:
+            state = self._files.get(run)
+            if state is None:
+                state = self._open(run)
+                self._files[run] = state
+            return state
+
+    def _open(self, run: str) -> _RunFile:
+        path = self.path(run)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
+        # Every applied event is one line ending in a newline; anything after the last newline
+        # is a line torn by a crash, never applied.
+        complete = _line_start(fd, size)
+        if complete < size:
+            log.warning("cutting a torn last line (%d bytes) off %s", size - complete, path)
+            os.ftruncate(fd, complete)
+        applied = 0
+        if complete:
+            start = _line_start(fd, complete - 1)
+            line = msgspec.json.decode(os.pread(fd, complete - start, start), type=_Line)
+            applied = through(msgspec.json.decode(line.event, type=protocol.Event))
+        return _RunFile(fd, complete, applied)
+
+
+def _line_start(fd: int, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 if there is none)."""
+    while end > 0:
+        start = max(0, end - _TAIL_READ_BYTES)
+        found = os.pread(fd, end - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0

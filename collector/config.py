@@ -1,0 +1,153 @@
+"""The collector's configuration: every setting, its environment variable and its default.
+
+All environment variable names of the collector live here, under one prefix
+(``CLEARML_RELAY_``). Precedence is explicit argument > environment variable > default, so
+the environment alone is enough to configure a collector (Docker, systemd) and the CLI only
+passes the flags it was given. A bad value raises :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from producer import protocol
+
+PREFIX: Final = "CLEARML_RELAY_"
+ENV_BIND: Final = PREFIX + "BIND"
+ENV_DATA_DIR: Final = PREFIX + "DATA_DIR"
+ENV_FSYNC: Final = PREFIX + "JOURNAL_FSYNC"
+ENV_MAX_BODY_BYTES: Final = PREFIX + "MAX_BODY_BYTES"
+ENV_MAX_JOURNAL_BYTES: Final = PREFIX + "MAX_JOURNAL_BYTES"
+ENV_SEGMENT_BYTES: Final = PREFIX + "JOURNAL_SEGMENT_BYTES"
+ENV_HEARTBEAT_TIMEOUT: Final = PREFIX + "HEARTBEAT_TIMEOUT"
+ENV_DRAIN_TIMEOUT: Final = PREFIX + "DRAIN_TIMEOUT"
+ENV_BACKEND: Final = PREFIX + "BACKEND"
+#: Read by the CLI only: a library never configures logging.
+ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
+
+FsyncPolicy = Literal["batch", "never"]
+FSYNC_POLICIES: Final = ("batch", "never")
+BACKENDS: Final = ("jsonl",)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable and value."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything a :class:`collector.server.Collector` needs to know.
+
+    Attributes:
+        bind: ZeroMQ endpoint of the ROUTER socket (``tcp://host:0`` picks a free port).
+        data_dir: Root of the journal, the file store and the record backend.
+        fsync: ``batch``: fsync every touched journal once per group commit, before acking;
+            ``never``: rely on the page cache (survives ``kill -9``, not a power loss).
+        max_body_bytes: Largest message body and file chunk payload accepted.
+        max_journal_bytes: Above this many journal bytes new events are refused with
+            ``Refuse(code="backoff")``; producers keep spooling.
+        journal_segment_bytes: Size at which a run's journal starts a new segment file.
+        heartbeat_timeout: Seconds without a heartbeat after which a run counts as orphaned.
+        drain_timeout: Seconds a graceful stop waits for appliers to catch up.
+        backend: Which backend applies events (``jsonl``: JSON lines, for tests and demos).
+
+    """
+
+    bind: str = "tcp://127.0.0.1:5555"
+    data_dir: Path = Path("./clearml-relay-data")
+    fsync: FsyncPolicy = "batch"
+    max_body_bytes: int = protocol.MAX_BODY_BYTES
+    max_journal_bytes: int = 10 * 1024**3
+    journal_segment_bytes: int = 8 * 1024 * 1024
+    heartbeat_timeout: float = 120.0
+    drain_timeout: float = 10.0
+    backend: str = "jsonl"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+        """Build a config: explicit ``overrides`` > ``environ`` (default ``os.environ``) > default.
+
+        An override of ``None`` and an empty variable count as not given, so a CLI can pass
+        every flag through.
+
+        Raises:
+            ConfigError: a value is malformed or out of range, or an override is unknown.
+
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            var, parse = _FIELDS[field.name]
+            raw = overrides.pop(field.name, None)
+            if raw is None:
+                raw = env.get(var, "").strip() or None
+            if raw is not None:
+                values[field.name] = _parse(var, raw, parse)
+        if overrides:
+            raise ConfigError(f"unknown collector settings: {', '.join(sorted(overrides))}")
+        return cls(**values)
+
+
+def _parse(var: str, raw: Any, parse: Callable[[Any], Any]) -> Any:
+    try:
+        return parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{var}={raw!r}: {exc}") from None
+
+
+def _bind(raw: Any) -> str:
+    value = str(raw).strip()
+    if "://" not in value:
+        raise ValueError("expected a ZeroMQ endpoint such as tcp://0.0.0.0:5555")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _positive_int(raw: Any) -> int:
+    # bool is an int subclass, and True as a byte count is surely a mistake.
+    if isinstance(raw, bool):
+        raise TypeError("expected a positive integer")
+    value = int(str(raw).strip().replace("_", "")) if not isinstance(raw, int) else raw
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _positive_float(raw: Any) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("expected a positive number of seconds")
+    return value
+
+
+def _data_dir(raw: Any) -> Path:
+    if not str(raw).strip():
+        raise ValueError("expected a directory path")
+    return Path(raw).expanduser()
+
+
+_FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
+    "bind": (ENV_BIND, _bind),
+    "data_dir": (ENV_DATA_DIR, _data_dir),
+    "fsync": (ENV_FSYNC, _choice(*FSYNC_POLICIES)),
+    "max_body_bytes": (ENV_MAX_BODY_BYTES, _positive_int),
+    "max_journal_bytes": (ENV_MAX_JOURNAL_BYTES, _positive_int),
+    "journal_segment_bytes": (ENV_SEGMENT_BYTES, _positive_int),
+    "heartbeat_timeout": (ENV_HEARTBEAT_TIMEOUT, _positive_float),
+    "drain_timeout": (ENV_DRAIN_TIMEOUT, _positive_float),
+    "backend": (ENV_BACKEND, _choice(*BACKENDS)),
+}

@@ -1,0 +1,341 @@
+"""Ingest: the collector's ROUTER socket, from received frames to journaled events and acks.
+
+The loop polls, then drains up to :data:`DRAIN_MESSAGES` messages without blocking and handles
+them as one batch. Garbage is routine (a daemon on a shared network gets it): every message is
+decoded inside its own try/except, every refusal is answered with a ``Refuse`` that names the
+reason and counted as ``refused_<code>``, and the loop keeps serving. A message that trips an
+unexpected error is logged with its traceback, counted as ``internal_error`` and answered with
+``Refuse("internal")``.
+
+Events of a ``Submit`` are accepted strictly in seq order per run (see :mod:`producer.protocol`)
+against the journaled position plus what this batch already accepted. All events accepted in a
+batch are journaled in one group commit, and only then does each peer get its replies: its
+refusals and nacks first, then one cumulative ``Ack`` with the journaled position of every run it
+touched, duplicates included. Replies are never sent ahead of the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+import zmq
+
+from collector import paths
+from collector.counters import Counters
+from collector.files import FileStore
+from collector.journal import Entry, Journal, through
+from producer import protocol
+
+log = logging.getLogger(__name__)
+
+#: Messages handled per batch (and so per group commit) at most.
+DRAIN_MESSAGES: Final = 1000
+POLL_MS: Final = 100
+#: What a producer is told to wait when the journal is full or failing.
+BACKOFF_SECONDS: Final = 5.0
+_REASON_CHARS: Final = 1000
+
+
+def max_message_size(max_body_bytes: int) -> int:
+    """ZeroMQ's hard per-frame cap, well above the limits that are answered.
+
+    A frame between a limit and the cap gets a ``Refuse("too_large")``; a frame beyond the cap
+    makes ZeroMQ drop the connection, so a huge message never gets to exhaust memory.
+    """
+    return 2 * max_body_bytes + 64 * 1024
+
+
+class _Batch:
+    """What one drained batch accepted and owes each peer."""
+
+    def __init__(self, journal: Journal, over_quota: bool) -> None:
+        self.journal = journal
+        self.over_quota = over_quota
+        self.positions: dict[str, int] = {}
+        self.entries: dict[str, list[Entry]] = {}
+        self.replies: list[tuple[bytes, protocol.Reply]] = []
+        self.acks: dict[bytes, set[str]] = {}
+        # (peer, run) pairs already told to resend or to back off: their later events in this
+        # batch cannot be in order, and one answer per run is enough.
+        self.stalled: set[tuple[bytes, str]] = set()
+
+    def position(self, run: str) -> int:
+        if run not in self.positions:
+            self.positions[run] = self.journal.position(run)
+        return self.positions[run]
+
+    def accept(self, peer: bytes, run: str, entry: Entry) -> None:
+        self.entries.setdefault(run, []).append(entry)
+        self.positions[run] = through(entry.event)
+        self.ack(peer, run)
+
+    def ack(self, peer: bytes, run: str) -> None:
+        self.acks.setdefault(peer, set()).add(run)
+
+
+class Ingest:
+    """The ROUTER socket and what it does with each message.
+
+    Args:
+        context: The ZeroMQ context the socket is made in (owned by the caller).
+        bind: The endpoint to bind (``tcp://host:0`` picks a free port; see :attr:`endpoint`).
+        journal: Where accepted events go.
+        files: Where file offers and chunks go.
+        counters: Where every reason and event is counted.
+        status: Builds the reply to a ``StatusRequest``.
+        max_body_bytes: Largest body and chunk payload accepted.
+        max_journal_bytes: Above this, new events are refused with ``backoff``.
+
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        bind: str,
+        journal: Journal,
+        files: FileStore,
+        *,
+        counters: Counters,
+        status: Callable[[], protocol.StatusReply],
+        max_body_bytes: int = protocol.MAX_BODY_BYTES,
+        max_journal_bytes: int = 10 * 1024**3,
+    ) -> None:
+        self.journal = journal
+        self.files = files
+        self.counters = counters
+        self.status = status
+        self.max_body_bytes = max_body_bytes
+        self.max_journal_bytes = max_journal_bytes
+        #: Last heartbeat (monotonic seconds) per run.
+        self.heartbeats: dict[str, float] = {}
+        self.socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
+        try:
+            self.socket.setsockopt(zmq.LINGER, 0)
+            # Mandatory routing makes a reply to a vanished peer an error we can count.
+            self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size(max_body_bytes))
+            self.socket.bind(bind)
+            self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
+
+    def serve(self, stop: threading.Event) -> None:
+        """Handle messages until ``stop`` is set (checked at least every :data:`POLL_MS`)."""
+        while not stop.is_set():
+            if not self.socket.poll(POLL_MS, zmq.POLLIN):
+                continue
+            messages: list[list[bytes]] = []
+            while len(messages) < DRAIN_MESSAGES:
+                try:
+                    messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            try:
+                self.handle(messages)
+            except Exception:  # e.g. a socket error while replying: keep serving
+                log.exception("internal error handling a batch of %d messages", len(messages))
+                self.counters.incr("internal_error")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    # ------------------------------------------------------------------------------- one batch
+
+    def handle(self, messages: list[list[bytes]]) -> None:
+        """Handle one batch of received messages (identity frame first), commit, then reply."""
+        batch = _Batch(self.journal, self.journal.size_bytes() >= self.max_journal_bytes)
+        for frames in messages:
+            peer = frames[0]
+            self.counters.incr("messages")
+            try:
+                self._message(peer, frames[1:], batch)
+            except protocol.ProtocolError as exc:
+                self._refuse(batch, peer, exc.code, exc.reason)
+            except Exception:  # one bad message must not stop the collector
+                log.exception("internal error handling a message")
+                self.counters.incr("internal_error")
+                self._refuse(batch, peer, "internal", "the collector failed to handle this message")
+        failed = self._commit(batch)
+        for peer, reply in batch.replies:
+            self._send(peer, reply)
+        for peer, runs in batch.acks.items():
+            positions = {run: self.journal.position(run) for run in sorted(runs - failed)}
+            positions = {run: position for run, position in positions.items() if position > 0}
+            if positions:
+                self._send(peer, protocol.Ack(runs=positions))
+
+    def _commit(self, batch: _Batch) -> set[str]:
+        """Journal the batch; returns the runs that must not be acked (their write failed)."""
+        if not batch.entries:
+            return set()
+        try:
+            failed = self.journal.append_batch(batch.entries)
+        except Exception:  # acks below still report only what the journal holds
+            log.exception("group commit failed")
+            self.counters.incr("internal_error")
+            failed = set(batch.entries)
+        accepted = sum(len(entries) for run, entries in batch.entries.items() if run not in failed)
+        self.counters.incr("events_journaled", accepted)
+        for peer, runs in batch.acks.items():
+            for run in sorted(runs & failed):
+                self._refuse(
+                    batch,
+                    peer,
+                    "backoff",
+                    "the collector could not journal this run's events",
+                    run=run,
+                    retry_after=BACKOFF_SECONDS,
+                )
+        return failed
+
+    def _message(self, peer: bytes, frames: list[bytes], batch: _Batch) -> None:
+        request, payload = protocol.decode_request(frames, self.max_body_bytes)
+        if isinstance(request, protocol.Submit):
+            for raw in request.events:
+                self._event(peer, raw, batch)
+        elif isinstance(request, protocol.FileOffer):
+            self._check_run(request.run)
+            batch.replies.append((peer, self.files.offer(request.run, request.sha256, request.size)))
+        elif isinstance(request, protocol.FileChunk):
+            assert payload is not None  # decode_request pairs FileChunk with its payload
+            if len(payload) > self.max_body_bytes:
+                raise protocol.ProtocolError(
+                    "too_large", f"chunk payload is {len(payload)} bytes, limit {self.max_body_bytes}"
+                )
+            self._check_run(request.run)
+            status = self.files.chunk(request.run, request.sha256, request.offset, payload)
+            batch.replies.append((peer, status))
+        elif isinstance(request, protocol.Heartbeat):
+            self.counters.incr("heartbeats")
+            now = time.monotonic()
+            for run in request.runs:
+                if paths.is_safe_run(run):
+                    self.heartbeats[run] = now
+        else:
+            batch.replies.append((peer, self.status()))
+
+    @staticmethod
+    def _check_run(run: str) -> None:
+        if not paths.is_safe_run(run):
+            raise protocol.ProtocolError("invalid", f"run id {run!r} is reserved")
+
+    def _event(self, peer: bytes, raw: msgspec.Raw, batch: _Batch) -> None:
+        """Dedup, order and validate one event of a Submit; journal it or its Gap, or refuse."""
+        body = bytes(raw)
+        event: protocol.Event | None
+        error: protocol.ProtocolError | None = None
+        try:
+            event = protocol.decode_event(body)
+            run, seq = event.run, event.seq
+        except protocol.ProtocolError as exc:
+            event, error = None, exc
+            ident = protocol.peek_event_id(body)
+            if ident is None:
+                self._refuse(batch, peer, exc.code, exc.reason)
+                return
+            run, seq = ident
+        if self._next_in_order(peer, run, seq, batch):
+            self._accept(batch, peer, run=run, seq=seq, body=body, event=event, error=error)
+
+    def _next_in_order(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
+        """Whether the event is the run's next; answers duplicates, gaps and backoff itself."""
+        if not paths.is_safe_run(run):
+            self._refuse(batch, peer, "invalid", f"run id {run!r} is reserved", seq=seq)
+            return False
+        position = batch.position(run)
+        if seq <= position:
+            self.counters.incr("duplicates")
+            batch.ack(peer, run)
+            return False
+        if (peer, run) in batch.stalled:
+            return False
+        if seq > position + 1:
+            self._nack(batch, peer, run, position + 1)
+            return False
+        if batch.over_quota:
+            batch.stalled.add((peer, run))
+            self._refuse(
+                batch,
+                peer,
+                "backoff",
+                "the collector's journal is full: keep spooling",
+                run=run,
+                seq=seq,
+                retry_after=BACKOFF_SECONDS,
+            )
+            return False
+        return True
+
+    def _accept(
+        self,
+        batch: _Batch,
+        peer: bytes,
+        *,
+        run: str,
+        seq: int,
+        body: bytes,
+        event: protocol.Event | None,
+        error: protocol.ProtocolError | None,
+    ) -> None:
+        """Accept the run's next event into the batch, or a Gap in place of a refused one."""
+        if isinstance(event, protocol.Gap) and event.last < event.seq:
+            error = protocol.ProtocolError("invalid", f"gap ends at {event.last}, before {seq}")
+            event = None
+        if event is None:
+            assert error is not None
+            # A refused event still consumes its seq, so the run never stalls behind it.
+            gap = protocol.Gap(
+                run=run, seq=seq, last=seq, reason=f"refused ({error.code}): {error.reason}"[:_REASON_CHARS]
+            )
+            batch.accept(peer, run, Entry(seq, protocol.encode(gap), gap))
+            self.counters.incr("gaps_journaled")
+            self._refuse(batch, peer, error.code, error.reason, run=run, seq=seq)
+            return
+        ref = protocol.event_file(event)
+        if ref is not None and not self.files.is_complete(run, ref.sha256):
+            # The producer keeps the file until the event is acked: have it offered again.
+            self.counters.incr("file_missing")
+            self._nack(batch, peer, run, seq)
+            return
+        batch.accept(peer, run, Entry(seq, body, event))
+
+    # --------------------------------------------------------------------------------- replies
+
+    def _nack(self, batch: _Batch, peer: bytes, run: str, expect: int) -> None:
+        self.counters.incr("nacks")
+        batch.stalled.add((peer, run))
+        batch.replies.append((peer, protocol.Nack(run=run, expect=expect)))
+
+    def _refuse(
+        self,
+        batch: _Batch,
+        peer: bytes,
+        code: protocol.RefuseCode,
+        reason: str,
+        *,
+        run: str | None = None,
+        seq: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.counters.incr(f"refused_{code}")
+        log.debug("refused %s from peer %s: %s", code, peer.hex(), reason)
+        refuse = protocol.Refuse(
+            code=code, reason=reason[:_REASON_CHARS], run=run, seq=seq, retry_after=retry_after
+        )
+        batch.replies.append((peer, refuse))
+
+    def _send(self, peer: bytes, reply: protocol.Reply) -> None:
+        try:
+            self.socket.send_multipart([peer, protocol.HEADER, protocol.encode(reply)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters.incr("reply_dropped")  # the peer's queue is full: it will resend
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.counters.incr("unroutable")  # the peer left; its resend will be answered

@@ -1,0 +1,308 @@
+"""The collector's journal: durability of accepted events, one record log per run.
+
+``data_dir/journal/<run>/`` holds the run's :class:`~producer.recordlog.RecordLog` (record seq ==
+event seq, record body == the event's bytes as they crossed the wire, or an encoded ``Gap`` that
+stands in for a refused event) and ``meta.json`` (project, name and state, from ``RunOpen`` and
+``RunClose``). The journal owns each run's *journaled position*: the highest seq such that every
+event up to it is in the journal. Acks report exactly that, so an ack is never ahead of the disk.
+
+Appends are group commits: :meth:`Journal.append_batch` writes all events of one ingest batch
+(one write per touched run), then fsyncs each touched run once (policy ``batch``), and only then
+returns, so the caller may ack. Listeners (the appliers) hear about new positions after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from collector import paths
+from collector.counters import Counters
+from producer import protocol
+from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog
+
+log = logging.getLogger(__name__)
+
+META: Final = "meta.json"
+
+Listener = Callable[[str, int], None]
+
+
+class Entry(NamedTuple):
+    """One event to journal: its seq, the bytes to store and the decoded event."""
+
+    seq: int
+    body: bytes
+    event: protocol.Event
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What the collector knows about a run beyond its events."""
+
+    project: str = ""
+    name: str = ""
+    state: str = "open"
+
+
+def through(event: protocol.Event) -> int:
+    """The last seq an event accounts for (a ``Gap`` may stand for several)."""
+    return max(event.seq, event.last) if isinstance(event, protocol.Gap) else event.seq
+
+
+def _meta_after(meta: RunMeta, event: protocol.Event) -> RunMeta:
+    if isinstance(event, protocol.RunOpen):
+        return replace(meta, project=event.project, name=event.name, state="open")
+    if isinstance(event, protocol.RunClose):
+        return replace(meta, state=event.status)
+    return meta
+
+
+class _Run:
+    """One run's writer and bookkeeping (guarded by the journal's lock)."""
+
+    def __init__(self, directory: Path, log_: RecordLog, position: int, meta: RunMeta) -> None:
+        self.directory = directory
+        self.log = log_
+        self.position = position
+        self.meta = meta
+
+
+class Journal:
+    """Per-run record logs under ``directory`` (normally ``data_dir/journal``).
+
+    Args:
+        directory: Root of the per-run journal directories; existing runs are reopened.
+        fsync: Whether a group commit fsyncs the touched journals before returning.
+        segment_bytes: Segment size of each run's record log.
+        counters: Where damage and write failures are counted.
+
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: bool = True,
+        segment_bytes: int = 8 * 1024 * 1024,
+        counters: Counters | None = None,
+    ) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.counters = counters if counters is not None else Counters()
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}
+        self._listeners: list[Listener] = []
+        self._bytes = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(os.listdir(directory)):
+            if not (directory / entry).is_dir():
+                continue
+            if not paths.is_safe_run(entry):
+                log.warning("ignoring journal directory %s: not a run id", directory / entry)
+                continue
+            run = self._open(entry)
+            self._runs[entry] = run
+            self._bytes += run.log.size_bytes()
+        log.info("journal %s: %d runs, %d bytes", directory, len(self._runs), self._bytes)
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def runs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._runs)
+
+    def position(self, run: str) -> int:
+        """The run's journaled position (0 for a run never seen)."""
+        with self._lock:
+            found = self._runs.get(run)
+            return found.position if found else 0
+
+    def meta(self, run: str) -> RunMeta:
+        with self._lock:
+            found = self._runs.get(run)
+            return found.meta if found else RunMeta()
+
+    def size_bytes(self) -> int:
+        """Bytes held by all journals (tracked, not measured: cheap to ask on every batch)."""
+        with self._lock:
+            return self._bytes
+
+    def reader(self, run: str, start_seq: int) -> LogReader:
+        """A reader of the run's journal from ``start_seq`` on; damage is reported and counted."""
+        return LogReader(paths.run_dir(self.directory, run), start_seq=start_seq, on_damage=self._damage)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(run, position)`` after every group commit that advanced ``run``."""
+        self._listeners.append(listener)
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def append_batch(self, batch: Mapping[str, Sequence[Entry]]) -> set[str]:
+        """Group commit: journal every run's entries, sync, then notify listeners.
+
+        The entries of a run must follow its position in order. A run whose write fails is
+        reopened (which cuts off a partial write) and left at whatever its log holds; the
+        other runs are unaffected.
+
+        Returns:
+            The runs whose append or fsync failed: their events may not be journaled (durably),
+            so they must not be acked.
+
+        """
+        failed: set[str] = set()
+        written: list[tuple[str, _Run]] = []
+        for name, entries in batch.items():
+            if not entries:
+                continue
+            try:
+                written.append((name, self._append(name, entries)))
+            except OSError:
+                log.exception("journal append failed for run %s", name)
+                self.counters.incr("journal_write_error")
+                failed.add(name)
+                self._reopen(name)
+        if self.fsync:
+            for name, run in written:
+                try:
+                    run.log.sync()
+                except OSError:
+                    # Not durable, so not acked: the producer resends and gets a duplicate's ack.
+                    log.exception("journal fsync failed for run %s", name)
+                    self.counters.incr("journal_write_error")
+                    failed.add(name)
+        for _, run in written:
+            if run.meta.state != "open":
+                run.log.close()  # ended: free its fd (a late event reopens it as a new segment)
+        with self._lock:
+            advanced = [(name, self._runs[name].position) for name in batch if name not in failed]
+        for name, position in advanced:
+            for listener in self._listeners:
+                listener(name, position)
+        return failed
+
+    def _append(self, name: str, entries: Sequence[Entry]) -> _Run:
+        with self._lock:
+            run = self._runs.get(name)
+        if run is None:
+            run = self._create(name)
+        meta = run.meta
+        for entry in entries:
+            meta = _meta_after(meta, entry.event)
+        if meta != run.meta:
+            # Meta goes first: a crash after it but before the records leaves meta ahead of the
+            # journal, which the resent events make true again; meta behind would stay wrong.
+            self._write_meta(run.directory, meta)
+        run.log.append((entry.seq, entry.body) for entry in entries)
+        with self._lock:
+            run.meta = meta
+            run.position = through(entries[-1].event)
+            self._bytes += sum(HEADER_BYTES + len(entry.body) for entry in entries)
+        return run
+
+    def reclaim(self, run: str, applied: int) -> int:
+        """Delete the run's journal segments that hold only events up to ``applied``.
+
+        The newest segment always stays: its last record is the run's journaled position.
+        """
+        with self._lock:
+            found = self._runs.get(run)
+        if found is None:
+            return 0
+        freed = found.log.drop_through(applied)
+        if freed:
+            with self._lock:
+                self._bytes -= freed
+            log.debug("reclaimed %d journal bytes of run %s through %d", freed, run, applied)
+        return freed
+
+    def close(self) -> None:
+        with self._lock:
+            for run in self._runs.values():
+                run.log.close()
+
+    # --------------------------------------------------------------------------------- internal
+
+    def _damage(self, damage: Damage) -> None:
+        self.counters.incr("journal_damage")
+        log.warning(
+            "journal damage in %s at offset %d (%d bytes): %s",
+            damage.path,
+            damage.offset,
+            damage.length,
+            damage.reason,
+        )
+
+    def _open(self, name: str) -> _Run:
+        directory = paths.run_dir(self.directory, name)
+        record_log = RecordLog(directory, segment_bytes=self.segment_bytes, on_damage=self._damage)
+        position = record_log.last_seq
+        if position:
+            # A Gap as the last record accounts for seqs beyond its own.
+            last = LogReader(directory, start_seq=position).read(max_records=1)
+            if last and last[0].seq == position:
+                # Refused events are journaled as Gaps, so an undecodable record extends nothing.
+                with contextlib.suppress(protocol.ProtocolError):
+                    position = through(protocol.decode_event(last[0].body))
+        meta = self._read_meta(directory)
+        if meta.state != "open":
+            record_log.close()  # file descriptors are kept for runs that may still write
+        return _Run(directory, record_log, position, meta)
+
+    def _create(self, name: str) -> _Run:
+        directory = paths.run_dir(self.directory, name)
+        directory.mkdir(exist_ok=True)
+        if self.fsync:
+            paths.fsync_path(self.directory)
+        run = _Run(directory, RecordLog(directory, segment_bytes=self.segment_bytes), 0, RunMeta())
+        with self._lock:
+            self._runs[name] = run
+        return run
+
+    def _reopen(self, name: str) -> None:
+        with self._lock:
+            run = self._runs.get(name)
+        if run is None:
+            return
+        run.log.close()
+        try:
+            fresh = self._open(name)
+        except OSError:
+            log.exception("cannot reopen the journal of run %s", name)
+            return
+        with self._lock:
+            self._runs[name] = fresh
+
+    @staticmethod
+    def _read_meta(directory: Path) -> RunMeta:
+        try:
+            data = json.loads((directory / META).read_text())
+            return RunMeta(
+                project=str(data.get("project", "")),
+                name=str(data.get("name", "")),
+                state=str(data.get("state", "open")),
+            )
+        except FileNotFoundError:
+            return RunMeta()
+        except (OSError, ValueError, AttributeError):
+            log.warning("unreadable %s: run metadata starts afresh", directory / META)
+            return RunMeta()
+
+    def _write_meta(self, directory: Path, meta: RunMeta) -> None:
+        tmp = directory / (META + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(meta), f)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, directory / META)
+        if self.fsync:
+            paths.fsync_path(directory)

@@ -1,0 +1,572 @@
+"""The process-wide producer client: hand-off queue, writer thread, flush, exit and fork handling.
+
+Callers (``Run`` methods, on the training thread) only build an event and put it on an unbounded
+``SimpleQueue`` guarded by an explicit counter (``max_pending``): over the bound the event is
+dropped and counted, the caller never blocks. The writer thread assigns sequence numbers, spools
+referenced files into the outbox, appends the encoded events in batches and wakes the sender
+thread (:mod:`producer.sender`), which delivers them.
+
+One :class:`Client` serves every ``Run`` of a process that uses the same endpoint and spool
+directory (:func:`get_client`). At interpreter exit it flushes for at most ``flush_timeout`` and
+then stops its threads with bounded joins, so the process exits even when the collector is down;
+what was not acknowledged stays in the outbox for the next producer or ``clearml-relay sync``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+import zmq
+
+from producer import protocol
+from producer.config import ProducerConfig
+from producer.context import complete_context
+from producer.once import Once
+from producer.outbox import Outbox
+from producer.recordlog import Damage
+from producer.sender import Sender
+
+log = logging.getLogger(__name__)
+
+#: Most hand-offs the writer takes from the queue for one batch (one write per run per batch).
+WRITE_BATCH: Final = 5000
+#: An encoded event must leave room in a Submit body for its batch overhead.
+MAX_EVENT_BYTES: Final = protocol.MAX_BODY_BYTES - 64 * 1024
+#: Bounded joins at shutdown: the process must exit within flush_timeout + about 1 s.
+JOIN_SECONDS: Final = 0.4
+
+
+@dataclass(eq=False)
+class RunState:
+    """What the client knows about one run's outbox; shared by the caller, writer and sender.
+
+    Attributes:
+        run_id: the run.
+        owned: created by a ``Run`` in this process (False: a leftover outbox adopted).
+        outbox: opened by the writer on the first event (owned) or at adoption.
+        next_seq: the next sequence number (writer thread only).
+        pending: hand-offs queued and not yet handled by the writer (under the client's lock).
+        closing: a RunClose was handed off; the run takes no more events.
+        closed: the RunClose is in the outbox.
+        failed: the outbox could not be opened; the run's events are dropped.
+        removed: delivered completely and its directory deleted.
+        start_acked: acked position when this client took the run over (progress reports).
+
+    """
+
+    run_id: str
+    owned: bool
+    outbox: Outbox | None = None
+    next_seq: int = 1
+    pending: int = 0
+    closing: bool = False
+    closed: bool = False
+    failed: bool = False
+    removed: bool = False
+    start_acked: int = 0
+
+    def finished(self) -> bool:
+        """Nothing more will happen to this run's events: delivered, or undeliverable."""
+        if self.pending:
+            return False
+        return self.failed or self.removed or self.outbox is None or self.outbox.fully_acked()
+
+    def delivered(self) -> bool:
+        return self.finished() and not self.failed
+
+
+class _Handoff(NamedTuple):
+    run: RunState
+    #: None asks the writer to fsync the run's outbox (a flush).
+    event: protocol.Event | None
+    source: str | None
+
+
+_STOP: Final = "stop"
+
+
+class Client:
+    """Owns one spool directory's outboxes in this process and the threads that deliver them.
+
+    Args:
+        config: endpoint, spool directory, flush timeout, queue bound and fsync policy.
+        adopt: deliver leftover outboxes found in the spool directory (crashed producers).
+        at_exit: flush and stop at interpreter exit.
+
+    """
+
+    def __init__(self, config: ProducerConfig, *, adopt: bool = True, at_exit: bool = True) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.once = Once()
+        self._cond = threading.Condition()
+        self._runs: dict[str, RunState] = {}
+        self._pending = 0
+        # Guarded by _cond, like the pending counts: one lock on the caller's path.
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._queue: queue.SimpleQueue[_Handoff | str] = queue.SimpleQueue()
+        self._closed = False
+        self._stopped = False
+        # A flush timed out and no ack came since: the exit handler then waits no longer, so
+        # that close() + exit cost one flush timeout, not two.
+        self._stalled = False
+        self._ctx = zmq.Context()
+        wake_address = f"inproc://clearml-relay-wake-{uuid.uuid4().hex}"
+        wake_in = self._ctx.socket(zmq.PAIR)
+        wake_in.linger = 0
+        wake_in.bind(wake_address)
+        self._wake = self._ctx.socket(zmq.PAIR)
+        self._wake.linger = 0
+        self._wake.connect(wake_address)
+        self.sender = Sender(self, self._ctx, wake_in, adopt=adopt)
+        self._writer_thread = threading.Thread(
+            target=self._write_loop, name="clearml-relay-writer", daemon=True
+        )
+        self._sender_thread = threading.Thread(
+            target=self.sender.run, name="clearml-relay-sender", daemon=True
+        )
+        self._writer_thread.start()
+        self._sender_thread.start()
+        self._at_exit = at_exit
+        if at_exit:
+            atexit.register(self._exit_handler)
+
+    # ------------------------------------------------------------------------- caller side
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def open_run(self, run_id: str) -> RunState | None:
+        """Register a run of this process; None if the client already handles that run id."""
+        with self._cond:
+            if run_id in self._runs or self._closed:
+                return None
+            state = RunState(run_id, owned=True)
+            self._runs[run_id] = state
+            return state
+
+    def submit(self, run: RunState, event: protocol.Event, source: str | None = None) -> bool:
+        """Hand an event (seq unset) to the writer; False if it was dropped. Never blocks."""
+        with self._cond:
+            if self._closed:
+                self._counters["dropped_closed"] += 1
+                return False
+            if self._pending >= self.config.max_pending:
+                self._counters["dropped_overflow"] += 1
+                overflow = True
+            else:
+                overflow = False
+                self._pending += 1
+                run.pending += 1
+                self._counters["events_queued"] += 1
+        if overflow:
+            self.once.log(
+                log,
+                logging.WARNING,
+                "overflow",
+                "clearml-relay: %d events wait to be written (CLEARML_RELAY_MAX_PENDING); "
+                "dropping events until the writer catches up (counted as dropped_overflow)",
+                self.config.max_pending,
+            )
+            return False
+        self._queue.put(_Handoff(run, event, source))
+        return True
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._cond:
+            self._counters[name] += n
+
+    def stats(self) -> dict[str, int]:
+        """Counters: events queued/written/acked, drops by reason, refusals by code, resends..."""
+        with self._cond:
+            out = dict(self._counters)
+            out["pending"] = self._pending
+        return out
+
+    def run_states(self) -> list[RunState]:
+        """The runs this client handles now (owned and adopted), for the sender and progress."""
+        with self._cond:
+            return list(self._runs.values())
+
+    def flush(self, timeout: float | None = None, *, runs: list[RunState] | None = None) -> bool:
+        """Wait until every event handed off so far (of ``runs``, default all) is acknowledged.
+
+        Returns:
+            True when all of them were acknowledged within ``timeout`` (default: the config's
+            flush timeout) seconds.
+
+        """
+        if os.getpid() != self.pid or self._closed:
+            return False
+        timeout = self.config.flush_timeout if timeout is None else max(0.0, timeout)
+        targets = self.run_states() if runs is None else runs
+        if self.config.fsync != "never":
+            for state in targets:
+                if state.owned and not state.removed and not state.failed:
+                    with self._cond:
+                        self._pending += 1
+                        state.pending += 1
+                    self._queue.put(_Handoff(state, None, None))
+        with self._cond:
+            done = self._cond.wait_for(lambda: all(s.finished() for s in targets), timeout)
+            if not done:
+                self._stalled = True
+            return done and all(s.delivered() for s in targets)
+
+    def on_acked(self) -> None:
+        """Wake flush waiters: acks arrived, the collector is there."""
+        with self._cond:
+            self._stalled = False
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------ sender side
+
+    def adopt(self, outbox: Outbox) -> bool:
+        """Register a leftover outbox the sender has locked; False if the run id is taken."""
+        state = RunState(outbox.run_id, owned=False, outbox=outbox, closed=True, start_acked=outbox.acked)
+        with self._cond:
+            if state.run_id in self._runs:
+                return False
+            self._runs[state.run_id] = state
+            return True
+
+    def forget(self, state: RunState) -> None:
+        """Drop a delivered and deleted run."""
+        with self._cond:
+            if self._runs.get(state.run_id) is state:
+                del self._runs[state.run_id]
+            self._cond.notify_all()
+
+    def on_damage(self, run_id: str) -> DamageCallback:
+        """A RecordLog damage handler that counts and warns once per run."""
+        return DamageCallback(self, run_id)
+
+    # ------------------------------------------------------------------------ writer thread
+
+    def _write_loop(self) -> None:
+        dirty: set[RunState] = set()
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not self._write_batch(batch, dirty):
+                    return
+        finally:
+            self._wake.close()
+
+    def _write_batch(self, batch: list[_Handoff | str], dirty: set[RunState]) -> bool:
+        """Write one batch: one append per run. False when asked to stop."""
+        keep_going = True
+        records: dict[RunState, list[tuple[int, bytes]]] = {}
+        syncs: set[RunState] = set()
+        closes: set[RunState] = set()
+        for item in batch:
+            if isinstance(item, str):
+                keep_going = False
+            elif item.event is None:
+                syncs.add(item.run)
+            else:
+                self._prepare_safely(item, records, closes)
+        for state, recs in records.items():
+            self._append(state, recs, dirty, syncs if state in closes else None)
+        if self.config.fsync != "never":
+            for state in syncs & dirty:
+                self._sync(state)
+            dirty -= syncs
+        with self._cond:
+            for item in batch:
+                if not isinstance(item, str):
+                    item.run.pending -= 1
+                    self._pending -= 1
+            for state in closes:
+                state.closed = True
+            self._cond.notify_all()
+        with contextlib.suppress(zmq.Again):  # a wake-up is already queued
+            self._wake.send(b"", zmq.DONTWAIT)
+        return keep_going
+
+    def _prepare_safely(
+        self, item: _Handoff, records: dict[RunState, list[tuple[int, bytes]]], closes: set[RunState]
+    ) -> None:
+        try:
+            record = self._prepare(item)
+        except Exception:  # the writer must outlive any one bad event
+            self.count("writer_errors")
+            self.once.log(log, logging.ERROR, ("writer", item.run.run_id), "clearml-relay: writer failed")
+            log.debug("writer failure", exc_info=True)
+            return
+        if record is not None:
+            records.setdefault(item.run, []).append(record)
+            if isinstance(item.event, protocol.RunClose):
+                closes.add(item.run)
+
+    def _append(
+        self,
+        state: RunState,
+        recs: list[tuple[int, bytes]],
+        dirty: set[RunState],
+        syncs: set[RunState] | None,
+    ) -> None:
+        assert state.outbox is not None
+        try:
+            state.outbox.append(recs)
+        except OSError as exc:
+            # Reuse the seqs: the run must not get a hole for events that never hit the disk.
+            state.next_seq = state.outbox.last_seq + 1
+            self.count("dropped_io", len(recs))
+            self.once.log(
+                log,
+                logging.ERROR,
+                ("append", state.run_id),
+                "clearml-relay: cannot write the outbox of run %s in %s (%s); events are dropped",
+                state.run_id,
+                state.outbox.directory,
+                exc,
+            )
+            return
+        self.count("events_written", len(recs))
+        dirty.add(state)
+        if self.config.fsync == "always":
+            self._sync(state)
+        elif syncs is not None:
+            syncs.add(state)  # fsync=close: a closed run's outbox is made durable now
+
+    def _sync(self, state: RunState) -> None:
+        if state.outbox is None or state.removed:
+            return
+        try:
+            state.outbox.sync()
+        except OSError as exc:
+            self.once.log(
+                log, logging.WARNING, ("sync", state.run_id), "clearml-relay: fsync failed: %s", exc
+            )
+
+    def _open_outbox(self, state: RunState) -> Outbox | None:
+        if state.outbox is not None or state.failed:
+            return state.outbox
+        reason = "it is locked by another process"
+        try:
+            state.outbox = Outbox.open(
+                self.config.spool_dir, state.run_id, on_damage=self.on_damage(state.run_id)
+            )
+        except (OSError, ValueError) as exc:
+            reason = str(exc)
+        if state.outbox is None:
+            state.failed = True
+            log.error(
+                "clearml-relay: cannot open the outbox of run %s in %s (%s); its events are dropped",
+                state.run_id,
+                self.config.spool_dir,
+                reason,
+            )
+            return None
+        if state.outbox.last_seq:
+            log.warning(
+                "clearml-relay: run id %s already has an outbox with %d events; continuing it",
+                state.run_id,
+                state.outbox.last_seq,
+            )
+        state.next_seq = state.outbox.last_seq + 1
+        state.start_acked = state.outbox.acked
+        return state.outbox
+
+    def _prepare(self, item: _Handoff) -> tuple[int, bytes] | None:
+        """Number, spool and encode one event; None when it is dropped (and counted)."""
+        state, event = item.run, item.event
+        assert event is not None
+        outbox = self._open_outbox(state)
+        if outbox is None:
+            self.count("dropped_no_outbox")
+            return None
+        seq = state.next_seq
+        event.seq = seq
+        if isinstance(event, protocol.RunOpen) and event.context is not None:
+            try:
+                complete_context(event.context)
+            except Exception as exc:  # noqa: BLE001 - optional details are never worth losing the run
+                log.debug("execution context incomplete: %s", exc)
+        if item.source is not None and isinstance(event, protocol.FILE_EVENTS):
+            try:
+                event.file = outbox.spool_file(seq, item.source, fsync=self.config.fsync == "always")
+            except OSError as exc:
+                self.count("files_missing")
+                log.warning(
+                    "clearml-relay: cannot read %s for a %s event of run %s (%s); that event is dropped",
+                    item.source,
+                    type(event).__name__,
+                    state.run_id,
+                    exc.strerror or exc,
+                )
+                return None
+        body = self._encode_checked(state, event)
+        if body is None:
+            if item.source is not None:
+                outbox.blob_path(seq).unlink(missing_ok=True)
+            return None
+        state.next_seq = seq + 1
+        return seq, body
+
+    def _encode_checked(self, state: RunState, event: protocol.Event) -> bytes | None:
+        """Encode and validate as the collector will; a RunOpen falls back to a lean context."""
+        body, problem = _check(event)
+        if problem and isinstance(event, protocol.RunOpen) and event.context is not None:
+            event.context.git = None
+            event.context.packages = []
+            event.context.argv = event.context.argv[:1]
+            body, problem = _check(event)
+        if not problem:
+            return body
+        self.count("dropped_invalid")
+        self.once.log(
+            log,
+            logging.WARNING,
+            ("invalid", type(event).__name__, problem[:80]),
+            "clearml-relay: dropping an invalid %s event of run %s: %s",
+            type(event).__name__,
+            state.run_id,
+            problem,
+        )
+        return None
+
+    # ----------------------------------------------------------------------------- shutdown
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (at most ``timeout``, default flush_timeout), then stop the threads.
+
+        Returns:
+            Whether everything was acknowledged before the threads stopped.
+
+        """
+        if os.getpid() != self.pid or self._closed:
+            return False
+        ok = self.flush(timeout)
+        self.stop()
+        return ok
+
+    def stop(self) -> None:
+        """Stop the threads (bounded joins) without waiting for acks; the client is then closed."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._closed = self._stopped = True
+        if self._at_exit:
+            atexit.unregister(self._exit_handler)
+        deadline = time.monotonic() + 2 * JOIN_SECONDS
+        self._queue.put(_STOP)
+        self.sender.stop()
+        self._writer_thread.join(JOIN_SECONDS)
+        self._sender_thread.join(max(0.0, deadline - time.monotonic()))
+        _forget_client(self)
+        if self._writer_thread.is_alive() or self._sender_thread.is_alive():
+            # A thread stuck in a syscall (a huge file copy): leave it to die with the process;
+            # terminating the context now would hang on its open socket.
+            log.warning("clearml-relay: producer threads did not stop in time; unacked events stay spooled")
+            return
+        for state in self.run_states():
+            if state.outbox is not None:
+                state.outbox.close()
+        self._ctx.term()
+
+    def _exit_handler(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child inherited this handler; the parent's threads are not ours
+        try:
+            if not self.close(0.0 if self._stalled else None):
+                left = sum(1 for s in self.run_states() if not s.delivered())
+                if left:
+                    log.warning(
+                        "clearml-relay: %d run(s) not fully delivered to %s at exit; they stay in %s",
+                        left,
+                        self.config.endpoint,
+                        self.config.spool_dir,
+                    )
+        except Exception:  # never turn an exit into a traceback
+            log.debug("clearml-relay exit handler failed", exc_info=True)
+
+
+def _check(event: protocol.Event) -> tuple[bytes, str]:
+    """The encoded event, and what the collector would refuse in it ("" if nothing)."""
+    body = protocol.encode(event)
+    try:
+        protocol.decode_event(body)
+    except protocol.ProtocolError as exc:
+        return body, exc.reason
+    if len(body) > MAX_EVENT_BYTES:
+        return body, f"encoded event is {len(body)} bytes, limit {MAX_EVENT_BYTES}"
+    return body, ""
+
+
+class DamageCallback:
+    """Counts damaged stretches of an outbox log and warns once per run."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self._client = client
+        self._run_id = run_id
+
+    def __call__(self, damage: Damage) -> None:
+        self._client.count("damage")
+        self._client.once.log(
+            log,
+            logging.WARNING,
+            ("damage", self._run_id),
+            "clearml-relay: damaged outbox of run %s: %s at %s+%d (%d bytes); lost events become a gap",
+            self._run_id,
+            damage.reason,
+            damage.path,
+            damage.offset,
+            damage.length,
+        )
+
+
+# --------------------------------------------------------------------------------- registry
+
+_registry_lock = threading.Lock()
+_clients: dict[tuple[str, Path], Client] = {}
+# Clients inherited through fork: kept referenced so that garbage collection in the child never
+# touches the parent's ZeroMQ context.
+_inherited: list[Client] = []
+
+
+def get_client(config: ProducerConfig) -> Client:
+    """The process's client for ``config``'s endpoint and spool directory, created on first use."""
+    key = (config.endpoint, config.spool_dir.absolute())
+    with _registry_lock:
+        client = _clients.get(key)
+        if client is not None and client.pid != os.getpid():
+            _inherited.append(client)
+            client = None
+        if client is None or client.closed:
+            client = Client(config)
+            _clients[key] = client
+        return client
+
+
+def close_clients(timeout: float | None = 0.0) -> None:
+    """Close every client of this process, flushing each for at most ``timeout`` seconds."""
+    with _registry_lock:
+        clients = [c for c in _clients.values() if c.pid == os.getpid()]
+    for client in clients:
+        client.close(timeout)
+
+
+def _forget_client(client: Client) -> None:
+    with _registry_lock:
+        for key, value in list(_clients.items()):
+            if value is client:
+                del _clients[key]

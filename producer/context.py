@@ -1,0 +1,99 @@
+"""What a run's execution context holds: where the training runs, which code, which packages.
+
+:func:`cheap_context` is what the ``Run`` constructor may afford on the caller's thread (no
+subprocess, no disk scan). :func:`complete_context` adds the slow parts (installed packages,
+git state) and runs in the writer thread.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+
+from producer.protocol import ExecutionContext, GitInfo
+
+log = logging.getLogger(__name__)
+
+GIT_TIMEOUT: Final = 2.0
+_MAX_TEXT: Final = 1024 * 1024
+_MAX_SHORT: Final = 255
+# Credentials in a remote URL (https://user:token@host/...) must not end up in a ClearML task.
+_USERINFO: Final = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+
+
+def cheap_context() -> ExecutionContext:
+    """The fields that cost microseconds: argv, script, cwd, host, pid, user, Python version."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        user = ""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return ExecutionContext(
+        argv=[a[:_MAX_TEXT] for a in sys.argv],
+        script=script[:_MAX_TEXT],
+        cwd=cwd[:_MAX_TEXT],
+        host=socket.gethostname()[:_MAX_SHORT],
+        pid=os.getpid(),
+        user=user[:_MAX_SHORT],
+        python=sys.version.split()[0],
+    )
+
+
+def complete_context(context: ExecutionContext) -> None:
+    """Fill the slow fields (packages, git) in place; failures leave them empty."""
+    context.packages = installed_packages()
+    where = Path(context.script).parent if context.script else Path(context.cwd or ".")
+    context.git = git_info(where if where.is_dir() else Path(context.cwd or "."))
+
+
+def installed_packages() -> list[str]:
+    """``name==version`` of every installed distribution, sorted."""
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        if name:
+            found.add(f"{name}=={dist.version}"[:_MAX_SHORT])
+    return sorted(found)
+
+
+def _git(where: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=GIT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("git %s in %s failed: %s", args[0], where, exc)
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def git_info(where: Path) -> GitInfo | None:
+    """Repository, commit, branch and uncommitted diff of the checkout at ``where``."""
+    commit = _git(where, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    remote = _USERINFO.sub(r"\1", _git(where, "config", "--get", "remote.origin.url"))
+    return GitInfo(
+        repository=remote[:_MAX_SHORT],
+        commit=commit[:_MAX_SHORT],
+        branch=_git(where, "rev-parse", "--abbrev-ref", "HEAD")[:_MAX_SHORT],
+        diff=_git(where, "diff", "HEAD")[:_MAX_TEXT],
+    )

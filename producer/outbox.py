@@ -1,0 +1,239 @@
+"""One run's durable outbox on the producer's disk, and the spool directory that holds them.
+
+Layout of ``<spool>/<run_id>/``::
+
+    lock      flock'ed by the owning process for its whole life: a live owner is never adopted
+    log/      a RecordLog; record seq == event seq, body == protocol.encode(event)
+    blobs/N   the spooled copy of the file that event N refers to
+    acked     8-byte little-endian cumulative acked seq, overwritten in place
+
+The ``acked`` cursor is written without fsync: after a crash it may lag, and the events behind it
+are sent again, which the collector dedups. Segments and blobs are deleted once acked.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import struct
+import threading
+import uuid
+from pathlib import Path
+from typing import Final
+
+from producer.protocol import FileRef
+from producer.recordlog import DamageHandler, LogReader, RecordLog
+
+LOCK_NAME: Final = "lock"
+LOG_NAME: Final = "log"
+BLOBS_NAME: Final = "blobs"
+ACKED_NAME: Final = "acked"
+COPY_BYTES: Final = 1024 * 1024
+SEGMENT_BYTES: Final = 8 * 1024 * 1024
+_ACKED: Final = struct.Struct("<Q")
+# protocol.RunId, minus names that are not plain directory entries ("." and ".." match RunId)
+# and dot-names, which this module uses for directories being deleted.
+_RUN_DIR: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+
+
+def valid_run_dir(run_id: str) -> bool:
+    """Whether ``run_id`` may name an outbox directory."""
+    return _RUN_DIR.match(run_id) is not None
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+class Outbox:
+    """One run's outbox, held under its lock. Create with :meth:`open`.
+
+    The writer thread calls :meth:`spool_file`, :meth:`append` and :meth:`sync`; the sender thread
+    calls :meth:`reader`, :meth:`mark_acked` and :meth:`remove`. A lock keeps the log's file
+    descriptor from being closed under a write.
+    """
+
+    def __init__(self, directory: Path, run_id: str, lock_fd: int, log: RecordLog, acked_fd: int) -> None:
+        self.directory = directory
+        self.run_id = run_id
+        self.log = log
+        self._lock_fd = lock_fd
+        self._acked_fd = acked_fd
+        self._io = threading.Lock()
+        raw = os.pread(acked_fd, _ACKED.size, 0)
+        self._acked = _ACKED.unpack(raw)[0] if len(raw) == _ACKED.size else 0
+        # Blobs beyond the log's end are half-copied files of events that were never written.
+        self._blobs: collections.deque[int] = collections.deque()
+        for seq in sorted(int(n) for n in os.listdir(directory / BLOBS_NAME) if n.isdigit()):
+            if seq > log.last_seq:
+                self.blob_path(seq).unlink(missing_ok=True)
+            else:
+                self._blobs.append(seq)
+        self.removed = False
+
+    @classmethod
+    def open(
+        cls,
+        spool_dir: Path,
+        run_id: str,
+        *,
+        create: bool = True,
+        segment_bytes: int = SEGMENT_BYTES,
+        on_damage: DamageHandler = _ignore,
+    ) -> Outbox | None:
+        """Open (or create) a run's outbox and take its lock without waiting.
+
+        Args:
+            spool_dir: the spool directory.
+            run_id: the run; must satisfy :func:`valid_run_dir`.
+            create: create the directory if missing (False: adopt an existing one only).
+            segment_bytes: size at which the log starts a new segment.
+            on_damage: called for each damaged stretch found while recovering the log.
+
+        Returns:
+            The outbox, or None when another process (or another Outbox in this one) holds the
+            lock, or ``create`` is False and there is no such outbox.
+
+        Raises:
+            ValueError: ``run_id`` cannot name a directory.
+            OSError: the spool directory is not usable.
+
+        """
+        if not valid_run_dir(run_id):
+            raise ValueError(f"run id {run_id!r} cannot name an outbox directory")
+        directory = spool_dir / run_id
+        if create:
+            (directory / BLOBS_NAME).mkdir(parents=True, exist_ok=True)
+        lock_path = directory / LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            return None
+        if not _lock(fd, lock_path):
+            os.close(fd)
+            return None
+        try:
+            (directory / BLOBS_NAME).mkdir(exist_ok=True)
+            log = RecordLog(directory / LOG_NAME, segment_bytes=segment_bytes, on_damage=on_damage)
+            acked_fd = os.open(directory / ACKED_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(directory, run_id, fd, log, acked_fd)
+
+    @property
+    def acked(self) -> int:
+        """Highest seq the collector has acknowledged (cumulative)."""
+        return self._acked
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq written to the log."""
+        return self.log.last_seq
+
+    def fully_acked(self) -> bool:
+        """Whether every event written so far is acknowledged."""
+        return self._acked >= self.log.last_seq
+
+    def blob_path(self, seq: int) -> Path:
+        return self.directory / BLOBS_NAME / str(seq)
+
+    def spool_file(self, seq: int, source: str | os.PathLike[str], *, fsync: bool = False) -> FileRef:
+        """Copy ``source`` to ``blobs/<seq>`` in 1 MiB chunks, hashing it on the way.
+
+        Raises:
+            OSError: the source cannot be read or the copy cannot be written.
+
+        """
+        target = self.blob_path(seq)
+        digest = hashlib.sha256()
+        buf = bytearray(COPY_BYTES)
+        view = memoryview(buf)
+        size = 0
+        try:
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                while n := src.readinto(buf):
+                    digest.update(view[:n])
+                    dst.write(view[:n])
+                    size += n
+                if fsync:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        self._blobs.append(seq)
+        name = os.path.basename(os.fspath(source))[:255] or "file"
+        return FileRef(sha256=digest.hexdigest(), size=size, name=name)
+
+    def append(self, records: list[tuple[int, bytes]]) -> None:
+        """Append encoded events (seq, body) with one write."""
+        with self._io:
+            self.log.append(records)
+
+    def sync(self) -> None:
+        """Make the log durable with fsync (the blobs were fsynced when copied, if asked)."""
+        with self._io:
+            self.log.sync()
+
+    def reader(self, start_seq: int, on_damage: DamageHandler = _ignore) -> LogReader:
+        """A reader of this outbox's log from ``start_seq`` on."""
+        return LogReader(self.directory / LOG_NAME, start_seq=start_seq, on_damage=on_damage)
+
+    def mark_acked(self, seq: int) -> None:
+        """Record the cumulative ack and delete the segments and blobs it covers."""
+        if seq <= self._acked:
+            return
+        self._acked = seq
+        os.pwrite(self._acked_fd, _ACKED.pack(seq), 0)
+        self.log.drop_through(seq)
+        while self._blobs and self._blobs[0] <= seq:
+            self.blob_path(self._blobs.popleft()).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the files and release the lock (idempotent)."""
+        with self._io:
+            self.log.close()
+            for fd in (self._acked_fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._acked_fd = self._lock_fd = -1
+
+    def remove(self) -> None:
+        """Delete the whole outbox directory, then release the lock.
+
+        The directory is first renamed to a dot-name so that no other process can adopt a
+        half-deleted outbox.
+        """
+        trash = self.directory.with_name(f".deleting-{self.run_id}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(self.directory, trash)
+        except OSError:
+            trash = self.directory
+        shutil.rmtree(trash, ignore_errors=True)
+        self.removed = True
+        self.close()
+
+
+def _lock(fd: int, path: Path) -> bool:
+    """Take the exclusive lock without waiting; False if someone else holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The owner may have deleted the directory between our open and our lock: then we hold
+        # a lock on an unlinked file and must not use what is left.
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except (BlockingIOError, FileNotFoundError):
+        return False
+
+
+def list_outboxes(spool_dir: Path) -> list[str]:
+    """Run ids of the outbox directories under ``spool_dir`` (locked or not), sorted."""
+    try:
+        names = os.listdir(spool_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if valid_run_dir(n) and (spool_dir / n / LOCK_NAME).exists())

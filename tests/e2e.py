@@ -1,0 +1,156 @@
+"""Helpers for end-to-end tests: real collector and producer processes, waits with deadlines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from producer import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCE = Path(__file__).resolve().parent / "produce.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(ROOT) + os.pathsep + out.get("PYTHONPATH", "")
+    out.update(extra)
+    return out
+
+
+def start_collector(endpoint: str, data_dir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "collector",
+                "--bind",
+                endpoint,
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def status(endpoint: str, timeout: float = 2.0) -> protocol.StatusReply | None:
+    """Ask a collector for its status; None when it does not answer in time."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([protocol.HEADER, protocol.encode(protocol.StatusRequest())])
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        reply = protocol.decode_reply(sock.recv_multipart())
+        return reply if isinstance(reply, protocol.StatusReply) else None
+    finally:
+        sock.close()
+
+
+def wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"collector exited with {proc.returncode} before it was ready")
+        return status(endpoint, timeout=0.5) is not None
+
+    wait_for(ready, timeout, "the collector to answer a status request")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
+
+
+def produce(
+    endpoint: str, spool: Path, workdir: Path, name: str, events: int, *args: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(PRODUCE),
+            "--name",
+            name,
+            "--events",
+            str(events),
+            "--workdir",
+            str(workdir),
+            *args,
+        ],
+        env=env(CLEARML_RELAY_ENDPOINT=endpoint, CLEARML_RELAY_SPOOL_DIR=str(spool)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def applied(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """What the collector's JSONL record backend applied, per run, in order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(data_dir.rglob("*.jsonl")):
+        lines = path.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.endswith("}")]
+        if records:
+            out[records[0]["event"]["run"]] = records
+    return out
+
+
+def applied_count(data_dir: Path) -> int:
+    return sum(len(v) for v in applied(data_dir).values())
+
+
+def check_exactly_once(data_dir: Path, manifest: Path, events: int, model: bool) -> None:
+    """Every event of the run reached the backend once, in order, files byte for byte."""
+    expected = json.loads(manifest.read_text())
+    records = applied(data_dir)[expected["run"]]
+    seqs = [r["seq"] for r in records]
+    total = events + 2 + (1 if model else 0)  # RunOpen, the events, the model, RunClose
+    assert seqs == list(range(1, total + 1)), f"not exactly once / in order: {len(seqs)} records"
+    kinds = [r["event"]["t"] for r in records]
+    assert kinds[0] == "open"
+    assert kinds[-1] == "close"
+    for record in records:
+        event = record["event"]
+        if event["t"] in ("image", "model"):
+            key = str(event["iteration"]) if event["t"] == "image" else "-1"
+            assert event["file"]["sha256"] == expected["files"][key]
+            content = Path(record["file"]).read_bytes()
+            assert hashlib.sha256(content).hexdigest() == expected["files"][key]
+        elif event["t"] == "scalar":
+            assert event["value"] == float(event["iteration"])
