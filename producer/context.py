@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Final
 
@@ -22,7 +23,9 @@ from producer.protocol import ExecutionContext, GitInfo
 
 log = logging.getLogger(__name__)
 
-GIT_TIMEOUT: Final = 2.0
+#: Total time all git calls of one context may take: the writer thread waits for them, and the
+#: run's later events are not persisted until they return.
+GIT_BUDGET: Final = 2.0
 _MAX_TEXT: Final = 1024 * 1024
 _MAX_SHORT: Final = 255
 # Credentials in a remote URL (https://user:token@host/...) must not end up in a ClearML task.
@@ -68,7 +71,11 @@ def installed_packages() -> list[str]:
     return sorted(found)
 
 
-def _git(where: Path, *args: str) -> str:
+def _git(where: Path, deadline: float, *args: str) -> str:
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        log.debug("git %s in %s skipped: the git time budget is spent", args[0], where)
+        return ""
     try:
         done = subprocess.run(
             ["git", *args],
@@ -76,7 +83,7 @@ def _git(where: Path, *args: str) -> str:
             capture_output=True,
             text=True,
             errors="replace",
-            timeout=GIT_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -85,15 +92,19 @@ def _git(where: Path, *args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def git_info(where: Path) -> GitInfo | None:
-    """Repository, commit, branch and uncommitted diff of the checkout at ``where``."""
-    commit = _git(where, "rev-parse", "HEAD")
+def git_info(where: Path, budget: float = GIT_BUDGET) -> GitInfo | None:
+    """Repository, commit, branch and uncommitted diff of the checkout at ``where``.
+
+    All git calls share ``budget`` seconds; what does not fit stays empty.
+    """
+    deadline = time.monotonic() + budget
+    commit = _git(where, deadline, "rev-parse", "HEAD")
     if not commit:
         return None
-    remote = _USERINFO.sub(r"\1", _git(where, "config", "--get", "remote.origin.url"))
+    remote = _USERINFO.sub(r"\1", _git(where, deadline, "config", "--get", "remote.origin.url"))
     return GitInfo(
         repository=remote[:_MAX_SHORT],
         commit=commit[:_MAX_SHORT],
-        branch=_git(where, "rev-parse", "--abbrev-ref", "HEAD")[:_MAX_SHORT],
-        diff=_git(where, "diff", "HEAD")[:_MAX_TEXT],
+        branch=_git(where, deadline, "rev-parse", "--abbrev-ref", "HEAD")[:_MAX_SHORT],
+        diff=_git(where, deadline, "diff", "HEAD")[:_MAX_TEXT],
     )

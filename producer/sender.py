@@ -236,7 +236,7 @@ class Sender:
         """Delete outboxes that are delivered and will get no more events."""
         for run_id, stream in list(self._streams.items()):
             state = stream.state
-            if state.pending or not stream.outbox.fully_acked():
+            if not stream.outbox.fully_acked():
                 continue
             if state.owned and not state.closed:
                 continue

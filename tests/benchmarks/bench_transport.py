@@ -35,14 +35,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def time_calls(call: Callable[[int], None], n: int) -> list[float]:
-    """Microseconds per call, one timing per call."""
+def time_calls(call: Callable[[int], None], n: int, pace: float = 0.0) -> list[float]:
+    """Microseconds per call, one timing per call; ``pace`` seconds between calls (0: none)."""
     out = []
     clock = time.perf_counter_ns
     for i in range(n):
         t0 = clock()
         call(i)
         out.append((clock() - t0) / 1000)
+        if pace:
+            time.sleep(pace)  # the training loop's own work between two hook calls
     return out
 
 
@@ -86,17 +88,32 @@ def main() -> int:
             wait_ready(endpoint, collector)
 
             # 1. Run.scalar latency and acknowledged events/s, collector on the same 2 cores.
+            # Bursts of 20,000 calls (each far faster than any training loop) with a flush after
+            # each, so the producer's hand-off bound is never hit; only acknowledged events count.
             run = Run(project="bench", name="scalars", endpoint=endpoint, flush_timeout=600)
+            assert run.client is not None
+            before = run.client.stats()
             started = time.perf_counter()
-            lat = time_calls(lambda i: run.scalar("train", "loss", float(i), i), n_scalar)
-            assert run.flush(timeout=600), "scalars were not acknowledged"
-            rate = n_scalar / (time.perf_counter() - started)
+            lat: list[float] = []
+            burst = 20_000
+            for b in range(n_scalar // burst):
+                lat += time_calls(
+                    lambda i, b=b, r=run: r.scalar("train", "loss", float(i), b * burst + i), burst
+                )
+                assert run.flush(timeout=600), "scalars were not acknowledged"
+            seconds = time.perf_counter() - started
+            after = run.client.stats()
+            acked = after.get("events_acked", 0) - before.get("events_acked", 0)
+            dropped = after.get("dropped_overflow", 0) - before.get("dropped_overflow", 0)
+            assert dropped == 0, f"{dropped} events dropped: the benchmark overran the hand-off bound"
+            rate = acked / seconds
+            p99 = percentile(lat, 99)
             rows.append(
                 (
                     "Run.scalar p50 / p99",
                     "p99 <= 50 us",
-                    f"{percentile(lat, 50):.1f} / {percentile(lat, 99):.1f} us",
-                    _ok(percentile(lat, 99) <= 50),
+                    f"{percentile(lat, 50):.1f} / {p99:.1f} us",
+                    _ok(p99 <= 50),
                 )
             )
             rows.append(
@@ -104,25 +121,29 @@ def main() -> int:
             )
             run.close()
 
-            # 2. Run.image / Run.model latency against file size.
+            # 2. Run.image / Run.model latency against file size, twice: calls back to back (every
+            # file copy and transfer competing with the caller for 2 cores, the worst case) and
+            # paced like a training loop (one call every 20 ms while earlier files still copy).
             for size in sizes:
                 path = tmp / f"file-{size}"
                 with path.open("wb") as f:
                     f.truncate(size)  # sparse: the call must not care how big the file is
                 calls = 5 if size >= 100_000_000 else 200
-                run = Run(project="bench", name=f"files-{size}", endpoint=endpoint, flush_timeout=600)
-                img = time_calls(lambda i, p=path, r=run: r.image("Mosaic", "batch", i, p), calls)
-                mdl = time_calls(lambda i, p=path, r=run: r.model(p, name=f"m{i}.pt"), calls)
-                worst = percentile(img + mdl, 99)
-                rows.append(
-                    (
-                        f"Run.image/Run.model p99, {size / 1e6:g} MB file",
-                        "p99 <= 100 us",
-                        f"{worst:.1f} us",
-                        _ok(worst <= 100),
+                for pace in (0.0, 0.02):
+                    run = Run(project="bench", name=f"files-{size}", endpoint=endpoint, flush_timeout=600)
+                    img = time_calls(lambda i, p=path, r=run: r.image("Mosaic", "batch", i, p), calls, pace)
+                    mdl = time_calls(lambda i, p=path, r=run: r.model(p, name=f"m{i}.pt"), calls, pace)
+                    worst = percentile(img + mdl, 99)
+                    how = "paced 20 ms" if pace else "back to back"
+                    rows.append(
+                        (
+                            f"Run.image/Run.model p99, {size / 1e6:g} MB file, {how}",
+                            "p99 <= 100 us",
+                            f"{worst:.1f} us",
+                            _ok(worst <= 100),
+                        )
                     )
-                )
-                run.close()
+                    run.close()
                 path.unlink()
 
             # 3. One large file: delivery rate and memory growth on both sides.
