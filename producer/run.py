@@ -205,23 +205,23 @@ class Run:
     @_hook
     def image(self, title: str, series: str, iteration: int, path: str | os.PathLike[str]) -> None:
         """Report a debug image file; it is copied shortly after the call, not during it."""
-        source = _path(path)
-        event = protocol.DebugImage(
-            run=self._id,
-            seq=1,
-            ts=time.time(),
-            title=_name("title", title),
-            series=_name("series", series),
-            iteration=_iteration(iteration),
-            file=_PENDING_FILE,
-        )
-        self._emit(event, source)
+        self._emit_file(protocol.DebugImage, title, series, iteration, path)
 
     @_hook
     def plot(self, title: str, series: str, iteration: int, path: str | os.PathLike[str]) -> None:
         """Report a rendered plot (an image file) for the task's plots section."""
+        self._emit_file(protocol.Plot, title, series, iteration, path)
+
+    def _emit_file(
+        self,
+        kind: type[protocol.DebugImage | protocol.Plot],
+        title: str,
+        series: str,
+        iteration: int,
+        path: str | os.PathLike[str],
+    ) -> None:
         source = _path(path)
-        event = protocol.Plot(
+        event = kind(
             run=self._id,
             seq=1,
             ts=time.time(),

@@ -119,6 +119,8 @@ def main() -> int:
             rows.append(
                 ("acknowledged events/s (1 producer)", ">= 20,000", f"{rate:,.0f}", _ok(rate >= 20_000))
             )
+            paced = percentile(time_calls(lambda i, r=run: r.scalar("train", "lr", 0.1, i), 300, 0.01), 99)
+            rows.append(("Run.scalar p99, paced 10 ms", "p99 <= 50 us", f"{paced:.1f} us", _ok(paced <= 50)))
             run.close()
 
             # 2. Run.image / Run.model latency against file size, twice: calls back to back (every
