@@ -70,7 +70,7 @@ def _train(endpoint: str, workdir: str, epochs: int) -> None:
     for epoch in range(epochs):
         # Stand-in for an epoch of compute (a training loop would do its forward/backward here).
         acc = 0.0
-        for i in range(300_000):
+        for i in range(3_000_000):
             acc += (i % 7) * 1e-6
         loss = loss * 0.8 + acc * 1e-6
         for series, value in (("box_loss", loss), ("cls_loss", loss / 2), ("dfl_loss", loss / 3)):
