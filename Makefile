@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint typecheck unit bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,collector]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -8,8 +8,13 @@ the backend's applied position + 1 and applies each event in order:
   counted, so the run goes on and the loss is visible in its task;
 - an exception from the backend is logged and counted, and the *same* event is retried with a
   capped exponential backoff that :meth:`Appliers.stop` interrupts;
-- once caught up, journal segments that hold only applied events are reclaimed (the newest
-  segment stays: it carries the journaled position);
+- the backend is asked to make its work durable (``checkpoint``) when the run catches up, and
+  every :data:`CHECKPOINT_EVENTS` events or :data:`CHECKPOINT_SECONDS` on the way; only then are
+  journal segments that hold nothing past the durable position reclaimed (the newest segment
+  stays: it carries the journaled position). After a crash, events between the durable position
+  and the journal's end are applied again, and the backend makes that harmless;
+- a run whose producer vanished is aborted (``backend.abort``) once everything journaled for it
+  is applied;
 - a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
 
 Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backend`).
@@ -17,9 +22,11 @@ Exactly-once rests on the backend: it owns the applied position (see :mod:`colle
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 from collector.backend import Backend
@@ -32,6 +39,9 @@ from producer.recordlog import Record
 log = logging.getLogger(__name__)
 
 _READ_RECORDS: Final = 256
+#: Checkpoint at least this often while a run is catching up (and always once it has caught up).
+CHECKPOINT_EVENTS: Final = 500
+CHECKPOINT_SECONDS: Final = 2.0
 #: How long to wait before looking again when the journal is ahead but nothing is readable yet.
 _REREAD_SECONDS: Final = 0.5
 
@@ -41,8 +51,11 @@ class _Run:
 
     def __init__(self, run: str, lock: threading.Lock, applied: int, journaled: int) -> None:
         self.run = run
-        self.applied = applied
+        self.applied = applied  # handed to the backend
+        self.durable = applied  # made durable by the backend's last checkpoint
+        self.checkpointed_at = time.monotonic()
         self.journaled = journaled
+        self.abort_reason: str | None = None
         self.wake = threading.Condition(lock)
         self.thread: threading.Thread | None = None
 
@@ -111,6 +124,21 @@ class Appliers:
             if state.thread is None:
                 if state.journaled > state.applied:
                     self._spawn(state)
+            else:
+                state.wake.notify()
+
+    def abort(self, run: str, reason: str) -> None:
+        """Abort ``run`` in the backend once everything journaled for it is applied."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            state = self._runs.get(run)
+            if state is None:
+                state = _Run(run, self._lock, self.backend.applied(run), self.journal.position(run))
+                self._runs[run] = state
+            state.abort_reason = reason
+            if state.thread is None:
+                self._spawn(state)
             else:
                 state.wake.notify()
 
@@ -185,6 +213,18 @@ class Appliers:
             start = state.applied + 1
         reader = self.journal.reader(state.run, start)
         while self._wait_for_work(state):
+            with self._lock:
+                behind = state.applied < state.journaled
+                reason = state.abort_reason
+            if not behind:
+                assert reason is not None  # _wait_for_work returned for an abort
+                if not self._retry(state, "abort", functools.partial(self.backend.abort, state.run, reason)):
+                    return
+                self.counters.incr("aborted")
+                with self._lock:
+                    if state.abort_reason == reason:
+                        state.abort_reason = None
+                continue
             records = reader.read(max_records=_READ_RECORDS)
             if not records:
                 # The position moved before the bytes became readable (or the tail is damaged).
@@ -193,18 +233,36 @@ class Appliers:
             for record in records:
                 if not self._apply_record(state, record):
                     return
-            with self._lock:
-                caught_up = state.applied >= state.journaled
-                applied = state.applied
-            if caught_up:
-                # The backend owns applied events now: segments holding only those can go.
-                self.journal.reclaim(state.run, applied)
+            if not self._maybe_checkpoint(state):
+                return
+
+    def _maybe_checkpoint(self, state: _Run) -> bool:
+        """Checkpoint when caught up or due, then reclaim what is durable; False if stopping."""
+        with self._lock:
+            caught_up = state.applied >= state.journaled
+            applied = state.applied
+            due = caught_up or (
+                applied - state.durable >= CHECKPOINT_EVENTS
+                or time.monotonic() - state.checkpointed_at >= CHECKPOINT_SECONDS
+            )
+        if not due or applied <= state.durable:
+            return True
+        if not self._retry(state, "checkpoint", lambda: self.backend.checkpoint(state.run)):
+            return False
+        durable = self.backend.applied(state.run)
+        with self._lock:
+            state.durable, state.checkpointed_at = durable, time.monotonic()
+            self._progress.notify_all()
+        if caught_up:
+            # Segments holding nothing past the durable position are no longer needed.
+            self.journal.reclaim(state.run, durable)
+        return True
 
     def _wait_for_work(self, state: _Run) -> bool:
-        """Block until the run has events to apply; False when this thread should end."""
+        """Block until the run has events to apply or an abort; False when this thread should end."""
         deadline = time.monotonic() + self.idle_exit
         with self._lock:
-            while state.applied >= state.journaled and not self._stop.is_set():
+            while state.applied >= state.journaled and state.abort_reason is None and not self._stop.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     state.thread = None  # under the lock: notify() starts a new one if needed
@@ -243,21 +301,27 @@ class Appliers:
 
     def _apply(self, state: _Run, event: protocol.Event) -> bool:
         """Apply with retries until it succeeds; False if the appliers stop first."""
-        delay = self.retry_initial
-        while True:
-            try:
-                self.backend.apply(state.run, event, self.files)
-                break
-            except Exception:  # any backend failure: count, back off, retry
-                self.counters.incr("apply_error")
-                log.exception(
-                    "run %s: applying seq %d failed, retrying in %.2f s", state.run, event.seq, delay
-                )
-            if self._stop.wait(delay):
-                return False
-            delay = min(delay * 2, self.retry_max)
+        if not self._retry(
+            state, f"applying seq {event.seq}", lambda: self.backend.apply(state.run, event, self.files)
+        ):
+            return False
         self.counters.incr("applied")
         with self._lock:
             state.applied = through(event)
             self._progress.notify_all()
         return True
+
+    def _retry(self, state: _Run, what: str, call: Callable[[], None]) -> bool:
+        """Call until it succeeds, backing off between failures; False if the appliers stop first."""
+        delay = self.retry_initial
+        while True:
+            try:
+                call()
+            except Exception:  # any backend failure: count, back off, retry
+                self.counters.incr("apply_error")
+                log.exception("run %s: %s failed, retrying in %.2f s", state.run, what, delay)
+            else:
+                return True
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, self.retry_max)

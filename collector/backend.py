@@ -1,9 +1,11 @@
 """Backends: where journaled events finally land, each applied exactly once.
 
 Exactly-once needs the backend to own its applied position: an applier resumes every run from
-``backend.applied(run) + 1``, so a backend must make "event applied" and "position advanced" one
-atomic step. :class:`JsonlBackend` (tests, demos) does it by writing one JSON line per event with
-a single ``write``: the last complete line *is* the position, and a torn last line left by a
+``backend.applied(run) + 1``, the position of its last checkpoint, so a backend must either make
+"event applied" and "position advanced" one atomic step or undo what it applied after its last
+checkpoint when it resumes. :class:`JsonlBackend` (tests, demos) does the former by writing one
+JSON line per event with a single ``write``: the last complete line *is* the position, and a torn
+last line left by a
 ``kill -9`` is cut off when the run's file is opened again. The ClearML backend lives in its own
 module, imported lazily, so importing the collector never imports clearml.
 """
@@ -39,11 +41,26 @@ class Backend(Protocol):
     def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
         """Apply the event that follows ``applied(run)`` and advance the position with it.
 
-        Raising means "not applied": the applier retries the same event later.
+        Raising means "not applied": the applier retries the same event later. The position may
+        advance only at the next :meth:`checkpoint`; after a crash the events since the last
+        checkpoint are applied again, and the backend must make that harmless.
         """
         ...
 
-    def close(self) -> None: ...
+    def checkpoint(self, run: str) -> None:
+        """Make every event applied so far durable; ``applied(run)`` reports it afterwards.
+
+        Raising means "not durable": the applier retries later.
+        """
+        ...
+
+    def abort(self, run: str, reason: str) -> None:
+        """The run's producer vanished: mark its task aborted (a later event may still come)."""
+        ...
+
+    def close(self) -> None:
+        """Collector shutdown: make durable what can be; open runs continue after a restart."""
+        ...
 
 
 class _Line(msgspec.Struct):
@@ -104,6 +121,12 @@ class JsonlBackend:
             with self._lock:
                 del self._files[run]
             os.close(state.fd)
+
+    def checkpoint(self, run: str) -> None:
+        """Nothing to do: every line is durable (against a process crash) once written."""
+
+    def abort(self, run: str, reason: str) -> None:
+        """Nothing to record: the collector's run state says "aborted"."""
 
     def close(self) -> None:
         with self._lock:

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 from collector.config import (
+    BACKENDS,
+    ENV_BACKEND,
     ENV_BIND,
     ENV_DATA_DIR,
     ENV_FSYNC,
     ENV_LOG_LEVEL,
+    ENV_OFFLINE,
     FSYNC_POLICIES,
     CollectorConfig,
     ConfigError,
@@ -55,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--fsync", choices=FSYNC_POLICIES, help=f"journal fsync policy (env {ENV_FSYNC}, default batch)"
     )
+    run.add_argument(
+        "--backend", choices=BACKENDS, help=f"where events go (env {ENV_BACKEND}, default clearml)"
+    )
+    run.add_argument(
+        "--offline",
+        action="store_const",
+        const=True,
+        help=f"ClearML offline mode even if a server is configured (env {ENV_OFFLINE})",
+    )
     run.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
     run.set_defaults(func=_collector)
 
@@ -64,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     sync.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
     sync.set_defaults(func=_sync)
+
+    runs = commands.add_parser("runs", help="list the runs a collector's data directory knows")
+    runs.add_argument("--data-dir", help=f"the collector's data directory (env {ENV_DATA_DIR})")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    runs.set_defaults(func=_runs)
 
     demo = commands.add_parser("demo", help="run a collector and a training process that logs through it")
     demo.add_argument("--workdir", help="keep everything here (default: a new temporary directory)")
@@ -96,7 +114,13 @@ def _collector(args: argparse.Namespace) -> int:
     from collector.server import Collector, DataDirBusyError  # noqa: PLC0415
 
     try:
-        config = CollectorConfig.from_env(bind=args.bind, data_dir=args.data_dir, fsync=args.fsync)
+        config = CollectorConfig.from_env(
+            bind=args.bind,
+            data_dir=args.data_dir,
+            fsync=args.fsync,
+            backend=args.backend,
+            offline=args.offline,
+        )
     except ConfigError as exc:
         return _config_error(str(exc))
     collector = Collector(config)
@@ -161,3 +185,17 @@ def _demo(args: argparse.Namespace) -> int:
     from collector import demo  # noqa: PLC0415
 
     return demo.main([*(["--workdir", args.workdir] if args.workdir else []), "--epochs", str(args.epochs)])
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from collector.runs import list_runs, render  # noqa: PLC0415
+
+    try:
+        config = CollectorConfig.from_env(data_dir=args.data_dir)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    if not (config.data_dir / "journal").is_dir():
+        print(f"clearml-relay: no collector data in {config.data_dir.absolute()}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(render(list_runs(config.data_dir), args.json))
+    return 0

@@ -27,12 +27,14 @@ ENV_SEGMENT_BYTES: Final = PREFIX + "JOURNAL_SEGMENT_BYTES"
 ENV_HEARTBEAT_TIMEOUT: Final = PREFIX + "HEARTBEAT_TIMEOUT"
 ENV_DRAIN_TIMEOUT: Final = PREFIX + "DRAIN_TIMEOUT"
 ENV_BACKEND: Final = PREFIX + "BACKEND"
+ENV_OFFLINE: Final = PREFIX + "OFFLINE"
+ENV_CALL_TIMEOUT: Final = PREFIX + "CLEARML_CALL_TIMEOUT"
 #: Read by the CLI only: a library never configures logging.
 ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
 
 FsyncPolicy = Literal["batch", "never"]
 FSYNC_POLICIES: Final = ("batch", "never")
-BACKENDS: Final = ("jsonl",)
+BACKENDS: Final = ("clearml", "jsonl")
 
 
 class ConfigError(ValueError):
@@ -54,7 +56,10 @@ class CollectorConfig:
         journal_segment_bytes: Size at which a run's journal starts a new segment file.
         heartbeat_timeout: Seconds without a heartbeat after which a run counts as orphaned.
         drain_timeout: Seconds a graceful stop waits for appliers to catch up.
-        backend: Which backend applies events (``jsonl``: JSON lines, for tests and demos).
+        backend: Which backend applies events: ``clearml`` (a ClearML task per run) or
+            ``jsonl`` (JSON lines, for tests and transport demos).
+        offline: Force ClearML offline mode even when a server is configured.
+        call_timeout: Longest wait for one ClearML call that can block on the network.
 
     """
 
@@ -66,7 +71,9 @@ class CollectorConfig:
     journal_segment_bytes: int = 8 * 1024 * 1024
     heartbeat_timeout: float = 120.0
     drain_timeout: float = 10.0
-    backend: str = "jsonl"
+    backend: str = "clearml"
+    offline: bool = False
+    call_timeout: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
@@ -134,6 +141,17 @@ def _positive_float(raw: Any) -> float:
     return value
 
 
+def _flag(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _data_dir(raw: Any) -> Path:
     if not str(raw).strip():
         raise ValueError("expected a directory path")
@@ -150,4 +168,6 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "heartbeat_timeout": (ENV_HEARTBEAT_TIMEOUT, _positive_float),
     "drain_timeout": (ENV_DRAIN_TIMEOUT, _positive_float),
     "backend": (ENV_BACKEND, _choice(*BACKENDS)),
+    "offline": (ENV_OFFLINE, _flag),
+    "call_timeout": (ENV_CALL_TIMEOUT, _positive_float),
 }

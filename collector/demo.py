@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="clearml-relay-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    config = CollectorConfig.from_env(bind="tcp://127.0.0.1:0", data_dir=work / "collector")
+    config = CollectorConfig.from_env(bind="tcp://127.0.0.1:0", data_dir=work / "collector", backend="jsonl")
     with Collector(config) as collector:
         endpoint = collector.bound_endpoint
         print(f"collector  listening on {endpoint}, data in {config.data_dir}")

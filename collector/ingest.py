@@ -125,9 +125,21 @@ class Ingest:
             self.socket.close(linger=0)
             raise
 
-    def serve(self, stop: threading.Event) -> None:
-        """Handle messages until ``stop`` is set (checked at least every :data:`POLL_MS`)."""
+    def serve(self, stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
+        """Handle messages until ``stop`` is set (checked at least every :data:`POLL_MS`).
+
+        ``tick`` runs on this thread about once a second: housekeeping that writes to the
+        journal belongs here, so that one thread alone writes it.
+        """
+        next_tick = time.monotonic() + 1.0
         while not stop.is_set():
+            if tick is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                try:
+                    tick()
+                except Exception:  # housekeeping must never stop the ingest loop
+                    log.exception("collector housekeeping failed")
+                    self.counters.incr("internal_error")
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             messages: list[list[bytes]] = []
@@ -162,6 +174,9 @@ class Ingest:
                 self.counters.incr("internal_error")
                 self._refuse(batch, peer, "internal", "the collector failed to handle this message")
         failed = self._commit(batch)
+        now = time.monotonic()
+        for run in batch.entries:
+            self.heartbeats[run] = now  # events are a sign of life too
         for peer, reply in batch.replies:
             self._send(peer, reply)
         for peer, runs in batch.acks.items():

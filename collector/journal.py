@@ -13,7 +13,6 @@ returns, so the caller may ack. Listeners (the appliers) hear about new position
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Final, NamedTuple
 from collector import paths
 from collector.counters import Counters
 from producer import protocol
-from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog
+from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,36 @@ def _meta_after(meta: RunMeta, event: protocol.Event) -> RunMeta:
         return replace(meta, project=event.project, name=event.name, state="open")
     if isinstance(event, protocol.RunClose):
         return replace(meta, state=event.status)
+    if meta.state == "aborted":
+        return replace(meta, state="open")  # its producer came back after all
     return meta
+
+
+def read_meta(directory: Path) -> RunMeta:
+    """A run's metadata from its journal directory (read-only)."""
+    try:
+        data = json.loads((directory / META).read_text())
+        return RunMeta(
+            project=str(data.get("project", "")),
+            name=str(data.get("name", "")),
+            state=str(data.get("state", "open")),
+        )
+    except FileNotFoundError:
+        return RunMeta()
+    except (OSError, ValueError, AttributeError):
+        log.warning("unreadable %s: run metadata starts afresh", directory / META)
+        return RunMeta()
+
+
+def read_position(directory: Path) -> int:
+    """A run's journaled position, read-only: its newest record's seq, or a Gap's last."""
+    last = last_record(directory)
+    if last is None:
+        return 0
+    try:
+        return through(protocol.decode_event(last.body))
+    except protocol.ProtocolError:
+        return last.seq  # refused events are journaled as Gaps: an undecodable one extends nothing
 
 
 class _Run:
@@ -130,6 +158,17 @@ class Journal:
         with self._lock:
             found = self._runs.get(run)
             return found.meta if found else RunMeta()
+
+    def set_state(self, run: str, state: str) -> None:
+        """Record a state the collector decided (``aborted``: the run's producer vanished)."""
+        with self._lock:
+            current = self._runs.get(run)
+        if current is None or current.meta.state == state:
+            return
+        meta = replace(current.meta, state=state)
+        self._write_meta(current.directory, meta)
+        with self._lock:
+            current.meta = meta
 
     def size_bytes(self) -> int:
         """Bytes held by all journals (tracked, not measured: cheap to ask on every batch)."""
@@ -244,15 +283,8 @@ class Journal:
     def _open(self, name: str) -> _Run:
         directory = paths.run_dir(self.directory, name)
         record_log = RecordLog(directory, segment_bytes=self.segment_bytes, on_damage=self._damage)
-        position = record_log.last_seq
-        if position:
-            # A Gap as the last record accounts for seqs beyond its own.
-            last = LogReader(directory, start_seq=position).read(max_records=1)
-            if last and last[0].seq == position:
-                # Refused events are journaled as Gaps, so an undecodable record extends nothing.
-                with contextlib.suppress(protocol.ProtocolError):
-                    position = through(protocol.decode_event(last[0].body))
-        meta = self._read_meta(directory)
+        position = read_position(directory)  # the log was just recovered: its tail is clean
+        meta = read_meta(directory)
         if meta.state != "open":
             record_log.close()  # file descriptors are kept for runs that may still write
         return _Run(directory, record_log, position, meta)
@@ -280,21 +312,6 @@ class Journal:
             return
         with self._lock:
             self._runs[name] = fresh
-
-    @staticmethod
-    def _read_meta(directory: Path) -> RunMeta:
-        try:
-            data = json.loads((directory / META).read_text())
-            return RunMeta(
-                project=str(data.get("project", "")),
-                name=str(data.get("name", "")),
-                state=str(data.get("state", "open")),
-            )
-        except FileNotFoundError:
-            return RunMeta()
-        except (OSError, ValueError, AttributeError):
-            log.warning("unreadable %s: run metadata starts afresh", directory / META)
-            return RunMeta()
 
     def _write_meta(self, directory: Path, meta: RunMeta) -> None:
         tmp = directory / (META + ".tmp")

@@ -14,6 +14,7 @@ from typing import Final
 
 JOURNAL: Final = "journal"
 FILES: Final = "files"
+CLEARML: Final = "clearml"
 RECORDS: Final = "records"
 
 _RUN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,14 @@ def make_backend(config: CollectorConfig) -> Backend:
     """The backend ``config.backend`` names (backends with heavy imports load them here)."""
     if config.backend == "jsonl":
         return JsonlBackend(config.data_dir / paths.RECORDS)
+    if config.backend == "clearml":
+        from collector import clearml_backend, mode  # noqa: PLC0415  (clearml loads only here)
+
+        offline, reason = mode.decide(config.offline)
+        log.info("ClearML %s mode: %s", "offline" if offline else "online", reason)
+        return clearml_backend.ClearMLBackend(
+            config.data_dir / paths.CLEARML, offline=offline, call_timeout=config.call_timeout
+        )
     raise ValueError(f"unknown backend {config.backend!r}")
 
 
@@ -68,6 +77,7 @@ class Collector:
         self._appliers: Appliers | None = None
         self._journal: Journal | None = None
         self._files: FileStore | None = None
+        self._started = 0.0
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -89,7 +99,7 @@ class Collector:
         self._open()
         assert self._ingest is not None
         self._thread = threading.Thread(
-            target=self._ingest.serve, args=(self._stopping,), name="collector-ingest", daemon=True
+            target=self._ingest.serve, args=(self._stopping, self._reap), name="collector-ingest", daemon=True
         )
         self._thread.start()
 
@@ -98,7 +108,7 @@ class Collector:
         self._open()
         assert self._ingest is not None
         try:
-            self._ingest.serve(self._stopping)
+            self._ingest.serve(self._stopping, self._reap)
         finally:
             self._shutdown(self.config.drain_timeout)
 
@@ -181,6 +191,7 @@ class Collector:
             self._appliers = Appliers(self._journal, self._backend, self._files, self.counters)
             self._journal.add_listener(self._appliers.notify)
             self._appliers.start()
+            self._started = time.monotonic()
             self._context = zmq.Context()
             self._ingest = Ingest(
                 self._context,
@@ -201,6 +212,28 @@ class Collector:
             config.data_dir.absolute(),
             type(self._backend).__name__,
         )
+
+    def _reap(self) -> None:
+        """Abort open runs whose producer vanished: no heartbeat and no event for a while.
+
+        Runs on the ingest thread (its tick). A run's clock starts at the later of its last sign
+        of life and this collector's start, so runs left open by a previous collector get the
+        full timeout to come back.
+        """
+        journal, appliers, ingest = self._journal, self._appliers, self._ingest
+        if journal is None or appliers is None or ingest is None:
+            return
+        timeout, now = self.config.heartbeat_timeout, time.monotonic()
+        for run in journal.runs():
+            if journal.meta(run).state != "open":
+                continue
+            silent = now - max(self._started, ingest.heartbeats.get(run, self._started))
+            if silent > timeout:
+                reason = f"no heartbeat or event from its producer for {silent:.0f} s"
+                log.warning("run %s: aborted: %s", run, reason)
+                self.counters.incr("runs_aborted")
+                journal.set_state(run, "aborted")
+                appliers.abort(run, reason)
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         fd = os.open(data_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)

@@ -83,6 +83,18 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def last_record(directory: Path) -> Record | None:
+    """The newest valid record of a log, read-only: nothing is repaired, a torn tail is skipped."""
+    for _, path in reversed(list_segments(directory)):
+        try:
+            parsed = _parse(path.read_bytes(), 0, final=True)
+        except FileNotFoundError:
+            continue
+        if parsed.records:
+            return parsed.records[-1][0]
+    return None
+
+
 class _Parse(NamedTuple):
     records: list[tuple[Record, int]]  # each valid record with seq >= min_seq, and its end offset
     consumed: int  # bytes of buf that were parsed (records and skipped damage)

@@ -34,6 +34,7 @@ def make_config(data_dir: Path, **overrides: Any) -> CollectorConfig:
     """A collector config on a free port that ignores the environment of the test process."""
     overrides.setdefault("bind", "tcp://127.0.0.1:0")
     overrides.setdefault("drain_timeout", 5.0)
+    overrides.setdefault("backend", "jsonl")
     return CollectorConfig.from_env(environ={}, data_dir=data_dir, **overrides)
 
 

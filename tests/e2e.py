@@ -60,6 +60,8 @@ def start_collector(endpoint: str, data_dir: Path, log: Path, *args: str) -> sub
                 endpoint,
                 "--data-dir",
                 str(data_dir),
+                "--backend",
+                "jsonl",
                 *args,
             ],
             env=env(),

@@ -63,6 +63,8 @@ def test_collector_subprocess_accepts_events_and_stops_on_sigterm(tmp_path: Path
             "tcp://127.0.0.1:0",
             "--data-dir",
             str(data),
+            "--backend",
+            "jsonl",
         ],
         cwd=ROOT,
         env=clean_env(),

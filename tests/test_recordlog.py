@@ -174,3 +174,19 @@ def test_damage_anywhere_costs_only_the_damaged_records(
     assert seqs == sorted(seqs)
     assert set(range(1, 31)) - touched <= set(seqs)
     assert damage or not (set(range(1, 31)) - touched - set(seqs))
+
+
+def test_last_record_reads_without_repairing(tmp_path: Path) -> None:
+    from producer.recordlog import last_record
+
+    assert last_record(tmp_path) is None
+    log = _fill(tmp_path, 20)
+    log.close()
+    seg = list_segments(tmp_path)[-1][1]
+    size = seg.stat().st_size
+    with seg.open("ab") as f:
+        f.write(encode_record(21, b"torn")[:7])
+    record = last_record(tmp_path)
+    assert record is not None
+    assert record.seq == 20
+    assert seg.stat().st_size == size + 7, "a read-only look must not cut the tail"

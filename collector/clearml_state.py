@@ -1,0 +1,92 @@
+"""The ClearML backend's durable per-run state: one small JSON file per run, never clearml.
+
+``directory/<run>.json`` holds what the backend needs to continue a run's ClearML task exactly
+where its last checkpoint left it: the task id, the durable applied position, the offline
+session folder (and zip, once closed), the run's state, and for offline sessions the byte sizes
+of the session's append-only files plus a copy of ``task.json`` at that checkpoint. The file is
+replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a
+``kill -9`` leaves either the previous checkpoint or the new one.
+
+This module does not import clearml: ``clearml-relay runs`` reads it through :func:`describe`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from collector import paths
+
+_SUFFIX: Final = ".json"
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    """One run's ClearML task at its last checkpoint."""
+
+    run: str
+    task_id: str = ""
+    #: Every event of the run up to this seq is durable in the task.
+    applied: int = 0
+    offline: bool = True
+    #: The offline session folder (``.../offline/<task id>``); empty online.
+    session: str = ""
+    #: The zip ClearML wrote when the task was closed (offline); empty while open.
+    zip: str = ""
+    #: ``open``, ``completed``, ``failed`` or ``aborted``.
+    state: str = "open"
+    project: str = ""
+    name: str = ""
+    #: Producer time of the RunOpen (the x axis of machine stats without an iteration).
+    opened_ts: float = 0.0
+    #: Offline: byte size of each append-only ``*.jsonl`` of the session at the checkpoint.
+    sizes: dict[str, int] = {}
+    #: Offline: ``task.json`` as it was at the checkpoint (restored before re-attaching).
+    task_json: str = ""
+
+
+def state_path(directory: Path, run: str) -> Path:
+    """Where the state of ``run`` lives (raises UnsafeNameError for a bad run id)."""
+    return paths.run_dir(directory, run).with_name(run + _SUFFIX)
+
+
+def load(directory: Path, run: str) -> RunState | None:
+    """The run's last checkpoint, or None if the backend never saw the run."""
+    try:
+        data = state_path(directory, run).read_bytes()
+    except FileNotFoundError:
+        return None
+    return msgspec.json.decode(data, type=RunState)
+
+
+def save(directory: Path, state: RunState, *, fsync: bool = True) -> None:
+    """Replace the run's state atomically."""
+    path = state_path(directory, state.run)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.encode(state))
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        paths.fsync_path(directory)
+
+
+def describe(directory: Path, run: str) -> dict[str, Any]:
+    """What ``clearml-relay runs`` shows for a run (empty if the backend never saw it)."""
+    state = load(directory, run)
+    if state is None:
+        return {}
+    return {
+        "run": state.run,
+        "task_id": state.task_id,
+        "applied": state.applied,
+        "state": state.state,
+        "offline": state.offline,
+        "session": state.zip or state.session,
+        "project": state.project,
+        "name": state.name,
+    }

@@ -1,0 +1,105 @@
+"""``clearml-relay runs``: every run a collector's data directory knows, read-only.
+
+Safe beside a running collector: it reads the journal's metadata and newest records, and the
+backend's own records of what it applied, without opening anything for writing. ``received`` is
+the journaled position (events acknowledged to producers); ``applied`` is the backend's durable
+position (events in the ClearML task or the JSONL records as of the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from collector import paths
+from collector.journal import read_meta, read_position
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run: str
+    project: str
+    name: str
+    state: str
+    received: int
+    applied: int
+    task_id: str
+    session: str
+
+
+def list_runs(data_dir: Path) -> list[RunRow]:
+    """One row per run journaled under ``data_dir``, in run id order."""
+    journal = data_dir / paths.JOURNAL
+    try:
+        names = sorted(os.listdir(journal))
+    except FileNotFoundError:
+        return []
+    rows = []
+    for run in names:
+        directory = journal / run
+        if not paths.is_safe_run(run) or not directory.is_dir():
+            continue
+        meta = read_meta(directory)
+        applied, task_id, session = _backend_view(data_dir, run)
+        rows.append(
+            RunRow(
+                run, meta.project, meta.name, meta.state, read_position(directory), applied, task_id, session
+            )
+        )
+    return rows
+
+
+def _backend_view(data_dir: Path, run: str) -> tuple[int, str, str]:
+    """(applied, task id, offline session) from whichever backend wrote about this run."""
+    state = data_dir / paths.CLEARML / f"{run}.json"
+    try:
+        data = json.loads(state.read_text())
+        return int(data.get("applied", 0)), str(data.get("task_id", "")), str(data.get("session", ""))
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return _jsonl_applied(data_dir / paths.RECORDS / f"{run}.jsonl"), "", ""
+
+
+def _jsonl_applied(path: Path) -> int:
+    """The seq of the last complete line of a JSONL record file (0 if none)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 65536))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return 0
+    for line in reversed(lines[:-1]):  # the part after the last newline may be torn
+        try:
+            return int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def render(rows: list[RunRow], as_json: bool) -> str:
+    """The rows as JSON (one list), or as a table for a terminal."""
+    if as_json:
+        return json.dumps([asdict(row) for row in rows], indent=2)
+    from rich.console import Console  # noqa: PLC0415  (only the table needs rich)
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    for column in ("run", "project", "name", "state", "received", "applied", "task id", "offline session"):
+        table.add_column(column, justify="right" if column in ("received", "applied") else "left")
+    for row in rows:
+        table.add_row(
+            row.run,
+            row.project,
+            row.name,
+            row.state,
+            str(row.received),
+            str(row.applied),
+            row.task_id,
+            row.session,
+        )
+    console = Console(width=200)
+    with console.capture() as captured:
+        console.print(table)
+    return captured.get()

@@ -1,0 +1,114 @@
+"""The appliers' contract with a backend: durable checkpoints bound reclaiming; aborts come last."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from collector_helpers import DEADLINE, Producer, close_event, run_events, running, scalar, wait_until
+
+from collector.backend import JsonlBackend
+from producer import protocol
+from producer.recordlog import list_segments
+
+
+class Checkpointed(JsonlBackend):
+    """A JSONL backend whose position becomes durable only at checkpoint (like ClearML's)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.durable: dict[str, int] = {}
+        self.allow = threading.Event()
+        self.allow.set()
+        self.checkpoints: list[tuple[str, int]] = []
+        self.aborts: list[tuple[str, str, int]] = []
+
+    def applied(self, run: str) -> int:
+        return self.durable.get(run, 0)
+
+    def checkpoint(self, run: str) -> None:
+        if not self.allow.is_set():
+            raise OSError("the backend cannot make its work durable right now")
+        self.durable[run] = super().applied(run)
+        self.checkpoints.append((run, self.durable[run]))
+
+    def abort(self, run: str, reason: str) -> None:
+        self.aborts.append((run, reason, super().applied(run)))
+
+
+def test_the_journal_is_reclaimed_only_up_to_the_durable_position(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    backend = Checkpointed(data / "records")
+    backend.allow.clear()
+    with (
+        running(data, backend=backend, journal_segment_bytes=256) as collector,
+        Producer(collector.bound_endpoint) as producer,
+    ):
+        events = run_events("r", 60)
+        for start in range(0, 60, 10):  # one group commit each: several segments
+            producer.submit(events[start : start + 10])
+            producer.until_acked("r", start + 10)
+        segments = data / "journal" / "r"
+        assert len(list_segments(segments)) > 2
+        # Applied but never made durable: the run stops there (its events wait in the journal)
+        # and every segment stays, since a restart would need them.
+        wait_until(
+            lambda: collector.counters.snapshot().get("apply_error", 0) >= 2, what="failed checkpoints"
+        )
+        assert collector.status().runs[0].applied < 60
+        assert list_segments(segments)[0][0] == 1
+        backend.allow.set()  # the backend recovers: everything applies and becomes durable
+        assert collector.wait_applied("r", 60, DEADLINE * 2)
+        wait_until(lambda: backend.durable.get("r") == 60, what="the checkpoint")
+        wait_until(lambda: list_segments(segments)[0][0] > 1, what="reclaiming")
+
+
+def test_a_run_is_checkpointed_once_it_catches_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    backend = Checkpointed(data / "records")
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        producer.submit(run_events("r", 10))
+        producer.until_acked("r", 10)
+        wait_until(lambda: ("r", 10) in backend.checkpoints, what="a checkpoint at 10")
+        producer.submit([scalar("r", 11)])
+        wait_until(lambda: ("r", 11) in backend.checkpoints, what="a checkpoint at 11")
+
+
+def test_a_run_whose_producer_vanished_is_aborted_after_everything_is_applied(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    backend = Checkpointed(data / "records")
+    with (
+        running(data, backend=backend, heartbeat_timeout=1.0) as collector,
+        Producer(collector.bound_endpoint) as producer,
+    ):
+        producer.submit(
+            run_events("quiet", 5) + run_events("alive", 3) + [*run_events("done", 2), close_event("done", 3)]
+        )
+        producer.until_acked("done", 3)
+        stop = threading.Event()
+
+        def beat() -> None:  # the live producer keeps saying so
+            with Producer(collector.bound_endpoint) as beating:
+                while not stop.wait(0.2):
+                    beating.send(protocol.Heartbeat(runs=["alive"]))
+
+        beater = threading.Thread(target=beat)
+        beater.start()
+        try:
+            wait_until(
+                lambda: [a[0] for a in backend.aborts] == ["quiet"], timeout=DEADLINE, what="the abort"
+            )
+            states = {info.run: info.state for info in collector.status().runs}
+            assert states == {"quiet": "aborted", "alive": "open", "done": "completed"}
+            _, reason, applied_before = backend.aborts[0]
+            assert applied_before == 5, "the abort must come after every journaled event"
+            assert "no heartbeat" in reason
+            assert collector.counters.snapshot()["runs_aborted"] == 1
+            # The producer comes back: the run is open again and its events still apply.
+            producer.submit([scalar("quiet", 6)])
+            producer.until_acked("quiet", 6)
+            assert collector.wait_applied("quiet", 6, DEADLINE)
+            assert {i.run: i.state for i in collector.status().runs}["quiet"] == "open"
+        finally:
+            stop.set()
+            beater.join()
