@@ -660,3 +660,22 @@ class ClearMLBackend:
                 "status",
                 lambda: task.mark_stopped(force=True, status_message=message or None),
             )
+
+
+# ------------------------------------------------------------------- importing offline sessions
+
+
+def files_host() -> str:
+    """The configured ClearML files server, where imported model weights are uploaded."""
+    from clearml.backend_api import Session  # noqa: PLC0415  (only `upload` needs it)
+
+    host: str = Session.get_files_server_host()
+    return host
+
+
+def import_session(folder: Path) -> str:
+    """Import one extracted offline session into the configured server; returns the task id."""
+    task_id = Task.import_offline_session(str(folder))
+    if not task_id:
+        raise RuntimeError(f"ClearML did not import the session in {folder}")
+    return str(task_id)

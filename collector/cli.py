@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from collector.config import (
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     runs.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
     runs.set_defaults(func=_runs)
+
+    upload = commands.add_parser("upload", help="import finished offline sessions into the configured server")
+    upload.add_argument(
+        "sessions", nargs="+", metavar="SESSION.zip", help="offline session zips (or folders)"
+    )
+    upload.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    upload.set_defaults(func=_upload)
 
     demo = commands.add_parser("demo", help="run a collector and a training process that logs through it")
     demo.add_argument("--workdir", help="keep everything here (default: a new temporary directory)")
@@ -199,3 +207,30 @@ def _runs(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(render(list_runs(config.data_dir), args.json))
     return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from collector import mode  # noqa: PLC0415
+
+    offline, reason = mode.decide(False)
+    if offline:
+        return _config_error(f"no ClearML server to upload to: {reason}")
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from collector import clearml_backend, upload  # noqa: PLC0415  (clearml loads only here)
+
+    sessions = [Path(s) for s in args.sessions]
+    with Progress(transient=False) as progress:
+        bar = progress.add_task(f"importing {len(sessions)} sessions", total=len(sessions))
+
+        def on_result(result: upload.UploadResult) -> None:
+            if result.error:
+                progress.console.print(f"[red]failed[/red] {result.source}: {result.error}")
+            else:
+                progress.console.print(f"imported {result.source} as task {result.task_id}")
+            progress.advance(bar)
+
+        results = upload.upload_sessions(
+            sessions, clearml_backend.import_session, clearml_backend.files_host(), on_result
+        )
+    return 0 if all(not r.error for r in results) else EXIT_FAILURE

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from collector import paths
+from collector import clearml_state, paths
 from collector.journal import read_meta, read_position
 
 
@@ -53,12 +53,9 @@ def list_runs(data_dir: Path) -> list[RunRow]:
 
 def _backend_view(data_dir: Path, run: str) -> tuple[int, str, str]:
     """(applied, task id, offline session) from whichever backend wrote about this run."""
-    state = data_dir / paths.CLEARML / f"{run}.json"
-    try:
-        data = json.loads(state.read_text())
-        return int(data.get("applied", 0)), str(data.get("task_id", "")), str(data.get("session", ""))
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass
+    state = clearml_state.load(data_dir / paths.CLEARML, run)
+    if state is not None:
+        return state.applied, state.task_id, state.zip or state.session
     return _jsonl_applied(data_dir / paths.RECORDS / f"{run}.jsonl"), "", ""
 
 

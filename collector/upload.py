@@ -1,0 +1,93 @@
+"""``clearml-relay upload``: import finished offline sessions into the configured ClearML server.
+
+ClearML's own importer registers an offline session's models as ``file://`` paths of the folder
+the session was recorded in (NOTES.md), which exists only on the collector's machine, and only
+until its retention removes it. So each session is extracted here, every output model is pointed
+at its extracted weights file and given the server's files host as upload destination, and only
+then imported: the weights are uploaded like any other model's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The name ClearML gives an offline session's task description.
+TASK_JSON = "task.json"
+
+
+class SessionError(ValueError):
+    """A file that is not a readable offline session."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    source: Path
+    task_id: str = ""
+    error: str = ""
+
+
+def prepare_session(source: Path, workdir: Path, files_host: str) -> Path:
+    """Extract ``source`` (a session zip or folder) under ``workdir`` and fix its model paths.
+
+    Returns:
+        The folder to import.
+
+    Raises:
+        SessionError: ``source`` is not an offline session.
+
+    """
+    folder = workdir / "session"
+    if source.is_dir():
+        shutil.copytree(source, folder)
+    else:
+        try:
+            with zipfile.ZipFile(source) as archive:
+                for member in archive.namelist():
+                    # Never write outside the folder, whatever the archive says.
+                    target = (folder / member).resolve()
+                    if not target.is_relative_to(folder.resolve()):
+                        raise SessionError(f"{source}: archive member {member!r} escapes the session folder")
+                archive.extractall(folder)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SessionError(f"{source}: not a session zip ({exc})") from None
+    task_json = folder / TASK_JSON
+    try:
+        task = json.loads(task_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise SessionError(f"{source}: no readable {TASK_JSON} ({exc})") from None
+    for model in task.get("offline_output_models", []):
+        weights = model.get("weights", {})
+        name = Path(str(weights.get("weights_filename") or "")).name
+        extracted = folder / "models" / name
+        if name and extracted.is_file():
+            weights["weights_filename"] = str(extracted)
+            model["output_uri"] = model.get("output_uri") or files_host
+    task_json.write_text(json.dumps(task))
+    return folder
+
+
+def upload_sessions(
+    sources: Iterable[Path],
+    importer: Callable[[Path], str],
+    files_host: str,
+    on_result: Callable[[UploadResult], None] = lambda _: None,
+) -> list[UploadResult]:
+    """Prepare and import each session; one failure does not stop the others."""
+    results = []
+    for source in sources:
+        with tempfile.TemporaryDirectory(prefix="clearml-relay-upload-") as workdir:
+            try:
+                result = UploadResult(
+                    source, task_id=importer(prepare_session(source, Path(workdir), files_host))
+                )
+            except Exception as exc:  # noqa: BLE001 - reported per session, the rest go on
+                result = UploadResult(source, error=f"{type(exc).__name__}: {exc}")
+        on_result(result)
+        results.append(result)
+    return results
