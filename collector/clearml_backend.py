@@ -386,6 +386,11 @@ class ClearMLBackend:
         if self.offline:
             task._project_name = (task.project, event.project)
             Path(task._get_default_report_storage_uri()).mkdir(parents=True, exist_ok=True)
+        elif not task.output_uri:
+            # Without a destination the SDK registers models as file:// paths on this machine
+            # and uploads nothing (found against the server double); True means the files server,
+            # as Ultralytics' own callback asks with Task.init(output_uri=True).
+            self._call(run, "output-uri", lambda: setattr(task, "output_uri", True))
         live = _Live(state, task)
         live.uncertain = False
         self._apply_open(live, event)

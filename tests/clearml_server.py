@@ -16,9 +16,14 @@ The wire, as clearml 2.1.12 speaks it (``clearml/backend_api/session/session.py`
 * Every answer is ``{"meta": {"id", "trx", "endpoint": {"name", "requested_version",
   "actual_version"}, "result_code", "result_subcode", "result_msg"}, "data": {...}}``.
 * Only 502, 503, 509 and 429 are retried by the SDK's HTTP layer (``Session._retry_codes``), at most
-  ``api.http.retries.status`` times; a 503 is retried *forever* unless
-  ``api.http.wait_on_maintenance_forever`` is false (the config :meth:`ClearMLServerDouble.env`
-  writes sets it false).
+  ``api.http.retries.status`` times (a 503 forever unless ``api.http.wait_on_maintenance_forever``
+  is false, as in the config :meth:`ClearMLServerDouble.env` writes). Above that,
+  ``InterfaceBase._send`` (``clearml/backend_interface/base.py``) loops *without limit* on a
+  connection error or a status above 500, and raises on 500 and below. So once a process has
+  logged in, a down server (or a 502 forever) blocks a call until the server is back; only
+  the very first call (``auth.login``, inside the session) fails fast, as ``LoginError``.
+* ``events.add_batch`` failing with 500 (or 4xx) is logged and the events are dropped: the
+  reporter neither retries nor raises.
 * The fileserver receives ``POST <files>/<dir>/`` as ``multipart/form-data`` with one field whose
   name (and file name) is the rest of the path; it stores ``<dir>/<name>`` and serves it back on
   GET. A model or image URL the SDK stores is ``<files>/<dir>/<name>``.
@@ -42,6 +47,7 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import os
 import re
 import shutil
 import socket
@@ -49,9 +55,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -111,6 +116,13 @@ class ApiError(Exception):
         self.subcode = subcode
 
 
+class Unsupported(ApiError):
+    """An endpoint the double does not implement: answered 400, listed in ``unhandled``."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(400, f"endpoint {endpoint!r} is not supported by the test double", 1)
+
+
 @dataclass
 class Call:
     """One request as received.
@@ -147,10 +159,15 @@ class _Rule:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # Handler threads are joined by server_close(); _Listener.stop() first cuts every
+    # connection so that none of them can keep it waiting.
+    daemon_threads = False
+    block_on_close = True
     # One listener per kind; the kind tells the handler which side of the double it is.
     kind = ""
     double: ClearMLServerDouble
+    #: Set when the listener stops: stalled and slowed handlers give up without answering.
+    closing: threading.Event
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -158,9 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server_version = "clearml-server-double"
 
+    timeout = 60  # a client that connects and never sends cannot hold a thread for long
+
     def setup(self) -> None:
         super().setup()
         self.server.double._connection_opened(self.server.kind, self.connection)
+        # Registered before the check: either stop() sees this connection or this sees stop().
+        if self.server.closing.is_set():
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def finish(self) -> None:
         try:
@@ -168,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.double._connection_closed(self.server.kind, self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the double records calls itself."""
 
     def _body(self) -> bytes:
@@ -185,10 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _handle(self) -> None:
-        try:
+        # OSError: the peer gave up, or down() cut the connection.
+        with contextlib.suppress(OSError):
             self.server.double._serve(self, self.server.kind, self._body())
-        except (ConnectionError, TimeoutError, OSError):
-            pass  # the peer gave up, or down() cut the connection
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_CONNECT = _handle
 
@@ -219,6 +241,7 @@ class _Listener:
         server = _Server((_HOST, self.port), _Handler)
         server.kind = self.kind
         server.double = self.double
+        server.closing = threading.Event()
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -231,8 +254,14 @@ class _Listener:
         if server is None or thread is None:
             return
         self._server = self._thread = None
+        server.closing.set()
         server.shutdown()  # no new connections are accepted after this
         thread.join()
+        # Cut what is still open: a stalled or slowed handler sees its socket die (or the
+        # closing event) and returns, so that server_close() can join it.
+        for conn in self.double._open_connections(self.kind):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         server.server_close()  # closes the listening socket and joins the handler threads
 
 
@@ -246,7 +275,7 @@ class ClearMLServerDouble:
     Use::
 
         with ClearMLServerDouble() as server:
-            subprocess.run([...], env={**os.environ, **server.env()})
+            subprocess.run([...], env=server.child_env())
             assert server.tasks
 
     """
@@ -255,12 +284,13 @@ class ClearMLServerDouble:
         self.access_key = access_key
         self.secret_key = secret_key
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = threading.Condition()  # notified whenever a call arrives or is answered
         self._listeners = {kind: _Listener(self, kind) for kind in ("api", "files", "web", "trap")}
         self._connections: dict[str, set[socket.socket]] = {kind: set() for kind in self._listeners}
-        self._closing = threading.Event()  # wakes stalled and slowed handlers at shutdown
-        self._released = threading.Event()  # set: nothing is stalled
-        self._released.set()
+        # A stall() holds calls until its own event is set: a later stall() gets a new one, so
+        # calls released by unstall() are never caught again.
+        self._release = threading.Event()
+        self._release.set()
         self._stall: _Rule | None = None
         self._stalled = 0
         self._slow: tuple[float, str | None] = (0.0, None)
@@ -268,6 +298,7 @@ class ClearMLServerDouble:
         self._tmp: Path | None = None
         # State.
         self._calls: list[Call] = []
+        self._unhandled: list[Call] = []
         self._tokens: set[str] = set()
         self._tasks: dict[str, dict[str, Any]] = {}
         self._projects: dict[str, dict[str, Any]] = {}
@@ -278,7 +309,6 @@ class ClearMLServerDouble:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> ClearMLServerDouble:
-        self._closing.clear()
         self._tmp = Path(tempfile.mkdtemp(prefix="clearml-double-"))
         for listener in self._listeners.values():
             listener.start()
@@ -286,10 +316,8 @@ class ClearMLServerDouble:
 
     def close(self) -> None:
         """Stop every listener, dropping stalled calls; remove the config directory."""
-        self._closing.set()
-        self._released.set()
-        for kind in self._listeners:
-            self._stop(kind)
+        for listener in self._listeners.values():
+            listener.stop()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -308,7 +336,7 @@ class ClearMLServerDouble:
 
         """
         for kind in kinds or ("api", "files", "web"):
-            self._stop(kind)
+            self._listeners[kind].stop()
 
     def up(self, *kinds: str) -> None:
         """Listen again, on the same ports as before."""
@@ -316,25 +344,6 @@ class ClearMLServerDouble:
             listener = self._listeners[kind]
             if not listener.running:
                 listener.start()
-
-    def _stop(self, kind: str) -> None:
-        listener = self._listeners[kind]
-        if not listener.running:
-            return
-        # Stop accepting first, then cut what is open: a stalled or slowed handler sees its
-        # socket die (or the closing event) and returns, so server_close() can join it.
-        with self._lock:
-            connections = list(self._connections[kind])
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        waking = not self._closing.is_set()
-        self._closing.set()
-        try:
-            listener.stop()
-        finally:
-            if waking:
-                self._closing.clear()
 
     # ------------------------------------------------------------------------------ addresses
 
@@ -394,6 +403,11 @@ class ClearMLServerDouble:
             "no_proxy": f"{_HOST},localhost",
         }
 
+    def child_env(self, **options: Any) -> dict[str, str]:
+        """``os.environ`` without ``CLEARML_OFFLINE_MODE``, plus :meth:`env` (``options`` go to it)."""
+        base = {k: v for k, v in os.environ.items() if k != "CLEARML_OFFLINE_MODE"}
+        return {**base, **self.env(**options)}
+
     # ------------------------------------------------------------------------------ faults
 
     def fail(self, endpoint: str | None = None, status: int = 500, times: int | None = None) -> None:
@@ -412,13 +426,13 @@ class ClearMLServerDouble:
         """Accept matching calls (they are recorded) but answer none until :meth:`unstall`."""
         with self._lock:
             self._stall = _Rule(endpoint, None)
-            self._released.clear()
+            self._release = threading.Event()
 
     def unstall(self) -> None:
         """Let stalled calls go on (they are then answered normally)."""
         with self._lock:
             self._stall = None
-            self._released.set()
+            self._release.set()
 
     def slow(self, seconds: float, endpoint: str | None = None) -> None:
         """Wait ``seconds`` before answering each matching call (0 to stop)."""
@@ -443,7 +457,11 @@ class ClearMLServerDouble:
     def calls(self, endpoint: str | None = None) -> list[Call]:
         """Every call received so far (an fnmatch pattern over endpoints filters them)."""
         with self._lock:
-            return [copy.deepcopy(c) for c in self._calls if endpoint is None or fnmatch.fnmatchcase(c.endpoint, endpoint)]
+            return [
+                copy.deepcopy(c)
+                for c in self._calls
+                if endpoint is None or fnmatch.fnmatchcase(c.endpoint, endpoint)
+            ]
 
     def endpoints(self) -> list[str]:
         """The distinct endpoints called, in order of first call."""
@@ -454,7 +472,7 @@ class ClearMLServerDouble:
     def unhandled(self) -> list[Call]:
         """API calls the double does not implement (answered 400 ``not supported``)."""
         with self._lock:
-            return [copy.deepcopy(c) for c in self._calls if c.status == 400 and c.endpoint not in ("", "proxy")]
+            return [copy.deepcopy(c) for c in self._unhandled]
 
     @property
     def escapes(self) -> list[Call]:
@@ -490,10 +508,14 @@ class ClearMLServerDouble:
         with self._lock:
             return self._uploads.get(unquote(parts.path).lstrip("/"))
 
-    def events(self, task_id: str, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002
+    def events(self, task_id: str, type: str | None = None) -> list[dict[str, Any]]:
         """The events of one task in arrival order (``type``: ``training_stats_scalar``, ``log``...)."""
         with self._lock:
-            return [copy.deepcopy(e) for e in self._events.get(task_id, []) if type is None or e.get("type") == type]
+            return [
+                copy.deepcopy(e)
+                for e in self._events.get(task_id, [])
+                if type is None or e.get("type") == type
+            ]
 
     def task(self, name: str) -> dict[str, Any] | None:
         """The newest task with this name."""
@@ -508,19 +530,15 @@ class ClearMLServerDouble:
     def wait_for(self, condition: Callable[[ClearMLServerDouble], Any], timeout: float, what: str) -> Any:
         """Wait until ``condition(self)`` is truthy (re-checked whenever a call was answered)."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                self._lock.release()
-                try:
-                    result = condition(self)
-                finally:
-                    self._lock.acquire()
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-                self._changed.wait(min(left, 0.2))
+        while True:
+            result = condition(self)
+            if result:
+                return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            with self._changed:
+                self._changed.wait(min(left, 0.2))  # bounded: a change between check and wait
 
     # ------------------------------------------------------------------------------ serving
 
@@ -532,6 +550,14 @@ class ClearMLServerDouble:
         with self._lock:
             self._connections[kind].discard(conn)
 
+    def _open_connections(self, kind: str) -> list[socket.socket]:
+        with self._lock:
+            return list(self._connections[kind])
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
     def _serve(self, handler: _Handler, kind: str, raw: bytes) -> None:
         endpoint, version, path = self._route(handler, kind)
         call = Call(
@@ -541,29 +567,34 @@ class ClearMLServerDouble:
             headers={k.lower(): v for k, v in handler.headers.items()},
             body=raw if kind == "files" else _decode(raw),
         )
+        closing = handler.server.closing
         with self._lock:
             self._calls.append(call)
-            self._changed.notify_all()
             stall = self._stall is not None and self._stall.matches(endpoint) and kind != "trap"
             if stall:
                 self._stalled += 1
+            release = self._release
             seconds, slow_pattern = self._slow
+        self._notify()
         if stall:
             try:
-                while not (self._released.wait(0.1) or self._closing.is_set()):
+                while not (release.wait(0.1) or closing.is_set()):
                     pass
             finally:
                 with self._lock:
                     self._stalled -= 1
-            if self._closing.is_set():
+            if closing.is_set():
                 return  # cut by down() / close(): never answered
-        if seconds and (slow_pattern is None or fnmatch.fnmatchcase(endpoint, slow_pattern)):
-            if self._closing.wait(seconds):
-                return
+        if (
+            seconds
+            and (slow_pattern is None or fnmatch.fnmatchcase(endpoint, slow_pattern))
+            and closing.wait(seconds)
+        ):
+            return
         status, body, content_type = self._answer(kind, endpoint, version, handler, call)
         with self._lock:
             call.status = status
-            self._changed.notify_all()
+        self._notify()
         handler.reply(status, body, content_type)
 
     @staticmethod
@@ -572,7 +603,9 @@ class ClearMLServerDouble:
             return ("proxy.connect" if handler.command == "CONNECT" else "proxy.http"), "", handler.path
         path = unquote(urlsplit(handler.path).path)
         if kind == "files":
-            action = {"GET": "download", "HEAD": "download", "DELETE": "delete"}.get(handler.command, "upload")
+            action = {"GET": "download", "HEAD": "download", "DELETE": "delete"}.get(
+                handler.command, "upload"
+            )
             return f"files.{action}", "", path
         if kind == "web":
             return "web.get", "", path
@@ -581,7 +614,9 @@ class ClearMLServerDouble:
             return "", "", path
         return f"{match[2]}.{match[3]}", match[1] or "", path
 
-    def _answer(self, kind: str, endpoint: str, version: str, handler: _Handler, call: Call) -> tuple[int, bytes, str]:
+    def _answer(
+        self, kind: str, endpoint: str, version: str, handler: _Handler, call: Call
+    ) -> tuple[int, bytes, str]:
         with self._lock:
             rule = next((r for r in self._faults if r.remaining != 0 and r.matches(endpoint)), None)
             if rule is not None and rule.remaining is not None:
@@ -589,7 +624,11 @@ class ClearMLServerDouble:
         if kind == "trap":
             return 403, b"clearml-server-double: no traffic off this machine", "text/plain"
         if rule is not None:
-            return rule.status, _envelope(endpoint, version, rule.status, "injected failure"), "application/json"
+            return (
+                rule.status,
+                _envelope(endpoint, version, rule.status, "injected failure"),
+                "application/json",
+            )
         if kind == "web":
             return 200, b"<html><body>clearml-server-double</body></html>", "text/html"
         if kind == "files":
@@ -599,7 +638,14 @@ class ClearMLServerDouble:
                 self._check_token(call.headers.get("authorization", ""))
             data = self._api(endpoint, call)
         except ApiError as exc:
-            return exc.status, _envelope(endpoint, version, exc.status, exc.message, exc.subcode), "application/json"
+            if isinstance(exc, Unsupported):
+                with self._lock:
+                    self._unhandled.append(call)
+            return (
+                exc.status,
+                _envelope(endpoint, version, exc.status, exc.message, exc.subcode),
+                "application/json",
+            )
         return 200, _envelope(endpoint, version, 200, "OK", data=data), "application/json"
 
     def _check_token(self, authorization: str) -> None:
@@ -643,22 +689,29 @@ class ClearMLServerDouble:
 
     # ------------------------------------------------------------------------------ API
 
-    def _api(self, endpoint: str, call: Call) -> dict[str, Any]:  # noqa: PLR0911, PLR0912
+    def _api(self, endpoint: str, call: Call) -> dict[str, Any]:
         service, _, action = endpoint.partition(".")
-        body = call.body if isinstance(call.body, dict) else {}
+        # The SDK puts its HTTP method into every body ("method": "get"); the server ignores it.
+        body = _without_method(call.body) if isinstance(call.body, dict) else {}
         if endpoint == "auth.login":
             return self._login(call.headers.get("authorization", ""))
         if endpoint == "debug.ping":
             return {"msg": "ClearML server double"}
         if endpoint == "server.info":
-            return {"version": SERVER_VERSION, "build": "test", "commit": "test", "api_version": API_VERSION, "uid": "double"}
+            return {
+                "version": SERVER_VERSION,
+                "build": "test",
+                "commit": "test",
+                "api_version": API_VERSION,
+                "uid": "double",
+            }
         if endpoint == "users.get_current_user":
             return {
                 "user": {"id": USER_ID, "name": "Relay Test", "company": {"id": COMPANY_ID, "name": "test"}},
                 "getting_started": {},
                 "settings": {},
             }
-        if endpoint == "events.add_batch":
+        if endpoint == "events.add_batch":  # json-lines: one line decodes to a single object
             return self._add_events(call.body if isinstance(call.body, list) else [call.body])
         if endpoint == "events.add":
             return self._add_events([body])
@@ -669,7 +722,7 @@ class ClearMLServerDouble:
                 return self._models_api(action, body)
             if service == "projects":
                 return self._projects_api(action, body)
-        raise ApiError(400, f"endpoint {endpoint} is not supported by the test double", 1)
+        raise Unsupported(endpoint or call.path)
 
     def _login(self, authorization: str) -> dict[str, Any]:
         scheme, _, credentials = authorization.partition(" ")
@@ -699,7 +752,7 @@ class ClearMLServerDouble:
                 if not isinstance(event, dict) or "task" not in event:
                     continue
                 task_id = event["task"]
-                self._events.setdefault(task_id, []).append(event)
+                self._events.setdefault(task_id, []).append(_without_method(event))
                 added += 1
                 task = self._tasks.get(task_id)
                 if task is not None and isinstance(event.get("iter"), int) and event.get("type") != "log":
@@ -714,7 +767,7 @@ class ClearMLServerDouble:
             raise ApiError(400, f"Invalid task id: {task_id}", 101)
         return task
 
-    def _tasks_api(self, action: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911, PLR0912
+    def _tasks_api(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if action == "create":
             task_id = _new_id()
             task = {
@@ -751,8 +804,6 @@ class ClearMLServerDouble:
             return {"task": copy.deepcopy(self._task(body.get("task")))}
         if action == "get_types":
             return {"types": sorted({t["type"] for t in self._tasks.values()})}
-        if action == "update_batch":
-            raise ApiError(400, "tasks.update_batch is not supported by the test double", 1)
         task = self._task(body.get("task"))
         task["last_update"] = task["last_change"] = _now()
         if action in ("edit", "update"):
@@ -816,7 +867,8 @@ class ClearMLServerDouble:
         if action == "get_configuration_names":
             return {
                 "configurations": [
-                    {"task": t, "names": sorted(self._task(t)["configuration"])} for t in body.get("tasks") or []
+                    {"task": t, "names": sorted(self._task(t)["configuration"])}
+                    for t in body.get("tasks") or []
                 ]
             }
         if action == "delete_configuration":
@@ -832,7 +884,9 @@ class ClearMLServerDouble:
         if action == "delete_models":
             for item in body.get("models") or []:
                 kind = item.get("type", "output")
-                task["models"][kind] = [m for m in task["models"].get(kind, []) if m.get("name") != item.get("name")]
+                task["models"][kind] = [
+                    m for m in task["models"].get(kind, []) if m.get("name") != item.get("name")
+                ]
             return {"updated": 1}
         if action == "add_or_update_artifacts":
             artifacts = {a.get("key"): a for a in (task.get("execution") or {}).get("artifacts") or []}
@@ -842,7 +896,7 @@ class ClearMLServerDouble:
         if action == "set_requirements":
             task.setdefault("script", {})["requirements"] = body.get("requirements")
             return {"updated": 1}
-        raise ApiError(400, f"endpoint tasks.{action} is not supported by the test double", 1)
+        raise Unsupported(f"tasks.{action}")
 
     def _hyperparams_of(self, task_id: str) -> dict[str, Any]:
         task = self._task(task_id)
@@ -857,7 +911,7 @@ class ClearMLServerDouble:
             raise ApiError(400, f"Invalid model id: {model_id}", 401)
         return model
 
-    def _models_api(self, action: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911
+    def _models_api(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         if action == "create":
             model_id = _new_id()
             model = {
@@ -894,7 +948,12 @@ class ClearMLServerDouble:
             created = model_id is None
             if created:
                 model_id = _new_id()
-                self._models[model_id] = {"id": model_id, "created": _now(), "task": task["id"], "ready": False}
+                self._models[model_id] = {
+                    "id": model_id,
+                    "created": _now(),
+                    "task": task["id"],
+                    "ready": False,
+                }
             model = self._model(model_id)
             fields = {k: v for k, v in body.items() if k not in ("override_model_id",) and v is not None}
             model.update(fields)
@@ -914,7 +973,7 @@ class ClearMLServerDouble:
         if action == "add_or_update_metadata":
             model.setdefault("metadata", {}).update(_metadata(body.get("metadata")))
             return {"updated": 1}
-        raise ApiError(400, f"endpoint models.{action} is not supported by the test double", 1)
+        raise Unsupported(f"models.{action}")
 
     # -- projects (called with the lock held)
 
@@ -944,7 +1003,7 @@ class ClearMLServerDouble:
             if project is None:
                 raise ApiError(400, f"Invalid project id: {body.get('project')}", 401)
             return {"project": copy.deepcopy(project)}
-        raise ApiError(400, f"endpoint projects.{action} is not supported by the test double", 1)
+        raise Unsupported(f"projects.{action}")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -965,13 +1024,26 @@ def _decode(raw: bytes) -> Any:
         return raw
 
 
+def _without_method(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "method"}
+
+
 def _envelope(
-    endpoint: str, version: str, status: int, message: str, subcode: int = 0, data: dict[str, Any] | None = None
+    endpoint: str,
+    version: str,
+    status: int,
+    message: str,
+    subcode: int = 0,
+    data: dict[str, Any] | None = None,
 ) -> bytes:
     meta = {
         "id": _new_id(),
         "trx": _new_id(),
-        "endpoint": {"name": endpoint, "requested_version": version or API_VERSION, "actual_version": API_VERSION},
+        "endpoint": {
+            "name": endpoint,
+            "requested_version": version or API_VERSION,
+            "actual_version": API_VERSION,
+        },
         "result_code": status,
         "result_subcode": subcode,
         "result_msg": message,
@@ -981,14 +1053,17 @@ def _envelope(
     return json.dumps({"meta": meta, "data": data if data is not None else {}}).encode()
 
 
+#: Request fields stored elsewhere in the task (apiserver's field mapping).
+_TASK_FIELDS = {"output_dest": "output__destination"}
+
+
 def _merge_task(task: dict[str, Any], fields: dict[str, Any]) -> None:
-    """Apply a tasks.create / edit / update body: dotted keys (``output__error``) nest."""
-    for key, value in fields.items():
+    """Apply a tasks.create / edit / update body: ``a__b`` keys nest (``output__error``)."""
+    for name, value in fields.items():
+        key = _TASK_FIELDS.get(name, name)
         if "__" in key:
             outer, _, inner = key.partition("__")
             task.setdefault(outer, {})[inner] = value
-        elif key in ("hyperparams", "configuration") and isinstance(value, dict):
-            task[key] = copy.deepcopy(value)
         else:
             task[key] = copy.deepcopy(value)
 
@@ -1055,10 +1130,3 @@ def _model_matches(model: dict[str, Any], query: dict[str, Any]) -> bool:
 def _project_matches(project: dict[str, Any], query: dict[str, Any]) -> bool:
     ids = _ids(query.get("id"))
     return (ids is None or project["id"] in ids) and _name_matches(project["name"], query.get("name"))
-
-
-@contextlib.contextmanager
-def running() -> Iterator[ClearMLServerDouble]:
-    """A started double, closed on exit (for fixtures)."""
-    with ClearMLServerDouble() as server:
-        yield server

@@ -48,7 +48,9 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def start_collector(endpoint: str, data_dir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_collector(
+    endpoint: str, data_dir: Path, log: Path, *args: str, environ: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [
@@ -64,7 +66,7 @@ def start_collector(endpoint: str, data_dir: Path, log: Path, *args: str) -> sub
                 "jsonl",
                 *args,
             ],
-            env=env(),
+            env=env() if environ is None else {**environ, "PYTHONPATH": env()["PYTHONPATH"]},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -94,3 +94,27 @@ def test_upload_without_a_server_says_why(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no ClearML server to upload to" in result.stderr
+
+
+def test_upload_imports_a_session_with_its_model_into_the_server(tmp_path: Path) -> None:
+    from clearml_server import ClearMLServerDouble
+
+    session_zip = _finished_session(tmp_path)
+    with ClearMLServerDouble() as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "collector", "upload", str(session_zip)],
+            env={**server.child_env(), "PYTHONPATH": env()["PYTHONPATH"]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "imported" in result.stdout
+        task = server.task("train")
+        assert task is not None
+        assert server.project_name(task["project"]) == "proj"
+        models = [m for m in server.models.values() if m.get("task") == task["id"]]
+        assert [m["name"] for m in models] == ["best.pt"]
+        assert server.upload(models[0]["uri"]) == b"weights" * 1000, "the weights must reach the fileserver"
+        assert not server.escapes

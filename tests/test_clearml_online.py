@@ -1,0 +1,81 @@
+"""Online end to end: a collector process reports into a ClearML server (the test double).
+
+Producer process -> collector process (ClearML backend, online) -> the double's API and
+fileserver; the assertions read what the "server" received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from clearml_server import ClearMLServerDouble
+from e2e import free_port, produce, start_collector, status, stop, wait_for, wait_ready
+
+
+@pytest.mark.slow
+def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    events, every = 60, 20
+    with ClearMLServerDouble() as server:
+        collector = start_collector(
+            endpoint,
+            tmp_path / "data",
+            tmp_path / "collector.log",
+            "--backend",
+            "clearml",
+            environ=server.child_env(),
+        )
+        try:
+            wait_ready(endpoint, collector)
+            proc = produce(
+                endpoint,
+                tmp_path / "spool",
+                tmp_path / "work",
+                "online",
+                events,
+                "--file-every",
+                str(every),
+                "--model-bytes",
+                str(1_500_000),
+                "--flush-timeout",
+                "60",
+            )
+            assert "delivered=True" in proc.communicate(timeout=120)[0].decode()
+            manifest = json.loads((tmp_path / "work" / "online.json").read_text())
+
+            def completed() -> bool:
+                reply = status(endpoint)
+                info = next((r for r in reply.runs if r.run == manifest["run"]), None) if reply else None
+                return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+            wait_for(completed, 60, "the run to be applied online")
+        finally:
+            stop(collector)
+        log = (tmp_path / "collector.log").read_text()
+        assert "ClearML online mode" in log, "the collector must say which mode it chose"
+
+        task = server.task("online")
+        assert task is not None
+        assert server.project_name(task["project"]) == "e2e"
+        assert "e2e" in task["tags"]
+        scalars = server.events(task["id"], type="training_stats_scalar")
+        assert sorted(e["iter"] for e in scalars if e["metric"] == "train") == [
+            i for i in range(events) if i % every
+        ]
+        images = server.events(task["id"], type="training_debug_image")
+        assert sorted(e["iter"] for e in images) == list(range(0, events, every))
+        for image in images:
+            content = server.upload(image["url"])
+            assert content is not None, f"image {image['url']} never reached the fileserver"
+            assert hashlib.sha256(content).hexdigest() == manifest["files"][str(image["iter"])]
+        models = [m for m in server.models.values() if m.get("task") == task["id"]]
+        assert len(models) == 1
+        weights = server.upload(models[0]["uri"])
+        assert weights is not None, f"the model was registered as {models[0]['uri']} but never uploaded"
+        assert hashlib.sha256(weights).hexdigest() == manifest["files"]["-1"]
+        assert task["status"] == "completed"
+        assert not server.unhandled
+        assert not server.escapes, "nothing may leave this machine"
