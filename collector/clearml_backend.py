@@ -117,7 +117,7 @@ _LEVELS: Final = {
     "error": logging.ERROR,
 }
 _STATUS_MESSAGE_CHARS: Final = 1000
-_CHECKPOINTED: Final = (protocol.RunOpen, protocol.Model, protocol.RunClose)
+_CHECKPOINTED: Final = (protocol.RunOpen, protocol.Model)
 _UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._ -]")
 
 
@@ -272,18 +272,20 @@ class ClearMLBackend:
     def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
         """Apply one event to the run's task (opening or re-attaching the task first).
 
-        RunOpen (the task id must survive), Model and RunClose (neither may be repeated after a
-        crash) are checkpointed at once. If that checkpoint or the close times out, the applier
-        retries the event: it is not applied again, only checkpointed (and closed).
+        RunOpen (the task id must survive) and Model (it must not be registered twice) are
+        checkpointed at once. A RunClose becomes durable only once the task is closed (offline:
+        zipped): a crash before that re-applies it after the session was cut back, so no run is
+        left recorded as applied but never closed. If a checkpoint or the close times out, the
+        applier retries the event: it is not applied again, only checkpointed (or closed).
         """
         live = self._get_live(run)
         if live is not None and through(event) <= live.applied:
             if live.closing:
                 self._finish(live, live.closing)
+            elif isinstance(event, protocol.RunClose):
+                self._finish(live, event.status)
             elif isinstance(event, _CHECKPOINTED):
                 self._checkpoint(live)
-                if isinstance(event, protocol.RunClose):
-                    self._finish(live, event.status)
             return
         if live is None:
             live = self._open(run, event)  # a RunOpen that creates the task is applied by it
@@ -292,10 +294,10 @@ class ClearMLBackend:
         else:
             self._dispatch(live, event, files)
         live.applied = through(event)
-        if isinstance(event, _CHECKPOINTED):
-            self._checkpoint(live)
         if isinstance(event, protocol.RunClose):
             self._finish(live, event.status)
+        elif isinstance(event, _CHECKPOINTED):
+            self._checkpoint(live)
 
     def checkpoint(self, run: str) -> None:
         """Make everything applied so far durable, then persist the position."""
@@ -441,9 +443,11 @@ class ClearMLBackend:
             _write_atomic(session / Task._offline_filename, state.task_json)
 
     def _finish(self, live: _Live, status: str) -> None:
-        """Close the task (offline: ClearML zips the session) and forget it."""
+        """Drain and close the task (offline: ClearML zips it), then make the position durable."""
         run = live.state.run
-        live.closing = status
+        if not live.closing:  # a retry after a timed-out close must not touch the closed task
+            self._call(run, "drain", live.drain)
+            live.closing = status
         self._call(run, "close", live.task.close)
         if self.offline:
             zipped = Path(live.state.session + ".zip")

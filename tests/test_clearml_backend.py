@@ -404,3 +404,31 @@ def test_a_close_that_timed_out_completes_when_the_event_is_retried(
     assert Path(state.zip).is_file()
     assert [e["msg"] for e in log_lines(Path(state.session))] == ["killed"]
     backend.close()
+
+
+def test_a_crash_inside_the_close_leaves_the_close_to_be_applied_again(
+    state_dir: Path, files: FileStore
+) -> None:
+    # Found by the kill -9 end-to-end test: the close's position was made durable before the
+    # task was closed, so a kill in between left a run "applied" but never closed nor zipped.
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=0.3)
+    run = "closing"
+    backend.apply(run, opening(run), files)
+    backend.apply(run, scalar(run, 2), files)
+    backend.checkpoint(run)
+    dying = threading.Event()
+    backend._live[run].task.close = dying.wait  # the process dies inside the close
+    with pytest.raises(TimeoutError):
+        backend.apply(run, p.RunClose(run=run, seq=3), files)
+    try:
+        restarted = ClearMLBackend(state_dir, offline=True)  # what a new collector process sees
+        assert restarted.applied(run) == 2, "the close must not count as applied"
+        restarted.apply(run, p.RunClose(run=run, seq=3), files)
+        state = clearml_state.load(state_dir, run)
+        assert state is not None
+        assert (state.state, state.applied) == ("completed", 3)
+        assert Path(state.zip).is_file()
+        assert scalars(Path(state.session)) == [(2, 2.0)]
+        restarted.close()
+    finally:
+        dying.set()
