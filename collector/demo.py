@@ -1,10 +1,11 @@
-"""``clearml-relay demo``: a collector and a separate training process that logs through it.
+"""``clearml-relay demo``: a collector and a tiny YOLO training that logs through it, offline.
 
 The demo owns nothing but its presentation: it starts a :class:`~collector.server.Collector`
-(JSONL record backend) on a free loopback port, runs a training-like loop in a child process that
-logs through the public :class:`producer.Run` API, waits until the collector has applied every
-event, and prints what landed and how long the logging calls took against the training time.
-Everything stays on this machine.
+(ClearML backend, offline mode) on a free loopback port, trains a tiny YOLO model on a generated
+dataset in a child process with the hooks attached (:func:`producer.attach`), waits until the
+collector has applied every event, and prints what landed in the run's ClearML offline session
+and how long the hooks took on the training thread against the training time. Nothing leaves
+this machine: Ultralytics and ClearML are pointed at private directories under the work folder.
 """
 
 from __future__ import annotations
@@ -14,93 +15,117 @@ import collections
 import json
 import multiprocessing
 import os
-import struct
+import shutil
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
-from collector.backend import JsonlBackend
+from collector import clearml_state, paths
 from collector.config import CollectorConfig
+from collector.demo_data import make_dataset
 from collector.server import Collector
 
+PROJECT = "clearml-relay demo"
+TASK = "yolov8n-synthetic"
 
-def _png(width: int, height: int, seed: int) -> bytes:
-    """A small RGB gradient PNG (stdlib only: the producer side imports no imaging library)."""
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def _isolate(work: Path) -> None:
+    """Offline everything, in private directories: set before clearml or ultralytics load."""
+    import matplotlib  # noqa: PLC0415  (only to find the font it ships)
 
-    rows = b"".join(
-        b"\x00"
-        + b"".join(bytes(((x * 4 + seed * 40) % 256, (y * 4) % 256, (x + y) % 256)) for x in range(width))
-        for y in range(height)
+    yolo = work / "yolo-config"
+    (yolo / "Ultralytics").mkdir(parents=True, exist_ok=True)
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for target in (yolo / "Arial.ttf", yolo / "Ultralytics" / "Arial.ttf"):
+        shutil.copy(font, target)  # Ultralytics would download its font otherwise
+    os.environ.update(
+        {
+            "YOLO_OFFLINE": "true",
+            "YOLO_CONFIG_DIR": str(yolo),
+            "CLEARML_OFFLINE_MODE": "1",
+            "CLEARML_CACHE_DIR": str(work / "clearml-cache"),
+            "CLEARML_RELAY_SPOOL_DIR": str(work / "spool"),
+        }
     )
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
-def _train(endpoint: str, workdir: str, epochs: int) -> None:
-    """The training process: only the producer is imported here."""
-    from producer import Run  # noqa: PLC0415  (the child imports the light side only)
+def _train(endpoint: str, data: str, work: str, epochs: int) -> None:
+    """The training process: Ultralytics and the producer's hooks, nothing of the collector."""
+    from ultralytics.models import YOLO  # noqa: PLC0415
 
-    work = Path(workdir)
-    os.environ["CLEARML_RELAY_SPOOL_DIR"] = str(work / "spool")
-    hook_ns = 0
-    calls = 0
+    import producer  # noqa: PLC0415
 
-    def timed(fn: Any, *args: Any, **kwargs: Any) -> None:
-        nonlocal hook_ns, calls
-        t0 = time.perf_counter_ns()
-        fn(*args, **kwargs)
-        hook_ns += time.perf_counter_ns() - t0
-        calls += 1
-
+    model = YOLO("yolov8n.yaml")  # built from its config: no weights to download
+    hooks = producer.attach(model, endpoint=endpoint, project=PROJECT, name=TASK)
     started = time.perf_counter()
-    run = Run(project="clearml-relay demo", name="generic training loop", tags=["demo"], endpoint=endpoint)
-    timed(run.hyperparams, "General", {"epochs": epochs, "lr0": 0.01, "batch": 8, "model": "tiny"})
-    loss = 2.0
-    for epoch in range(epochs):
-        # Stand-in for an epoch of compute (a training loop would do its forward/backward here).
-        acc = 0.0
-        for i in range(3_000_000):
-            acc += (i % 7) * 1e-6
-        loss = loss * 0.8 + acc * 1e-6
-        for series, value in (("box_loss", loss), ("cls_loss", loss / 2), ("dfl_loss", loss / 3)):
-            timed(run.scalar, "train", series, value, epoch)
-        timed(run.scalar, "lr", "pg0", 0.01 * (1 - epoch / epochs), epoch)
-        timed(run.scalar, "metrics", "mAP50-95(B)", 1 - loss / 2, epoch)
-        image = work / f"train_batch{epoch}.png"
-        image.write_bytes(_png(96, 64, epoch))
-        timed(run.image, "Mosaic", "train_batch", epoch, image)
-        timed(run.text, f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}\n")
-    plot = work / "results.png"
-    plot.write_bytes(_png(160, 120, 99))
-    timed(run.plot, "results", "plot image", 0, plot)
-    timed(run.single_value, "mAP50-95(B)", 1 - loss / 2)
-    weights = work / "best.pt"
-    weights.write_bytes(os.urandom(3 * 1024 * 1024))
-    timed(run.model, weights, name="best.pt")
+    model.train(
+        data=data,
+        epochs=epochs,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        device="cpu",
+        project=str(Path(work) / "runs"),
+        name=TASK,
+        exist_ok=True,
+        verbose=False,
+    )
     train_seconds = time.perf_counter() - started
-    delivered = run.close()
-    (work / "training.json").write_text(
+    closed = hooks.wait(timeout=120)
+    timings = {event: sorted(values) for event, values in hooks.timings().items()}
+    run = hooks.run
+    (Path(work) / "training.json").write_text(
         json.dumps(
             {
-                "run": run.id,
-                "calls": calls,
-                "hook_seconds": hook_ns / 1e9,
+                "run": run.id if run is not None else "",
+                "closed": closed,
                 "train_seconds": train_seconds,
-                "delivered": delivered,
+                "hooks": {
+                    event: {
+                        "calls": len(values),
+                        "total": sum(values),
+                        "p50": values[len(values) // 2],
+                        "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
+                    }
+                    for event, values in timings.items()
+                    if values
+                },
             }
         )
     )
+
+
+def _landed(session: Path) -> dict[str, int]:
+    """Counts per kind of event in an offline session."""
+    events = [e for line in (session / "metrics.jsonl").read_text().splitlines() for e in json.loads(line)]
+    kinds: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event["type"] == "training_stats_scalar":
+            kinds["single values" if event["metric"] == "Summary" else "scalars"] += 1
+        else:
+            kinds[
+                {"training_debug_image": "debug images", "plot": "plots"}.get(event["type"], event["type"])
+            ] += 1
+    log = session / "log.jsonl"
+    if log.exists():
+        kinds["console lines"] = sum(len(json.loads(line)) for line in log.read_text().splitlines())
+    task = json.loads((session / "task.json").read_text())
+    kinds["output models"] = len(task.get("offline_output_models") or [])
+    kinds["hyperparameters"] = len(task.get("hyperparams", {}).get("General", {}))
+    return dict(kinds)
+
+
+def _wait_done(collector: Collector, run: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = next((r for r in collector.status().runs if r.run == run), None)
+        if info is not None and info.state != "open" and info.applied >= info.journaled:
+            return info
+        if time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,50 +134,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="keep everything here (default: a new temporary directory)"
     )
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="clearml-relay-demo-"))
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="clearml-relay-demo-"))).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    config = CollectorConfig.from_env(bind="tcp://127.0.0.1:0", data_dir=work / "collector", backend="jsonl")
+    _isolate(work)
+    data = make_dataset(work / "data", "detect")
+    config = CollectorConfig.from_env(
+        bind="tcp://127.0.0.1:0", data_dir=work / "collector", backend="clearml", offline=True
+    )
     with Collector(config) as collector:
         endpoint = collector.bound_endpoint
-        print(f"collector  listening on {endpoint}, data in {config.data_dir}")
+        print(f"collector  listening on {endpoint}, ClearML offline, data in {config.data_dir}", flush=True)
+        print(f"training   YOLOv8n on a generated dataset, {args.epochs} epochs on CPU ...", flush=True)
         child = multiprocessing.get_context("spawn").Process(
-            target=_train, args=(endpoint, str(work), args.epochs)
+            target=_train, args=(endpoint, str(data), str(work), args.epochs)
         )
         child.start()
-        child.join(timeout=300)
+        child.join(timeout=900)
         if child.exitcode != 0:
             print(f"training process failed (exit code {child.exitcode})", file=sys.stderr)
             return 1
         training = json.loads((work / "training.json").read_text())
         run = training["run"]
-        deadline = time.monotonic() + 60
-        info = None
-        while time.monotonic() < deadline:
-            info = next((r for r in collector.status().runs if r.run == run), None)
-            if info is not None and info.state != "open" and info.applied >= info.journaled:
-                break
-            time.sleep(0.05)
-        backend = collector.backend
-        records = backend.records(run) if isinstance(backend, JsonlBackend) else []
-    kinds = collections.Counter(r["event"]["t"] for r in records)
-    files = [Path(r["file"]) for r in records if r["file"]]
-    hook_ms, train_s = training["hook_seconds"] * 1e3, training["train_seconds"]
+        info = _wait_done(collector, run, timeout=120)
+    state = clearml_state.load(config.data_dir / paths.CLEARML, run)
+    if state is None or info is None:
+        print(f"run {run} never reached the ClearML backend", file=sys.stderr)
+        return 1
+    hooks = training["hooks"]
+    in_hooks = sum(h["total"] for h in hooks.values())
     print(
-        f"training   {args.epochs} epochs in {train_s:.2f} s; {training['calls']} logging calls took "
-        f"{hook_ms:.2f} ms in total ({hook_ms / 1e3 / train_s:.3%} of the training time)"
+        f"trained    in {training['train_seconds']:.1f} s; the hooks took {in_hooks * 1e3:.1f} ms of it "
+        f"on the training thread ({in_hooks / training['train_seconds']:.3%})"
     )
-    print(f"run        {run}: {info.state if info else 'unknown'}, {len(records)} events applied")
-    print("landed     " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())))
-    print(
-        f"files      {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB, sha256-verified"
-    )
-    print(f"records    {backend.path(run) if isinstance(backend, JsonlBackend) else '-'}")
-    ok = (
-        bool(training["delivered"]) and info is not None and info.state == "completed" and kinds["close"] == 1
-    )
-    print("result     " + ("everything landed" if ok else "INCOMPLETE: see the collector log above"))
+    for event, h in sorted(hooks.items()):
+        print(
+            f"  {event:28s} {h['calls']:4d} calls  p50 {h['p50'] * 1e6:8.1f} us  p99 {h['p99'] * 1e6:8.1f} us"
+        )
+    print(f"run        {run}: {state.state}, {info.applied} events applied")
+    print(f"task       {state.task_id} in project '{state.project}', task '{state.name}'")
+    landed = _landed(Path(state.session))
+    print("landed     " + ", ".join(f"{n} {kind}" for kind, n in sorted(landed.items())))
+    print(f"session    {state.zip or state.session}")
+    ok = state.state == "completed" and bool(state.zip) and landed.get("output models") == 1
+    print("result     " + ("everything landed" if ok else "INCOMPLETE: see the log above"))
     return 0 if ok else 1
 
 

@@ -1,11 +1,13 @@
 """clearml-relay's producer: the light library a training process logs through.
 
 Importing it loads only the standard library, pyzmq and msgspec: never clearml, torch,
-matplotlib or ultralytics.
+matplotlib or ultralytics. ``attach`` and ``callbacks`` are the Ultralytics hooks
+(:mod:`producer.hooks`).
 """
 
 from producer.client import Client, get_client
 from producer.config import ConfigError, ProducerConfig
+from producer.hooks import RelayHooks, attach, callbacks
 from producer.run import Run
 from producer.sync import SyncProgress, SyncResult
 
@@ -16,8 +18,11 @@ __all__ = [
     "Client",
     "ConfigError",
     "ProducerConfig",
+    "RelayHooks",
     "Run",
     "SyncProgress",
     "SyncResult",
+    "attach",
+    "callbacks",
     "get_client",
 ]

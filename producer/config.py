@@ -21,6 +21,9 @@ ENV_SPOOL_DIR: Final = ENV_PREFIX + "SPOOL_DIR"
 ENV_FLUSH_TIMEOUT: Final = ENV_PREFIX + "FLUSH_TIMEOUT"
 ENV_MAX_PENDING: Final = ENV_PREFIX + "MAX_PENDING"
 ENV_FSYNC: Final = ENV_PREFIX + "FSYNC"
+# Read by the Ultralytics hooks (producer.hooks): they name the ClearML task of a training.
+ENV_PROJECT: Final = ENV_PREFIX + "PROJECT"
+ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
 
 DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5555"
 DEFAULT_FLUSH_TIMEOUT: Final = 5.0

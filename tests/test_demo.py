@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e import env
 
 
-def test_the_demo_runs_a_collector_and_a_training_process_and_everything_lands(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -21,16 +24,26 @@ def test_the_demo_runs_a_collector_and_a_training_process_and_everything_lands(t
             "--epochs",
             "2",
         ],
-        env=env(),
+        env={k: v for k, v in env().items() if k != "PYTEST_CURRENT_TEST"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "result     everything landed" in result.stdout
-    # 2 epochs: RunOpen, params, 5 scalars + image + text per epoch, plot, single value, model, close.
-    assert ", 20 events applied" in result.stdout
-    assert "image 2, model 1, open 1, params 1, plot 1, scalar 10, single 1, text 2" in result.stdout
-    records = list((tmp_path / "collector" / "records").glob("*.jsonl"))
-    assert len(records) == 1
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "result     everything landed" in out
+    landed = {
+        kind: int(n)
+        for n, kind in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)", out.split("landed     ")[1].splitlines()[0])
+    }
+    assert landed["output models"] == 1
+    assert landed["plots"] >= 7
+    assert landed["debug images"] >= 3
+    assert landed["scalars"] > 20
+    assert landed["single values"] >= 4
+    assert re.search(r"the hooks took [0-9.]+ ms of it", out)
+    session = out.split("session    ")[1].splitlines()[0]
+    assert session.endswith(".zip")
+    assert Path(session).is_file()
+    assert Path(session).is_relative_to(tmp_path), "the demo keeps everything in its work folder"

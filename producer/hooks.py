@@ -1,0 +1,646 @@
+"""Ultralytics trainer hooks: each YOLO training becomes one clearml-relay run.
+
+They replace Ultralytics' own ClearML callback (switched off for the trainings they handle).
+
+This is the only producer module that knows Ultralytics, and it imports nothing from it at
+module level (``import producer`` stays light); ``model_info_for_loggers`` is imported inside the
+hook that needs it, from a trainer that has loaded it already.
+
+Use either::
+
+    hooks = producer.attach(model)          # a handle: hooks.run, hooks.wait(), hooks.detach()
+    for event, fn in producer.callbacks.items():
+        model.add_callback(event, fn)       # Ultralytics' convention, a module-level dict
+
+What a run holds is what ``ultralytics/utils/callbacks/clearml.py`` logs, with the same titles,
+series and iterations (project ``args.project or "Ultralytics"``, task ``args.name``, tags
+``["Ultralytics"]``, ``vars(args)`` in ``General``; per-epoch losses, learning rates, epoch time
+and metrics; model info and final metrics as single values; ``Mosaic`` and ``Validation`` debug
+images; every plot; ``best.pt`` as the output model), and beyond it: training mosaics of every
+run (the built-in sends them only at epoch 1), images Ultralytics' plotting threads write late,
+the ``ultralytics`` logger's lines as console text, machine statistics, status ``failed`` or
+``aborted`` with the error, and ``resume=True`` continuing the same ClearML task.
+
+Where the work happens. Hooks run on the training thread: they read trainer attributes and call
+``Run`` methods (microseconds each), never raise into the trainer (every hook is wrapped; a
+failure is logged once per hook and exception type) and never wait. Everything slow runs on one
+background thread per training: finding image files and checking they are completely written
+(:mod:`producer.filewatch`), sending console lines, sampling machine statistics, and at the end
+picking up late files for at most ``late_files_timeout`` seconds, then closing the run. That
+thread is not a daemon, so a script that ends right after ``model.train()`` still delivers its
+last images; it stops by itself when the training thread ends (the process exits) or the trainer
+is garbage-collected without its ``teardown`` (the run is then closed as ``failed``). The only
+file the training thread reads is the small state file of a resumed training, once, at its start.
+
+Ultralytics' own ClearML callback is switched off for the trainings these hooks handle, without
+touching the user's settings file: our ``on_pretrain_routine_start`` runs before the integration
+callbacks that the trainer appends to its callback lists (they are added in the trainer's
+``__init__``, after the model's callbacks, ours included, were copied in), and removes every
+callback of the built-in's module from the trainer's lists.
+
+Only rank 0 reports (``RANK``, or ``LOCAL_RANK`` when ``RANK`` is unset, in {-1, 0}); the hooks of
+other ranks return at once. DDP children receive the hooks pickled with the trainer's callbacks: a
+:class:`RelayHooks` pickles as its options only, and the endpoint and spool directory come from
+the options or the environment (``CLEARML_RELAY_*``).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from producer.config import ENV_PROJECT, ENV_TASK_NAME
+from producer.console import ConsoleCapture
+from producer.filewatch import FileWatcher, Ready, Version
+from producer.machine import MachineSampler
+from producer.once import Once
+from producer.run import Run
+
+log = logging.getLogger(__name__)
+
+#: Written in the trainer's ``save_dir``: the run id (a resumed training continues its task) and
+#: the image versions already sent.
+STATE_FILE: Final = "clearml-relay.json"
+#: Ultralytics' own ClearML integration, switched off for the trainings we handle.
+BUILTIN_MODULE: Final = "ultralytics.utils.callbacks.clearml"
+#: The logger whose lines become the run's console output.
+ULTRALYTICS_LOGGER: Final = "ultralytics"
+DEFAULT_STATS_INTERVAL: Final = 5.0
+DEFAULT_LATE_FILES_TIMEOUT: Final = 10.0
+#: The background thread's period: new files are found and console lines sent within it.
+TICK: Final = 0.5
+EVENTS: Final = (
+    "on_pretrain_routine_start",
+    "on_train_epoch_end",
+    "on_val_end",
+    "on_fit_epoch_end",
+    "on_train_end",
+    "teardown",
+)
+_TIMINGS_KEPT: Final = 10_000
+_PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
+_PLOT_THREAD_SUFFIX: Final = "(plot_images)"  # Ultralytics' @threaded mosaic writer
+
+# Ultralytics' trainer and validator: typed loosely on purpose, ultralytics is optional here.
+Trainer = Any
+
+
+class RelayHooks:
+    """Ultralytics callbacks that report each training of a model as one clearml-relay run.
+
+    Args:
+        project: ClearML project (default: ``CLEARML_RELAY_PROJECT``, else the trainer's
+            ``args.project`` or ``"Ultralytics"``, as the built-in callback does).
+        name: task name (default: ``CLEARML_RELAY_TASK_NAME``, else ``args.name``).
+        tags: task tags (default ``["Ultralytics"]``).
+        endpoint: collector endpoint (default: ``CLEARML_RELAY_ENDPOINT``).
+        spool_dir: outbox directory (default: ``CLEARML_RELAY_SPOOL_DIR``).
+        flush_timeout: seconds the end of a run waits for the collector's acks.
+        stats_interval: seconds between two machine statistics samples (0: none).
+        late_files_timeout: seconds the end of a run waits for images still being written.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        project: str | None = None,
+        name: str | None = None,
+        tags: Iterable[str] | None = None,
+        endpoint: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        flush_timeout: float | None = None,
+        stats_interval: float = DEFAULT_STATS_INTERVAL,
+        late_files_timeout: float = DEFAULT_LATE_FILES_TIMEOUT,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "project": project,
+            "name": name,
+            "tags": None if tags is None else [str(t) for t in tags],
+            "endpoint": endpoint,
+            "spool_dir": None if spool_dir is None else os.fspath(spool_dir),
+            "flush_timeout": flush_timeout,
+            "stats_interval": float(stats_interval),
+            "late_files_timeout": float(late_files_timeout),
+        }
+        self._session: _Session | None = None
+        self._detached = False
+        self._registries: list[dict[str, list[Any]]] = []
+        self._once = Once()
+        self._timings = {event: collections.deque[float](maxlen=_TIMINGS_KEPT) for event in EVENTS}
+        self._callbacks = {event: _Hook(self, event) for event in EVENTS}
+
+    @property
+    def callbacks(self) -> dict[str, Callable[[Trainer], None]]:
+        """``{event: callback}`` to register with ``model.add_callback``."""
+        return dict(self._callbacks)
+
+    @property
+    def run(self) -> Run | None:
+        """The run of the current (or last) training; None before a training starts."""
+        session = self._session
+        return session.run if session is not None else None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the last training's run is closed (late files sent, acks awaited).
+
+        Args:
+            timeout: seconds to wait at most (None: until it is).
+
+        Returns:
+            True when the run is closed; False on timeout or when no training started.
+
+        """
+        session = self._session
+        return session is not None and session.closed.wait(timeout)
+
+    def timings(self) -> dict[str, list[float]]:
+        """Seconds each hook took on the training thread, per event (the last 10,000 calls)."""
+        return {event: list(kept) for event, kept in self._timings.items()}
+
+    def detach(self) -> None:
+        """Remove the callbacks from the models they were attached to.
+
+        A training that is running reports nothing more; its run is closed as ``aborted``.
+        """
+        self._detached = True
+        for registry in self._registries:
+            for event, hook in self._callbacks.items():
+                while hook in registry.get(event, []):
+                    registry[event].remove(hook)
+        self._registries.clear()
+        session = self._session
+        if session is not None and not session.ending:
+            session.end("aborted", "clearml-relay hooks were detached during training")
+
+    def _register(self, model: Any) -> None:
+        for event, hook in self._callbacks.items():
+            model.add_callback(event, hook)
+        self._registries.append(model.callbacks)
+
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], RelayHooks], tuple[dict[str, Any]]]:
+        # DDP children get the trainer's callbacks pickled: only the options travel, each process
+        # makes its own sessions, threads and run.
+        return _restore, (self._options,)
+
+    def __repr__(self) -> str:
+        return f"RelayHooks(run={self.run!r}, detached={self._detached})"
+
+    # ----------------------------------------------------------------------------- dispatch
+
+    def _dispatch(self, event: str, target: Trainer, caller: object) -> None:
+        """Run one hook: timed, rank 0 only, and whatever happens, nothing raised."""
+        start = time.perf_counter()
+        try:
+            if not self._detached and _main_rank():
+                if event == "on_pretrain_routine_start":
+                    self._start(target, caller)
+                else:
+                    session = self._session
+                    if session is not None and not session.ending:
+                        getattr(session, event)(target)
+        except Exception as exc:  # noqa: BLE001 - a hook must never stop the training
+            self._once.log(
+                log,
+                logging.WARNING,
+                (event, type(exc).__name__),
+                "clearml-relay: hook %s failed, its data is missing from the run: %r",
+                event,
+                exc,
+            )
+        finally:
+            self._timings[event].append(time.perf_counter() - start)
+
+    def _start(self, trainer: Trainer, caller: object) -> None:
+        remove_builtin_callbacks(trainer, caller)  # first: even if the run cannot open
+        previous = self._session
+        if previous is not None and not previous.ending:
+            previous.end("failed", "the training ended without its teardown (another training started)")
+        self._session = _Session(trainer, self._options)
+
+
+class _Hook:
+    """One event's callback of a :class:`RelayHooks` (picklable, unlike a closure)."""
+
+    __slots__ = ("event", "hooks")
+
+    def __init__(self, hooks: RelayHooks, event: str) -> None:
+        self.hooks = hooks
+        self.event = event
+
+    def __call__(self, target: Trainer) -> None:
+        self.hooks._dispatch(self.event, target, self)
+
+    def __reduce__(self) -> tuple[type[_Hook], tuple[RelayHooks, str]]:
+        return _Hook, (self.hooks, self.event)
+
+    def __repr__(self) -> str:
+        return f"<clearml-relay {self.event} hook>"
+
+
+def _restore(options: dict[str, Any]) -> RelayHooks:
+    return RelayHooks(**options)
+
+
+def attach(
+    model: Any,
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    tags: Iterable[str] | None = None,
+    endpoint: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    flush_timeout: float | None = None,
+    stats_interval: float = DEFAULT_STATS_INTERVAL,
+    late_files_timeout: float = DEFAULT_LATE_FILES_TIMEOUT,
+) -> RelayHooks:
+    """Register clearml-relay's hooks on an Ultralytics model (``YOLO(...)``).
+
+    Every later ``model.train()`` becomes one run. The arguments are those of
+    :class:`RelayHooks`.
+
+    Returns:
+        The hooks: ``.run`` once a training started, ``.wait()``, ``.detach()``.
+
+    """
+    hooks = RelayHooks(
+        project=project,
+        name=name,
+        tags=tags,
+        endpoint=endpoint,
+        spool_dir=spool_dir,
+        flush_timeout=flush_timeout,
+        stats_interval=stats_interval,
+        late_files_timeout=late_files_timeout,
+    )
+    hooks._register(model)
+    return hooks
+
+
+def remove_builtin_callbacks(trainer: Trainer, caller: object = None) -> int:
+    """Remove Ultralytics' ClearML callbacks from a trainer's callback lists, in place.
+
+    Called from inside ``on_pretrain_routine_start`` (``caller`` is the running callback): in
+    that event's list only the entries after ``caller`` are removed, so the trainer's loop over
+    the list neither skips nor repeats a callback.
+
+    Returns:
+        How many callbacks were removed.
+
+    """
+    removed = 0
+    for event, entries in trainer.callbacks.items():
+        first = entries.index(caller) + 1 if caller is not None and caller in entries else 0
+        kept = [fn for fn in entries[first:] if getattr(fn, "__module__", None) != BUILTIN_MODULE]
+        removed += len(entries) - first - len(kept)
+        entries[first:] = kept  # in place: the trainer iterates over this very list
+        if event == "on_pretrain_routine_start" and first == 0 and caller is not None:
+            log.debug("clearml-relay: the running callback is not in on_pretrain_routine_start's list")
+    if removed:
+        log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
+    return removed
+
+
+# ------------------------------------------------------------------------------- a training
+
+
+class _Session:
+    """One training's run: the hooks' state on the training thread and its background thread.
+
+    The training thread calls the ``on_*`` methods and :meth:`end`; it hands work to the
+    background thread through ``_inbox`` (a deque: appends are atomic) and ``_wake``.
+    """
+
+    def __init__(self, trainer: Trainer, options: Mapping[str, Any]) -> None:
+        self.ending = False
+        self.closed = threading.Event()
+        self.trained = False
+        self._status, self._error = "completed", ""
+        # An exception being handled around model.train() (a retry in an except block) is not
+        # this training's failure: teardown compares against it.
+        self._outer_exc = sys.exc_info()[1]
+        # Either gone without the teardown hook (an exception in the trainer's __init__, the
+        # process exiting) ends the run as failed.
+        self._training_thread = threading.current_thread()
+        try:
+            self._trainer: Callable[[], object] = weakref.ref(trainer)
+        except TypeError:  # not weak-referenceable: only the training thread's end counts
+            self._trainer = lambda: trainer
+        self._save_dir = Path(trainer.save_dir)
+        self._state_path = self._save_dir / STATE_FILE
+        self._stats_interval = float(options["stats_interval"])
+        self._late_files_timeout = float(options["late_files_timeout"])
+        self._inbox: collections.deque[Callable[[FileWatcher], None]] = collections.deque()
+        self._wake = threading.Event()
+        self._validation_dirs: set[Path] = set()
+        self._model_info_sent = False
+        args = trainer.args
+        resume_run, sent = _load_state(self._state_path) if getattr(args, "resume", False) else (None, {})
+        self._watcher = FileWatcher(sent)
+        self._state_written: dict[str, Any] | None = None
+        project = (
+            options["project"]
+            or os.environ.get(ENV_PROJECT, "").strip()
+            or str(args.project or "Ultralytics").lstrip("/")
+            or "Ultralytics"
+        )
+        task_id = _current_clearml_task()
+        self.run = Run(
+            project,
+            options["name"] or os.environ.get(ENV_TASK_NAME, "").strip() or str(args.name),
+            tags=options["tags"] if options["tags"] is not None else ["Ultralytics"],
+            task_type="training",
+            hyperparams={"General": dict(vars(args))},
+            endpoint=options["endpoint"],
+            spool_dir=options["spool_dir"],
+            flush_timeout=options["flush_timeout"],
+            task_id=task_id,
+            resume_run=resume_run,
+        )
+        self._watcher.watch(self._save_dir, "train_batch*.jpg", "Mosaic")
+        self._watch_validation(self._save_dir)
+        self._console = ConsoleCapture()
+        logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)
+        self._thread = threading.Thread(target=self._work, name="clearml-relay-hooks", daemon=False)
+        self._thread.start()
+
+    # ------------------------------------------------------------ hooks (training thread)
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        run, epoch = self.run, trainer.epoch
+        for key, value in trainer.label_loss_items(trainer.tloss, prefix="train").items():
+            run.scalar("train", key, value, epoch)
+        for key, value in trainer.lr.items():
+            run.scalar("lr", key, value, epoch)
+
+    def on_val_end(self, validator: Trainer) -> None:
+        save_dir = getattr(validator, "save_dir", None)
+        if save_dir is not None and Path(save_dir) not in self._validation_dirs:
+            self._watch_validation(Path(save_dir))
+
+    def on_fit_epoch_end(self, trainer: Trainer) -> None:
+        run, epoch = self.run, trainer.epoch
+        if trainer.epoch_time is not None:
+            run.scalar("Epoch Time", "Epoch Time", trainer.epoch_time, epoch)
+        for key, value in trainer.metrics.items():
+            run.scalar(key.split("/")[0], key, value, epoch)
+        if epoch == 0 and not self._model_info_sent:
+            self._model_info_sent = True
+            # One forward pass of the model to count its FLOPs, as the built-in callback does.
+            torch_utils: Any = importlib.import_module("ultralytics.utils.torch_utils")  # loaded already
+            info: Mapping[str, float] = torch_utils.model_info_for_loggers(trainer)
+            for key, value in info.items():
+                run.single_value(key, value)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        run = self.run
+        for path in [*trainer.plots, *trainer.validator.plots]:
+            if "batch" not in path.name:
+                self._inbox.append(_add_plot(Path(path)))
+        for key, value in trainer.validator.metrics.results_dict.items():
+            run.single_value(key, value)
+        run.model(trainer.best, name=str(trainer.args.name))
+        self.trained = True
+
+    def teardown(self, trainer: Trainer) -> None:
+        exc = sys.exc_info()[1]
+        if exc is self._outer_exc:
+            exc = None
+        if isinstance(exc, KeyboardInterrupt):
+            self.end("aborted", "KeyboardInterrupt")
+        elif exc is not None:
+            self.end("failed", f"{type(exc).__name__}: {exc}")
+        elif self.trained:
+            self.end("completed", "")
+        else:
+            self.end("failed", "the training stopped before on_train_end")
+
+    def end(self, status: str, error: str) -> None:
+        """Stop capturing; the background thread sends what is left, then closes the run."""
+        if self.ending:
+            return
+        self._status, self._error = status, error
+        self.ending = True
+        logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(self._console)
+        self._wake.set()
+
+    def _watch_validation(self, directory: Path) -> None:
+        self._validation_dirs.add(directory)
+        self._inbox.append(lambda watcher: watcher.watch(directory, "val*.jpg", "Validation"))
+
+    # ------------------------------------------------------------------- background thread
+
+    def _work(self) -> None:
+        sampler = MachineSampler() if self._stats_interval > 0 else None
+        next_stats = time.monotonic() + self._stats_interval
+        try:
+            while not self._wake.wait(TICK):
+                if not self._training_thread.is_alive() or self._trainer() is None:
+                    self._status = "failed"
+                    self._error = "the training ended without its teardown (process exit or trainer lost)"
+                    break
+                self._step()
+                if sampler is not None and time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self._stats_interval
+                    self._send_stats(sampler)
+            self._final_pickup()
+            if sampler is not None:
+                self._send_stats(sampler)
+        except Exception as exc:  # noqa: BLE001 - the run must still be closed
+            log.warning("clearml-relay: background work of run %s failed: %r", self.run.id, exc)
+        finally:
+            logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(self._console)
+            self._send_console()
+            self.run.close(self._status, self._error)
+            self.closed.set()
+
+    def _step(self) -> int:
+        """Take the training thread's requests, send ready files and console lines.
+
+        Returns:
+            How many files are still being written.
+
+        """
+        while self._inbox:
+            self._inbox.popleft()(self._watcher)
+        ready, waiting = self._watcher.poll()
+        for item in ready:
+            self._send(item)
+        self._send_console()
+        if ready:
+            self._save_state()
+        return waiting
+
+    def _final_pickup(self) -> None:
+        """Wait (bounded) for Ultralytics' plotting threads and files being written, send them."""
+        deadline = time.monotonic() + self._late_files_timeout
+        for thread in threading.enumerate():
+            if thread.name.endswith(_PLOT_THREAD_SUFFIX):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        pause = threading.Event()
+        while (waiting := self._step()) and time.monotonic() < deadline:
+            pause.wait(0.05)
+        if waiting:
+            log.warning(
+                "clearml-relay: run %s: %d image files were still being written after %.0f s; not sent",
+                self.run.id,
+                waiting,
+                self._late_files_timeout,
+            )
+        self._save_state()
+
+    def _send(self, item: Ready) -> None:
+        if item.kind == "plot":
+            self.run.plot(item.title, item.series, item.iteration, item.path)
+        else:
+            self.run.image(item.title, item.series, item.iteration, item.path)
+
+    def _send_stats(self, sampler: MachineSampler) -> None:
+        values = sampler.sample()
+        if values:  # nothing measurable off Linux without a GPU
+            self.run.stats(values)
+
+    def _send_console(self) -> None:
+        for level, text in self._console.drain():
+            self.run.text(text, level)
+
+    def _save_state(self) -> None:
+        sent = {_relative(path, self._save_dir): list(v) for path, v in self._watcher.sent.items()}
+        state = {"run_id": self.run.id, "sent": sent}
+        if state == self._state_written or not self._save_dir.is_dir():
+            return
+        try:
+            temporary = self._state_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, self._state_path)
+            self._state_written = state
+        except OSError as exc:
+            log.warning(
+                "clearml-relay: cannot write %s (a resume would start a new task): %s", self._state_path, exc
+            )
+
+
+def _add_plot(path: Path) -> Callable[[FileWatcher], None]:
+    return lambda watcher: watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _load_state(path: Path) -> tuple[str | None, dict[Path, Version]]:
+    """The run id and sent image versions a previous training left in ``path``."""
+    try:
+        state = json.loads(path.read_text())
+        run_id = state.get("run_id")
+        sent = {path.parent / name: (int(v[0]), int(v[1])) for name, v in state.get("sent", {}).items()}
+    except FileNotFoundError:
+        return None, {}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        log.warning("clearml-relay: ignoring %s (the resumed training starts a new task): %r", path, exc)
+        return None, {}
+    return (run_id if isinstance(run_id, str) and run_id else None), sent
+
+
+def _main_rank() -> bool:
+    """Whether this process is rank 0 (or not distributed): Ultralytics' ``RANK in {-1, 0}``."""
+    for variable in ("RANK", "LOCAL_RANK"):
+        raw = os.environ.get(variable, "").strip()
+        if raw:
+            try:
+                return int(raw) in (-1, 0)
+            except ValueError:
+                return False
+    return True
+
+
+def _current_clearml_task() -> str | None:
+    """The ClearML task this process already reports to, as the built-in callback would use it.
+
+    ``Task.init`` called by the user, or a clearml-agent run (``CLEARML_TASK_ID``). clearml is
+    only consulted if the process imported it: never imported here. Like the built-in, ClearML's
+    automatic PyTorch and matplotlib logging into that task is switched off, since the run
+    reports the models and plots.
+    """
+    clearml: Any = sys.modules.get("clearml")
+    if clearml is not None:
+        try:
+            task = clearml.Task.current_task()
+        except Exception as exc:  # noqa: BLE001 - an odd clearml must not stop the run
+            log.debug("clearml-relay: Task.current_task() failed: %r", exc)
+            task = None
+        if task is not None:
+            for module, name in (
+                ("clearml.binding.frameworks.pytorch_bind", "PatchPyTorchModelIO"),
+                ("clearml.binding.matplotlib_bind", "PatchedMatplotlib"),
+            ):
+                binding: Any = getattr(sys.modules.get(module), name, None)
+                if binding is not None:
+                    binding.update_current_task(None)
+            return str(task.id)
+    return os.environ.get("CLEARML_TASK_ID", "").strip() or None
+
+
+# ------------------------------------------------------------------------- module callbacks
+
+_DEFAULT: Final = RelayHooks()
+
+
+def on_pretrain_routine_start(trainer: Trainer) -> None:
+    """Open the run (see :class:`RelayHooks`)."""
+    _DEFAULT._dispatch("on_pretrain_routine_start", trainer, on_pretrain_routine_start)
+
+
+def on_train_epoch_end(trainer: Trainer) -> None:
+    """Training losses and learning rates of the epoch."""
+    _DEFAULT._dispatch("on_train_epoch_end", trainer, on_train_epoch_end)
+
+
+def on_val_end(validator: Trainer) -> None:
+    """Watch the validator's directory for its mosaics."""
+    _DEFAULT._dispatch("on_val_end", validator, on_val_end)
+
+
+def on_fit_epoch_end(trainer: Trainer) -> None:
+    """Epoch time, validation metrics, model information."""
+    _DEFAULT._dispatch("on_fit_epoch_end", trainer, on_fit_epoch_end)
+
+
+def on_train_end(trainer: Trainer) -> None:
+    """Plots, final metrics, the best model."""
+    _DEFAULT._dispatch("on_train_end", trainer, on_train_end)
+
+
+def teardown(trainer: Trainer) -> None:
+    """End the run: completed, failed or aborted."""
+    _DEFAULT._dispatch("teardown", trainer, teardown)
+
+
+#: Ultralytics' convention: ``for event, fn in callbacks.items(): model.add_callback(event, fn)``.
+#: They share one :class:`RelayHooks` (``default_hooks()``), one training at a time.
+callbacks: Final[dict[str, Callable[[Trainer], None]]] = {
+    "on_pretrain_routine_start": on_pretrain_routine_start,
+    "on_train_epoch_end": on_train_epoch_end,
+    "on_val_end": on_val_end,
+    "on_fit_epoch_end": on_fit_epoch_end,
+    "on_train_end": on_train_end,
+    "teardown": teardown,
+}
+
+
+def default_hooks() -> RelayHooks:
+    """The hooks behind the module-level :data:`callbacks` (for ``.run``, ``.wait()``...)."""
+    return _DEFAULT

@@ -1,0 +1,68 @@
+"""One tiny YOLO training for the parity test, run as a plain script (never under pytest).
+
+``--mode builtin``: Ultralytics' own ClearML callback logs it (ClearML offline mode); it is what
+users get today and the oracle of the parity test. Ultralytics registers its integrations only
+outside pytest, hence a script. In offline mode that callback crashes the training at the very
+end (clearml issue 1243, see NOTES.md); the crash is reported, not hidden: exit status 3.
+
+``--mode relay``: the same training with clearml-relay's hooks attached; the collector is found
+through ``CLEARML_RELAY_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=["builtin", "relay"], required=True)
+    ap.add_argument("--task", choices=["detect", "segment", "classify"], required=True)
+    ap.add_argument("--data", required=True, help="dataset: data.yaml (detect, segment) or folder (classify)")
+    ap.add_argument("--project", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--result", type=Path, required=True)
+    args = ap.parse_args()
+
+    from ultralytics import YOLO
+
+    cfg = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "classify": "yolov8n-cls.yaml"}[args.task]
+    model = YOLO(cfg)
+    hooks = None
+    if args.mode == "relay":
+        import producer
+
+        hooks = producer.attach(model)
+    result: dict[str, object] = {"mode": args.mode}
+    try:
+        model.train(
+            data=args.data,
+            epochs=args.epochs,
+            imgsz=64 if args.task != "classify" else 32,
+            batch=8,
+            workers=0,
+            device="cpu",
+            project=args.project,
+            name=args.name,
+            exist_ok=True,
+            plots=True,
+            verbose=False,
+        )
+        status = 0
+    except Exception as exc:
+        traceback.print_exc()
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        status = 3
+    if hooks is not None and hooks.run is not None:
+        result["run"] = hooks.run.id
+    args.result.write_text(json.dumps(result))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
