@@ -29,6 +29,7 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed
 	$(PY) tests/benchmarks/bench_transport.py
+	$(PY) tests/benchmarks/bench_hooks.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
