@@ -13,6 +13,11 @@ the backend's applied position + 1 and applies each event in order:
   journal segments that hold nothing past the durable position reclaimed (the newest segment
   stays: it carries the journaled position). After a crash, events between the durable position
   and the journal's end are applied again, and the backend makes that harmless;
+- a :class:`~collector.backend.Rewind` from the backend (work applied since its last
+  checkpoint was lost, e.g. events the ClearML server refused) sends the run back to the
+  backend's durable position: after the backoff the journal is read again from
+  ``backend.applied(run) + 1`` and those events are applied again (counted as ``rewinds``;
+  the run's reported applied position moves back meanwhile);
 - a run whose producer vanished is aborted (``backend.abort``) once everything journaled for it
   is applied;
 - a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
@@ -29,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from collector.backend import Backend
+from collector.backend import Backend, Rewind
 from collector.counters import Counters
 from collector.files import FileStore
 from collector.journal import Journal, through
@@ -56,6 +61,9 @@ class _Run:
         self.checkpointed_at = time.monotonic()
         self.journaled = journaled
         self.abort_reason: str | None = None
+        #: The backend lost what it applied since its checkpoint: restart from its position.
+        self.rewind = False
+        self.rewinds = 0  # in a row, for the backoff; reset by a checkpoint that holds
         self.wake = threading.Condition(lock)
         self.thread: threading.Thread | None = None
 
@@ -209,6 +217,22 @@ class Appliers:
             return
 
     def _apply_journal(self, state: _Run) -> None:
+        while True:
+            if state.rewind:
+                # Asked here, not where Rewind was caught: if this raises, _serve comes back.
+                durable = self.backend.applied(state.run)
+                with self._lock:
+                    state.applied = state.durable = durable
+                    state.rewind = False
+                    self._progress.notify_all()
+            try:
+                self._apply_from_journal(state)
+            except Rewind:
+                state.rewind = True  # a fresh reader from the durable position, at once
+                continue
+            return
+
+    def _apply_from_journal(self, state: _Run) -> None:
         with self._lock:
             start = state.applied + 1
         reader = self.journal.reader(state.run, start)
@@ -250,6 +274,7 @@ class Appliers:
         if not self._retry(state, "checkpoint", lambda: self.backend.checkpoint(state.run)):
             return False
         durable = self.backend.applied(state.run)
+        state.rewinds = 0
         with self._lock:
             state.durable, state.checkpointed_at = durable, time.monotonic()
             self._progress.notify_all()
@@ -312,11 +337,30 @@ class Appliers:
         return True
 
     def _retry(self, state: _Run, what: str, call: Callable[[], None]) -> bool:
-        """Call until it succeeds, backing off between failures; False if the appliers stop first."""
+        """Call until it succeeds, backing off between failures; False if the appliers stop first.
+
+        A :class:`Rewind` is passed on to :meth:`_apply_journal` after the backoff (doubling
+        with every rewind in a row, so a server that keeps refusing is not hammered).
+        """
         delay = self.retry_initial
         while True:
             try:
                 call()
+            except Rewind as exc:
+                self.counters.incr("rewinds")
+                delay = min(self.retry_initial * 2 ** min(state.rewinds, 30), self.retry_max)
+                state.rewinds += 1
+                log.warning(
+                    "run %s: %s: the backend lost what it applied since its last checkpoint (%s); "
+                    "re-applying from its durable position in %.2f s",
+                    state.run,
+                    what,
+                    exc,
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    return False
+                raise
             except Exception:  # any backend failure: count, back off, retry
                 self.counters.incr("apply_error")
                 log.exception("run %s: %s failed, retrying in %.2f s", state.run, what, delay)

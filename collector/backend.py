@@ -31,6 +31,16 @@ _SUFFIX: Final = ".jsonl"
 _TAIL_READ_BYTES: Final = 64 * 1024
 
 
+class Rewind(Exception):  # noqa: N818  (a signal to the applier, not an error it reports)
+    """What was applied since the last checkpoint was lost: re-apply from ``applied(run) + 1``.
+
+    Raised by :meth:`Backend.apply`, :meth:`Backend.checkpoint` or :meth:`Backend.abort` when
+    the backend finds out that work it had accepted did not land (ClearML: a batch of events the
+    server refused, which the SDK drops). The backend has already reset its own state for the
+    run, so that applying the events after its durable position again starts clean.
+    """
+
+
 class Backend(Protocol):
     """What the appliers need from a backend; calls for one run come from one thread at a time."""
 
@@ -50,7 +60,8 @@ class Backend(Protocol):
     def checkpoint(self, run: str) -> None:
         """Make every event applied so far durable; ``applied(run)`` reports it afterwards.
 
-        Raising means "not durable": the applier retries later.
+        Raising means "not durable": the applier retries later; :class:`Rewind` means "lost
+        since the last checkpoint": the applier re-applies from ``applied(run) + 1``.
         """
         ...
 

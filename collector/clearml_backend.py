@@ -58,6 +58,21 @@ console lines get a random id there and may appear twice. A model re-applied onl
 its comment (``clearml-relay <run>#<seq>``) among the task's output models and not registered
 again. A checkpoint follows every model and every status change, so the window is small.
 
+Events the server refused
+=========================
+The SDK does not retry a batch of events the server answers with 500 or a 4xx, and raises
+nothing: it logs the error and drops the batch (502/503 are retried by its HTTP layer; a down
+server blocks the call, which our call timeout turns into a retry). A drain would return
+normally and the checkpoint would make the position of lost events durable. So each task's two
+writers are watched (see "pinned: sends the SDK drops" below): every refused batch, failed send
+or failed file upload is recorded on the run, and a checkpoint (or close) that finds one raises
+:class:`~collector.backend.Rewind` instead of persisting the position. Before raising, the
+backend forgets the run's task object (with its queues), so the next event re-attaches the task
+at its last checkpoint (offline: cut back) and the appliers apply everything since then again:
+re-sent scalars, plots and images replace themselves on the server (see above); console lines
+that did land are sent again, so they may appear twice. If the lost work included a status
+change (a RunClose or an abort), the re-attached task is marked started again first.
+
 Plots
 =====
 The built-in callback re-renders each plot PNG through a matplotlib figure, which ClearML saves
@@ -95,6 +110,7 @@ from clearml.utilities.plotly_reporter import create_image_plot
 from PIL import Image
 
 from collector import clearml_state
+from collector.backend import Rewind
 from collector.clearml_state import RunState
 from collector.files import FileStore
 from collector.journal import through
@@ -151,6 +167,58 @@ def _published(model: Any) -> bool:
 
 OutputModel.published = property(_published)  # type: ignore[method-assign,assignment]
 
+# ----------------------------------------------------------------- pinned: sends the SDK drops
+# ``Metrics._do_write_events`` (clearml/backend_interface/metrics/interface.py) uploads the
+# events' files, leaves out every event whose upload failed (``upload_exception``; one whose file
+# cannot be prepared is removed from the list) and ends with ``self.send(req,
+# raise_on_errors=False)``: a batch the server refuses (500, 4xx) comes back as a CallResult
+# that is not ``ok()``, which ``BackgroundReportService._write`` (reporter.py) ignores. The
+# console's ``BackgroundLogService._send_events`` (backend_interface/task/log.py) sends through
+# its ``session`` attribute and only logs a refused batch. Both are watched per task instance
+# (the SDK's classes stay as they are); tests/test_clearml_backend.py pins what this relies on.
+
+
+def _watch_metrics(metrics: Any, lost: list[str]) -> None:
+    """Record in ``lost`` every event of this task's metrics writer that did not land."""
+    write = metrics._do_write_events  # bound to this instance; write_events calls it by name
+
+    def checked(events: list[Any], storage_uri: str | None = None) -> Any:
+        count = len(events)
+        try:
+            result = write(events, storage_uri)
+        except BaseException as exc:
+            lost.append(f"writing {count} events raised {exc!r}")
+            raise
+        dropped = count - len(events) + sum(ev.upload_exception is not None for ev in events)
+        if dropped:
+            lost.append(f"{dropped} of {count} events lost their file upload")
+        if result is not None and not result.ok():
+            lost.append(f"the server refused {count - dropped} events: {result.meta}")
+        return result
+
+    metrics._do_write_events = checked
+
+
+class _WatchedSession:
+    """The console writer's session: records every refused or failed send in ``lost``."""
+
+    def __init__(self, session: Any, lost: list[str]) -> None:
+        self._session = session
+        self._lost = lost
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = self._session.send(request, *args, **kwargs)
+        except BaseException as exc:  # the SDK queues the batch again: it is dropped with the task
+            self._lost.append(f"sending console lines raised {exc!r}")
+            raise
+        if result is not None and not result.ok():
+            self._lost.append(f"the server refused console lines: {result.meta}")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -189,6 +257,13 @@ class _Live:
         # Stop both background writers: checkpoint() writes synchronously instead.
         self.reporter._report_service.stop()
         self.console._background_log.stop()
+        #: What the SDK dropped since this task object was made (see "Events the server refused").
+        self.lost: list[str] = []
+        _watch_metrics(self.reporter._metrics, self.lost)
+        log_service = self.console._background_log
+        log_service.session = _WatchedSession(log_service.session, self.lost)
+        #: A status change was sent (to be undone if the work since the checkpoint is lost).
+        self.status_changed = False
         #: Applied in this process (ahead of state.applied until the next checkpoint).
         self.applied = state.applied
         #: Model events above this seq may have been registered before a restart (online).
@@ -261,6 +336,8 @@ class ClearMLBackend:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._calls: dict[str, _Call] = {}
+        #: Runs rewound after a status change: their task is marked started when re-attached.
+        self._restart: set[str] = set()
 
     # ------------------------------------------------------------------------------ interface
 
@@ -415,8 +492,10 @@ class ClearMLBackend:
             task._project_name = (task.project, state.project)
             stored: dict[str, Any] = json.loads(state.task_json) if state.task_json else {}
             task._offline_output_models = list(stored.get("offline_output_models", []))
-        elif state.state != "open":
+        elif state.state != "open" or state.run in self._restart:
             self._call(state.run, "mark-started", lambda: task.mark_started(force=True))
+        with self._lock:
+            self._restart.discard(state.run)
         if state.state != "open":
             state.state, state.zip = "open", ""
         live = _Live(state, task)
@@ -446,7 +525,7 @@ class ClearMLBackend:
         """Drain and close the task (offline: ClearML zips it), then make the position durable."""
         run = live.state.run
         if not live.closing:  # a retry after a timed-out close must not touch the closed task
-            self._call(run, "drain", live.drain)
+            self._drain(live)
             live.closing = status
         self._call(run, "close", live.task.close)
         if self.offline:
@@ -462,9 +541,26 @@ class ClearMLBackend:
     # --------------------------------------------------------------------------- checkpoints
 
     def _checkpoint(self, live: _Live) -> None:
-        self._call(live.state.run, "drain", live.drain)
+        self._drain(live)
         self._save(live)
         live.uncertain = False
+
+    def _drain(self, live: _Live) -> None:
+        """Write everything reported; Rewind if the SDK dropped any of it (nothing is saved)."""
+        run = live.state.run
+        self._call(run, "drain", live.drain)
+        if not live.lost:
+            return
+        # Start clean: the next event re-attaches the task at its last checkpoint.
+        with self._lock:
+            if self._live.get(run) is live:
+                del self._live[run]
+            if live.status_changed:
+                self._restart.add(run)
+        if clearml_state.load(self.directory, run) is None:
+            # A task made since: keep its id (at position 0), so the re-applied RunOpen continues it.
+            clearml_state.save(self.directory, live.state, fsync=self.fsync)
+        raise Rewind(f"run {run}: {'; '.join(live.lost)}")
 
     def _save(self, live: _Live, *, edit: bool = True) -> None:
         state = live.state
@@ -651,6 +747,7 @@ class ClearMLBackend:
 
     def _set_status(self, live: _Live, status: str, message: str) -> None:
         task, message = live.task, message[:_STATUS_MESSAGE_CHARS]
+        live.status_changed = True
         if self.offline:
             # Offline, status calls are no-ops: keep the outcome in task.json for the upload.
             task._edit(status_message=f"{status}: {message}" if message else status)

@@ -24,6 +24,11 @@ The wire, as clearml 2.1.12 speaks it (``clearml/backend_api/session/session.py`
   the very first call (``auth.login``, inside the session) fails fast, as ``LoginError``.
 * ``events.add_batch`` failing with 500 (or 4xx) is logged and the events are dropped: the
   reporter neither retries nor raises.
+* Events are stored as clearml-server stores them (``apiserver/bll/event/event_bll.py``,
+  ``EventBLL.add_events``, ``_get_event_id``): a non-log event under the id made of its
+  ``task``, ``iter``, ``metric``, ``variant`` and ``key`` (those it has), so an event sent again
+  replaces the earlier one (it moves to the end of the arrival order); a ``log`` event gets a
+  new id every time, so a console line sent twice is there twice.
 * The fileserver receives ``POST <files>/<dir>/`` as ``multipart/form-data`` with one field whose
   name (and file name) is the rest of the path; it stores ``<dir>/<name>`` and serves it back on
   GET. A model or image URL the SDK stores is ``<files>/<dir>/<name>``.
@@ -303,7 +308,8 @@ class ClearMLServerDouble:
         self._tasks: dict[str, dict[str, Any]] = {}
         self._projects: dict[str, dict[str, Any]] = {}
         self._models: dict[str, dict[str, Any]] = {}
-        self._events: dict[str, list[dict[str, Any]]] = {}
+        # task id -> event id -> event, in arrival order (see the module doc on event ids).
+        self._events: dict[str, dict[str, dict[str, Any]]] = {}
         self._uploads: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -513,7 +519,7 @@ class ClearMLServerDouble:
         with self._lock:
             return [
                 copy.deepcopy(e)
-                for e in self._events.get(task_id, [])
+                for e in self._events.get(task_id, {}).values()
                 if type is None or e.get("type") == type
             ]
 
@@ -752,7 +758,10 @@ class ClearMLServerDouble:
                 if not isinstance(event, dict) or "task" not in event:
                     continue
                 task_id = event["task"]
-                self._events.setdefault(task_id, []).append(_without_method(event))
+                stored = self._events.setdefault(task_id, {})
+                key = _event_id(event)
+                stored.pop(key, None)  # "overwrite if exists with same ID", as the last arrival
+                stored[key] = _without_method(event)
                 added += 1
                 task = self._tasks.get(task_id)
                 if task is not None and isinstance(event.get("iter"), int) and event.get("type") != "log":
@@ -1022,6 +1031,14 @@ def _decode(raw: bytes) -> Any:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     except ValueError:
         return raw
+
+
+def _event_id(event: dict[str, Any]) -> str:
+    """The id clearml-server indexes an event under: derived for metrics, new for a log line."""
+    if event.get("type") == "log":
+        return _new_id()
+    fields = ("task", "iter", "metric", "variant", "key")
+    return hashlib.md5("-".join(str(event[f]) for f in fields if f in event).encode()).hexdigest()
 
 
 def _without_method(body: dict[str, Any]) -> dict[str, Any]:

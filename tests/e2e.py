@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -158,3 +160,36 @@ def check_exactly_once(data_dir: Path, manifest: Path, events: int, model: bool)
             assert hashlib.sha256(content).hexdigest() == expected["files"][key]
         elif event["t"] == "scalar":
             assert event["value"] == float(event["iteration"])
+
+
+def kill_while_running(
+    producers: dict[str, subprocess.Popen[bytes]],
+    start: Callable[[], subprocess.Popen[bytes]],
+    endpoint: str,
+    collector: subprocess.Popen[bytes],
+    pauses: tuple[float, float],
+    seed: int,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """kill -9 the collector at random moments and restart it, until every producer has ended.
+
+    Each kill comes a random pause after the collector answers again, so that the runs make
+    progress however slowly a loaded machine starts it. Returns the collector now running and
+    how many times it was killed; each producer must have exited 0 with everything delivered.
+    """
+    rng = random.Random(seed)
+    kills = 0
+    while any(p.poll() is None for p in producers.values()):
+        wait_ready(endpoint, collector, timeout=120)
+        alive = next(p for p in producers.values() if p.poll() is None)
+        # Let the runs progress for a random while (returns early if they end).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            alive.wait(timeout=rng.uniform(*pauses))
+        collector.send_signal(signal.SIGKILL)
+        collector.wait(timeout=10)
+        kills += 1
+        collector = start()
+    for name, proc in producers.items():
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 0, f"{name}: {out}"
+        assert "delivered=True" in out, f"{name}: {out}"
+    return collector, kills

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 from collector_helpers import DEADLINE, Producer, close_event, run_events, running, scalar, wait_until
 
-from collector.backend import JsonlBackend
+from collector.backend import JsonlBackend, Rewind
+from collector.files import FileStore
 from producer import protocol
 from producer.recordlog import list_segments
 
@@ -112,3 +114,51 @@ def test_a_run_whose_producer_vanished_is_aborted_after_everything_is_applied(tm
         finally:
             stop.set()
             beater.join()
+
+
+class Rewinding(Checkpointed):
+    """Loses, once, what it applied since its last checkpoint (as ClearML does with a refused batch)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.lose_once = threading.Event()
+        self.durable_size: dict[str, int] = {}
+        self.applies: list[int] = []
+
+    def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
+        super().apply(run, event, files)
+        self.applies.append(event.seq)
+
+    def checkpoint(self, run: str) -> None:
+        state = self._file(run)
+        if self.lose_once.is_set():
+            self.lose_once.clear()
+            # Reset its own state to the checkpoint before asking for the events again.
+            os.ftruncate(state.fd, self.durable_size.get(run, 0))
+            state.size, state.applied = self.durable_size.get(run, 0), self.applied(run)
+            raise Rewind("the work since the last checkpoint was lost")
+        super().checkpoint(run)
+        self.durable_size[run] = state.size
+
+
+def test_a_rewind_applies_everything_since_the_durable_position_again(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    backend = Rewinding(data / "records")
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        producer.submit(run_events("r", 10))
+        producer.until_acked("r", 10)
+        wait_until(lambda: backend.durable.get("r") == 10, what="a checkpoint at 10")
+        backend.lose_once.set()
+        more: list[protocol.Event | bytes] = [scalar("r", seq) for seq in range(11, 21)]
+        producer.submit(more)
+        producer.until_acked("r", 20)
+        wait_until(lambda: backend.durable.get("r") == 20, what="a checkpoint at 20")
+        assert collector.wait_applied("r", 20, DEADLINE)
+        assert collector.counters.snapshot()["rewinds"] == 1
+        assert "apply_error" not in collector.counters.snapshot()
+    # Everything after the durable position went to the backend twice, and landed once.
+    again = backend.applies[10:]
+    restart = again.index(11, 1)
+    assert again[:restart] == list(range(11, 11 + restart)), "the pass that was lost"
+    assert again[restart:] == list(range(11, 21)), "re-applied in order, from the durable position"
+    assert [line["seq"] for line in backend.records("r")] == list(range(1, 21))

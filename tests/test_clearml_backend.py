@@ -432,3 +432,64 @@ def test_a_crash_inside_the_close_leaves_the_close_to_be_applied_again(
         restarted.close()
     finally:
         dying.set()
+
+
+def test_the_sdk_internals_that_reveal_dropped_events_are_still_there() -> None:
+    """Pins what collector/clearml_backend.py's "sends the SDK drops" watch relies on.
+
+    If this fails, clearml changed how it writes events: check that a batch the server refuses
+    is still dropped silently and re-hook the watch (``_watch_metrics``, ``_WatchedSession``).
+    """
+    import inspect
+
+    from clearml.backend_interface.metrics.interface import Metrics
+    from clearml.backend_interface.metrics.reporter import BackgroundReportService
+    from clearml.backend_interface.task.log import BackgroundLogService
+
+    assert "self._metrics.write_events(" in inspect.getsource(BackgroundReportService._write)
+    write_events = inspect.getsource(Metrics.write_events)
+    assert write_events.count("self._do_write_events(") == 2  # sync, and async through safe_call
+    do_write = inspect.getsource(Metrics._do_write_events)
+    assert "upload_exception is None" in do_write  # events whose file did not upload are left out
+    assert "return self.send(req, raise_on_errors=False)" in do_write  # a refused batch returns
+    assert "self.session.send(a_request)" in inspect.getsource(BackgroundLogService._send_events)
+
+
+def test_an_event_the_sdk_drops_rewinds_the_run_to_its_last_checkpoint(
+    state_dir: Path, files: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, a failed file upload is the loss to provoke (online: a refused batch, see
+    tests/test_clearml_online.py); either way ClearML leaves the event out and raises nothing."""
+    from clearml.storage.helper import StorageHelper
+
+    from collector.backend import Rewind
+
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
+    run = "lost"
+    image = p.DebugImage(
+        run=run, seq=4, title="img", series="s", iteration=4, file=put(files, run, PNG, "i.png")
+    )
+    events: list[p.Event] = [opening(run), scalar(run, 2), scalar(run, 3), image, scalar(run, 5)]
+    for event in events[:2]:
+        backend.apply(run, event, files)
+    backend.checkpoint(run)
+    upload = StorageHelper.upload
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the files server is unhappy")
+
+    monkeypatch.setattr(StorageHelper, "upload", failing)
+    for event in events[2:]:
+        backend.apply(run, event, files)
+    with pytest.raises(Rewind, match="lost their file upload"):
+        backend.checkpoint(run)
+    assert backend.applied(run) == 2, "nothing after the lost event may become durable"
+    monkeypatch.setattr(StorageHelper, "upload", upload)
+    for event in events[backend.applied(run) :]:  # what the appliers do after a Rewind
+        backend.apply(run, event, files)
+    backend.checkpoint(run)
+    assert backend.applied(run) == 5
+    session = session_of(state_dir, run)
+    assert scalars(session) == [(2, 2.0), (3, 3.0), (5, 5.0)], "each written once"
+    assert [e["iter"] for e in metrics(session) if e["type"] == "training_debug_image"] == [4]
+    backend.close()

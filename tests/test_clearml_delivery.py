@@ -3,17 +3,13 @@ again, the real ClearML SDK in offline mode, and the sessions read back from dis
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import free_port, produce, start_collector, status, stop, wait_for, wait_ready
+from e2e import free_port, kill_while_running, produce, start_collector, status, stop, wait_for, wait_ready
 
 from collector import clearml_state
 
@@ -41,7 +37,6 @@ def test_kill_9_keeps_one_task_per_run_and_writes_every_event_once(tmp_path: Pat
         tmp_path / "work",
         tmp_path / "collector.log",
     )
-    rng = random.Random(4321)
     args = ("--backend", "clearml", "--offline")
     collector = start_collector(endpoint, data, log, *args)
     wait_ready(endpoint, collector)
@@ -64,20 +59,15 @@ def test_kill_9_keeps_one_task_per_run_and_writes_every_event_once(tmp_path: Pat
         )
         for name in ("alpha", "beta")
     }
-    kills = 0
     try:
-        while any(p.poll() is None for p in producers.values()):
-            alive = next(p for p in producers.values() if p.poll() is None)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                alive.wait(timeout=rng.uniform(0.5, 1.5))
-            collector.send_signal(signal.SIGKILL)
-            collector.wait(timeout=10)
-            kills += 1
-            collector = start_collector(endpoint, data, log, *args)
-        for p in producers.values():
-            out = p.communicate(timeout=60)[0].decode()
-            assert p.returncode == 0, out
-            assert "delivered=True" in out, out
+        collector, kills = kill_while_running(
+            producers,
+            lambda: start_collector(endpoint, data, log, *args),
+            endpoint,
+            collector,
+            (0.5, 1.5),
+            seed=4321,
+        )
         wait_ready(endpoint, collector)
         runs = {name: json.loads((work / f"{name}.json").read_text())["run"] for name in producers}
 

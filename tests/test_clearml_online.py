@@ -16,10 +16,18 @@ from e2e import free_port, produce, start_collector, status, stop, wait_for, wai
 
 
 @pytest.mark.slow
-def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("refused", [0, 2], ids=["clean", "refused-batches"])
+def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path, refused: int) -> None:
+    """Every event lands once; with ``refused``, the first event batches are answered 500.
+
+    The SDK drops a refused batch without raising; the collector finds out at its checkpoint
+    and re-applies the run from its last durable position, so nothing is missing.
+    """
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     events, every = 60, 20
     with ClearMLServerDouble() as server:
+        if refused:
+            server.fail("events.add_batch", status=500, times=refused)
         collector = start_collector(
             endpoint,
             tmp_path / "data",
@@ -52,6 +60,9 @@ def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path) -> None:
                 return info is not None and info.state == "completed" and info.applied >= info.journaled
 
             wait_for(completed, 60, "the run to be applied online")
+            reply = status(endpoint)
+            assert reply is not None
+            counters = reply.counters
         finally:
             stop(collector)
         log = (tmp_path / "collector.log").read_text()
@@ -77,5 +88,13 @@ def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path) -> None:
         assert weights is not None, f"the model was registered as {models[0]['uri']} but never uploaded"
         assert hashlib.sha256(weights).hexdigest() == manifest["files"]["-1"]
         assert task["status"] == "completed"
+        # Checked last, so that without the rewind the failure above names what was lost.
+        refusals = [c for c in server.calls("events.add_batch") if c.status == 500]
+        assert len(refusals) == refused
+        if refused:
+            assert counters.get("rewinds", 0) >= 1, counters
+            assert "re-applying from its durable position" in log
+        else:
+            assert "rewinds" not in counters
         assert not server.unhandled
         assert not server.escapes, "nothing may leave this machine"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +15,7 @@ from e2e import (
     check_exactly_once,
     env,
     free_port,
+    kill_while_running,
     produce,
     start_collector,
     stop,
@@ -35,7 +33,6 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
         tmp_path / "work",
         tmp_path / "collector.log",
     )
-    rng = random.Random(1234)
     collector = start_collector(endpoint, data, log)
     wait_ready(endpoint, collector)
     # Two runs at once, 5,000 events each, every 50th with a file, and a 3-chunk model.
@@ -57,21 +54,15 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
         )
         for name in ("alpha", "beta")
     }
-    kills = 0
     try:
-        while any(p.poll() is None for p in producers.values()):
-            alive = next(p for p in producers.values() if p.poll() is None)
-            # Let the runs progress for a random while (returns early if they end).
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                alive.wait(timeout=rng.uniform(0.1, 0.7))
-            collector.send_signal(signal.SIGKILL)
-            collector.wait(timeout=10)
-            kills += 1
-            collector = start_collector(endpoint, data, log)
-        outputs = {name: p.communicate(timeout=60)[0].decode() for name, p in producers.items()}
-        for name, p in producers.items():
-            assert p.returncode == 0, outputs[name]
-            assert "delivered=True" in outputs[name], outputs[name]
+        collector, kills = kill_while_running(
+            producers,
+            lambda: start_collector(endpoint, data, log),
+            endpoint,
+            collector,
+            (0.1, 0.7),
+            seed=1234,
+        )
         wait_ready(endpoint, collector)
         wait_for(lambda: applied_count(data) >= 2 * 5003, 60, "every event to be applied")
     finally:

@@ -49,9 +49,24 @@ def _session_summary(session: Path) -> dict[str, Any]:
 
 
 def _only_session(cache: Path) -> Path:
-    sessions = [p for p in (cache / "offline").iterdir() if p.is_dir()]
-    assert len(sessions) == 1, sessions
-    return sessions[0]
+    """The one offline session in ``cache``, once ClearML has finished writing it.
+
+    ClearML reports through a forked subprocess by default, which can outlive the training
+    process and rewrites ``task.json`` in place: the session is complete when its zip exists and
+    its ``task.json`` parses.
+    """
+
+    def finished() -> Path | None:
+        sessions = [p for p in (cache / "offline").iterdir() if p.is_dir()]
+        assert len(sessions) == 1, sessions
+        try:
+            json.loads((sessions[0] / "task.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return sessions[0] if sessions[0].with_suffix(".zip").is_file() else None
+
+    session: Path = wait_for(finished, 60, f"ClearML to finish the offline session in {cache}")
+    return session
 
 
 def _plain_script_env(extra: dict[str, str]) -> dict[str, str]:
@@ -75,7 +90,9 @@ def _train(mode: str, task: str, data: str, workdir: Path, extra_env: dict[str, 
             "--data",
             data,
             "--project",
-            "parity",
+            # Absolute, and the same for both runs: Ultralytics would put a relative project under
+            # its own install's git root (this repo), and the project name is part of the parity.
+            str(workdir.parent / "ultralytics-runs"),
             "--name",
             task,
             "--result",
