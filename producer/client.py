@@ -173,11 +173,25 @@ class Client:
 
     def submit(self, run: RunState, event: protocol.Event, source: str | None = None) -> bool:
         """Hand an event (seq unset) to the writer; False if it was dropped. Never blocks."""
+        if not self._admit(1):
+            return False
+        self._queue.append(_Handoff(run, event, source))
+        return True
+
+    def submit_all(self, run: RunState, events: list[protocol.Event]) -> bool:
+        """Hand several file-less events to the writer at once (one ``deque.extend``)."""
+        if not self._admit(len(events)):
+            return False
+        self._queue.extend([_Handoff(run, event, None) for event in events])
+        return True
+
+    def _admit(self, n: int) -> bool:
+        """Whether ``n`` more events may be queued; counts and warns (once) when not."""
         if self._closed:
-            self.count("dropped_closed")
+            self.count("dropped_closed", n)
             return False
         if len(self._queue) >= self.config.max_pending:
-            self.count("dropped_overflow")
+            self.count("dropped_overflow", n)
             self.once.log(
                 log,
                 logging.WARNING,
@@ -187,7 +201,6 @@ class Client:
                 self.config.max_pending,
             )
             return False
-        self._queue.append(_Handoff(run, event, source))
         return True
 
     def count(self, name: str, n: int = 1) -> None:

@@ -378,10 +378,8 @@ class _Session:
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         run, epoch = self.run, trainer.epoch
-        for key, value in trainer.label_loss_items(trainer.tloss, prefix="train").items():
-            run.scalar("train", key, value, epoch)
-        for key, value in trainer.lr.items():
-            run.scalar("lr", key, value, epoch)
+        run.scalars("train", trainer.label_loss_items(trainer.tloss, prefix="train"), epoch)
+        run.scalars("lr", trainer.lr, epoch)
 
     def on_val_end(self, validator: Trainer) -> None:
         save_dir = getattr(validator, "save_dir", None)
@@ -392,8 +390,11 @@ class _Session:
         run, epoch = self.run, trainer.epoch
         if trainer.epoch_time is not None:
             run.scalar("Epoch Time", "Epoch Time", trainer.epoch_time, epoch)
+        by_title: dict[str, dict[str, float]] = {}
         for key, value in trainer.metrics.items():
-            run.scalar(key.split("/")[0], key, value, epoch)
+            by_title.setdefault(key.split("/")[0], {})[key] = value
+        for title, values in by_title.items():
+            run.scalars(title, values, epoch)
         if epoch == 0 and not self._model_info_sent:
             self._model_info_sent = True
             # One forward pass of the model to count its FLOPs, as the built-in callback does.

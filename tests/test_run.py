@@ -243,3 +243,22 @@ def test_git_info_strips_credentials(tmp_path: Path) -> None:
     assert len(info.commit) == 40
     assert "+print(2)" in info.diff
     assert git_info(tmp_path / "..") is None or git_info(Path("/")) is None
+
+
+def test_scalars_hands_several_series_over_at_once_and_rejects_a_bad_call_whole(
+    fake: FakeCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = Run("proj", "exp", endpoint=fake.endpoint)
+    run.scalars("train", {"box_loss": 1.5, "cls_loss": 0.5, "dfl_loss": 0.25}, 3)
+    run.scalars("lr", {"lr/pg0": 0.01, "lr/pg1": "fast"}, 3)  # type: ignore[dict-item]
+    run.scalars("lr", {"lr/pg0": 0.02}, 4)
+    assert run.close() is True
+    scalars = [e for e in fake.events[run.id] if isinstance(e, protocol.Scalar)]
+    assert [(e.title, e.series, e.value, e.iteration) for e in scalars] == [
+        ("train", "box_loss", 1.5, 3),
+        ("train", "cls_loss", 0.5, 3),
+        ("train", "dfl_loss", 0.25, 3),
+        ("lr", "lr/pg0", 0.02, 4),
+    ]
+    assert [e.seq for e in fake.events[run.id]] == list(range(1, 7)), "no hole where the bad call was"
+    assert _warnings(caplog, "Run.scalars ignored")
