@@ -104,7 +104,12 @@ class JsonlBackend:
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, run: str) -> Path:
-        return paths.run_dir(self.directory, run).with_name(run + _SUFFIX)
+        return self.path_in(self.directory, run)
+
+    @staticmethod
+    def path_in(directory: Path, run: str) -> Path:
+        """Where the records of ``run`` live under ``directory``."""
+        return paths.run_dir(directory, run).with_name(run + _SUFFIX)
 
     def applied(self, run: str) -> int:
         return self._file(run).applied
@@ -172,12 +177,31 @@ class JsonlBackend:
         if complete < size:
             log.warning("cutting a torn last line (%d bytes) off %s", size - complete, path)
             os.ftruncate(fd, complete)
-        applied = 0
-        if complete:
-            start = _line_start(fd, complete - 1)
-            line = msgspec.json.decode(os.pread(fd, complete - start, start), type=_Line)
-            applied = through(msgspec.json.decode(line.event, type=protocol.Event))
-        return _RunFile(fd, complete, applied)
+        return _RunFile(fd, complete, _applied_through(fd, complete))
+
+
+def read_applied(path: Path) -> int:
+    """The applied position of a record file, read-only: a torn last line is skipped, not cut."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return _applied_through(fd, _line_start(fd, os.fstat(fd).st_size))
+    except msgspec.MsgspecError:
+        log.warning("unreadable last record in %s", path)
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _applied_through(fd: int, complete: int) -> int:
+    """The position the last complete line (ending at ``complete``) accounts for; 0 if none."""
+    if not complete:
+        return 0
+    start = _line_start(fd, complete - 1)
+    line = msgspec.json.decode(os.pread(fd, complete - start, start), type=_Line)
+    return through(msgspec.json.decode(line.event, type=protocol.Event))
 
 
 def _line_start(fd: int, end: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from collector import clearml_state, paths
 from collector.config import CollectorConfig
-from collector.demo_data import make_dataset
+from collector.demo_data import make_dataset, tiny_training
 from collector.server import Collector
 
 PROJECT = "clearml-relay demo"
@@ -60,18 +60,7 @@ def _train(endpoint: str, data: str, work: str, epochs: int) -> None:
     model = YOLO("yolov8n.yaml")  # built from its config: no weights to download
     hooks = producer.attach(model, endpoint=endpoint, project=PROJECT, name=TASK)
     started = time.perf_counter()
-    model.train(
-        data=data,
-        epochs=epochs,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        device="cpu",
-        project=str(Path(work) / "runs"),
-        name=TASK,
-        exist_ok=True,
-        verbose=False,
-    )
+    model.train(data=data, **tiny_training("detect", Path(work) / "runs", TASK, epochs))
     train_seconds = time.perf_counter() - started
     closed = hooks.wait(timeout=120)
     timings = {event: sorted(values) for event, values in hooks.timings().items()}

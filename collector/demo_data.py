@@ -14,7 +14,7 @@ Two classes (red, green) are enough for every metric, curve and confusion matrix
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from PIL import Image
@@ -114,3 +114,23 @@ def make_dataset(root: Path, task: str = "detect", *, train: int = 32, val: int 
     if task == "classify":
         return _classify(root, counts, size, rng)
     return _labelled(root, task, counts, size, rng)
+
+
+def tiny_training(task: str, project: Path, name: str, epochs: int) -> dict[str, Any]:
+    """``model.train`` arguments for a seconds-long CPU training on a dataset made here.
+
+    ``project`` must be absolute: Ultralytics puts a relative one under the git root of its own
+    installation (a virtual environment inside a checkout would write into that checkout).
+    """
+    return {
+        "epochs": epochs,
+        "imgsz": 32 if task == "classify" else 64,
+        "batch": 8,
+        "workers": 0,
+        "device": "cpu",
+        "project": str(project),
+        "name": name,
+        "exist_ok": True,
+        "plots": True,
+        "verbose": False,
+    }

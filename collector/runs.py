@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from collector import clearml_state, paths
+from collector.backend import JsonlBackend, read_applied
 from collector.journal import read_meta, read_position
 
 
@@ -56,23 +57,7 @@ def _backend_view(data_dir: Path, run: str) -> tuple[int, str, str]:
     state = clearml_state.load(data_dir / paths.CLEARML, run)
     if state is not None:
         return state.applied, state.task_id, state.zip or state.session
-    return _jsonl_applied(data_dir / paths.RECORDS / f"{run}.jsonl"), "", ""
-
-
-def _jsonl_applied(path: Path) -> int:
-    """The seq of the last complete line of a JSONL record file (0 if none)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - 65536))
-            lines = f.read().split(b"\n")
-    except OSError:
-        return 0
-    for line in reversed(lines[:-1]):  # the part after the last newline may be torn
-        try:
-            return int(json.loads(line)["seq"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
+    return read_applied(JsonlBackend.path_in(data_dir / paths.RECORDS, run)), "", ""
 
 
 def render(rows: list[RunRow], as_json: bool) -> str:

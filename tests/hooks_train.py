@@ -30,6 +30,7 @@ def main() -> int:
     from ultralytics import YOLO
 
     import producer
+    from collector.demo_data import tiny_training
     from producer.hooks import default_hooks
 
     model = YOLO("yolov8n.yaml")
@@ -48,17 +49,7 @@ def main() -> int:
         model.add_callback(event, fn)
     model.add_callback("on_train_start", recorder("after"))
     model.train(
-        data=args.data,
-        epochs=args.epochs,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        device="cpu",
-        project=args.project,
-        name=args.name,
-        exist_ok=True,
-        plots=True,
-        verbose=False,
+        data=args.data, **tiny_training("detect", Path(args.project).absolute(), args.name, args.epochs)
     )
     hooks = default_hooks()
     result = {

@@ -31,6 +31,8 @@ def main() -> int:
 
     from ultralytics import YOLO
 
+    from collector.demo_data import tiny_training
+
     cfg = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "classify": "yolov8n-cls.yaml"}[args.task]
     model = YOLO(cfg)
     hooks = None
@@ -40,19 +42,7 @@ def main() -> int:
         hooks = producer.attach(model)
     result: dict[str, object] = {"mode": args.mode}
     try:
-        model.train(
-            data=args.data,
-            epochs=args.epochs,
-            imgsz=64 if args.task != "classify" else 32,
-            batch=8,
-            workers=0,
-            device="cpu",
-            project=args.project,
-            name=args.name,
-            exist_ok=True,
-            plots=True,
-            verbose=False,
-        )
+        model.train(data=args.data, **tiny_training(args.task, Path(args.project), args.name, args.epochs))
         status = 0
     except Exception as exc:
         traceback.print_exc()

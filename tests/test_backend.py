@@ -77,3 +77,27 @@ def test_runs_have_separate_files_and_long_run_ids_work(tmp_path: Path) -> None:
     assert (tmp_path / "records" / f"{long_run}.jsonl").exists()
     assert backend.records("missing") == []
     backend.close()
+
+
+def test_read_applied_matches_the_backend_without_repairing_anything(tmp_path: Path) -> None:
+    from collector.backend import read_applied
+
+    backend = JsonlBackend(tmp_path)
+    files = FileStore(tmp_path / "files", fsync=False)
+    for event in (
+        protocol.RunOpen(run="r", seq=1, project="p", name="n"),
+        protocol.Gap(run="r", seq=2, last=5, reason="lost"),  # one line standing for seqs 2..5
+    ):
+        backend.apply("r", event, files)
+    backend.close()
+    path = JsonlBackend.path_in(tmp_path, "r")
+    with path.open("ab") as f:
+        f.write(b'{"seq": 6, "ev')  # a torn line, as a kill -9 leaves it
+    size = path.stat().st_size
+    assert read_applied(path) == 5  # the Gap's last seq, as the backend counts it
+    assert path.stat().st_size == size, "a read-only look must not cut the torn line"
+    reopened = JsonlBackend(tmp_path)
+    assert reopened.applied("r") == 5
+    reopened.close()
+    assert path.stat().st_size < size, "the backend itself cuts it"
+    assert read_applied(tmp_path / "missing.jsonl") == 0

@@ -30,6 +30,7 @@ from collector_helpers import running, wait_until
 from e2e import env
 
 import producer
+from collector.demo_data import tiny_training
 from producer.console import ConsoleCapture
 from producer.filewatch import FileWatcher, debug_image_slot
 from producer.hooks import BUILTIN_MODULE, STATE_FILE, RelayHooks, remove_builtin_callbacks
@@ -140,18 +141,7 @@ def _closed(records: list[dict[str, Any]]) -> bool:
 
 
 def train_args(task: str, root: Path, name: str, epochs: int = 1) -> dict[str, Any]:
-    return {
-        "epochs": epochs,
-        "imgsz": 32 if task == "classify" else 64,
-        "batch": 8,
-        "workers": 0,
-        "device": "cpu",
-        "project": str(root / "runs"),
-        "name": name,
-        "exist_ok": True,
-        "plots": True,
-        "verbose": False,
-    }
+    return tiny_training(task, root / "runs", name, epochs)
 
 
 def train_in_process(
