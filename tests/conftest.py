@@ -6,9 +6,13 @@ so Ultralytics never downloads one), ClearML offline mode and a private ClearML 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 _FONT_SOURCES = [
@@ -30,6 +34,20 @@ def _font() -> Path | None:
     except ImportError:
         pass
     return next((p for p in _FONT_SOURCES if p.exists()), None)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """Kill what a failed test left running, so that its leak is reported there, not later.
+
+    The collection runs in the test's own teardown: a leaked ``Popen`` (its pipes still open)
+    then fails the test that leaked it instead of whichever test the garbage collector hits next.
+    """
+    yield
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -178,18 +178,27 @@ def kill_while_running(
     """
     rng = random.Random(seed)
     kills = 0
-    while any(p.poll() is None for p in producers.values()):
-        wait_ready(endpoint, collector, timeout=120)
-        alive = next(p for p in producers.values() if p.poll() is None)
-        # Let the runs progress for a random while (returns early if they end).
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            alive.wait(timeout=rng.uniform(*pauses))
-        collector.send_signal(signal.SIGKILL)
-        collector.wait(timeout=10)
-        kills += 1
-        collector = start()
+    try:
+        while any(p.poll() is None for p in producers.values()):
+            wait_ready(endpoint, collector, timeout=120)
+            alive = next((p for p in producers.values() if p.poll() is None), None)
+            if alive is None:  # the last one ended while the collector came back
+                break
+            # Let the runs progress for a random while (returns early if they end).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                alive.wait(timeout=rng.uniform(*pauses))
+            collector.send_signal(signal.SIGKILL)
+            collector.wait(timeout=10)
+            kills += 1
+            collector = start()
+        outputs = {name: proc.communicate(timeout=60)[0].decode() for name, proc in producers.items()}
+    except BaseException:
+        # The caller only knows the collector it started: leave no process behind.
+        for proc in (collector, *producers.values()):
+            proc.kill()
+            proc.communicate()
+        raise
     for name, proc in producers.items():
-        out = proc.communicate(timeout=60)[0].decode()
-        assert proc.returncode == 0, f"{name}: {out}"
-        assert "delivered=True" in out, f"{name}: {out}"
+        assert proc.returncode == 0, f"{name}: {outputs[name]}"
+        assert "delivered=True" in outputs[name], f"{name}: {outputs[name]}"
     return collector, kills
