@@ -343,6 +343,7 @@ class Appliers:
         with every rewind in a row, so a server that keeps refusing is not hammered).
         """
         delay = self.retry_initial
+        failures = 0
         while True:
             try:
                 call()
@@ -361,11 +362,30 @@ class Appliers:
                 if self._stop.wait(delay):
                     return False
                 raise
-            except Exception:  # any backend failure: count, back off, retry
+            except Exception as exc:  # any backend failure: count, back off, retry
                 self.counters.incr("apply_error")
-                log.exception("run %s: %s failed, retrying in %.2f s", state.run, what, delay)
+                failures += 1
+                if failures == 1:  # the traceback once; then one line per retry
+                    log.exception("run %s: %s failed, retrying in %.2f s", state.run, what, delay)
+                else:
+                    log.warning(
+                        "run %s: %s failed again (%d times: %s), retrying in %.2f s",
+                        state.run,
+                        what,
+                        failures,
+                        _short(exc),
+                        delay,
+                    )
             else:
+                if failures:
+                    log.info("run %s: %s succeeded after %d failures", state.run, what, failures)
                 return True
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, self.retry_max)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` on one line, at most ``limit`` characters, for a log line."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,7 +3,9 @@
 Safe beside a running collector: it reads the journal's metadata and newest records, and the
 backend's own records of what it applied, without opening anything for writing. ``received`` is
 the journaled position (events acknowledged to producers); ``applied`` is the backend's durable
-position (events in the ClearML task or the JSONL records as of the last checkpoint).
+position (events in the ClearML task or the JSONL records as of the last checkpoint);
+``backlog`` is the difference: what is safe in the journal but not yet in ClearML, for example
+while the ClearML server is down.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class RunRow:
     state: str
     received: int
     applied: int
+    backlog: int
     task_id: str
     session: str
 
@@ -44,9 +47,18 @@ def list_runs(data_dir: Path) -> list[RunRow]:
             continue
         meta = read_meta(directory)
         applied, task_id, session = _backend_view(data_dir, run)
+        received = read_position(directory)
         rows.append(
             RunRow(
-                run, meta.project, meta.name, meta.state, read_position(directory), applied, task_id, session
+                run,
+                meta.project,
+                meta.name,
+                meta.state,
+                received,
+                applied,
+                max(0, received - applied),
+                task_id,
+                session,
             )
         )
     return rows
@@ -68,8 +80,9 @@ def render(rows: list[RunRow], as_json: bool) -> str:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"{len(rows)} runs", title_justify="left")
-    for column in ("run", "project", "name", "state", "received", "applied", "task id", "offline session"):
-        table.add_column(column, justify="right" if column in ("received", "applied") else "left")
+    numbers = ("received", "applied", "backlog")
+    for column in ("run", "project", "name", "state", *numbers, "task id", "offline session"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for row in rows:
         table.add_row(
             row.run,
@@ -78,6 +91,7 @@ def render(rows: list[RunRow], as_json: bool) -> str:
             row.state,
             str(row.received),
             str(row.applied),
+            str(row.backlog),
             row.task_id,
             row.session,
         )

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from producer import protocol
+
+if TYPE_CHECKING:
+    from clearml_server import ClearMLServerDouble
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCE = Path(__file__).resolve().parent / "produce.py"
@@ -202,3 +205,43 @@ def kill_while_running(
         assert proc.returncode == 0, f"{name}: {outputs[name]}"
         assert "delivered=True" in outputs[name], f"{name}: {outputs[name]}"
     return collector, kills
+
+
+def runs_table(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """``clearml-relay runs --json`` for ``data_dir``, by run id (a separate process, read-only)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "runs", "--data-dir", str(data_dir), "--json"],
+        env=env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return {row["run"]: row for row in json.loads(result.stdout)}
+
+
+def check_online_exactly_once(
+    server: ClearMLServerDouble, manifest: dict[str, Any], name: str, events: int, every: int
+) -> None:
+    """The run ``name`` of ``produce.py`` reached the server once: its task, every event, file and model."""
+    task = server.task(name)
+    assert task is not None, f"no task {name!r} on the server"
+    assert server.project_name(task["project"]) == "e2e"
+    assert "e2e" in task["tags"]
+    scalars = server.events(task["id"], type="training_stats_scalar")
+    assert sorted(e["iter"] for e in scalars if e["metric"] == "train") == [
+        i for i in range(events) if i % every
+    ]
+    images = server.events(task["id"], type="training_debug_image")
+    assert sorted(e["iter"] for e in images) == list(range(0, events, every))
+    for image in images:
+        content = server.upload(image["url"])
+        assert content is not None, f"image {image['url']} never reached the fileserver"
+        assert hashlib.sha256(content).hexdigest() == manifest["files"][str(image["iter"])]
+    models = [m for m in server.models.values() if m.get("task") == task["id"]]
+    assert len(models) == 1, f"{len(models)} models registered for one run"
+    weights = server.upload(models[0]["uri"])
+    assert weights is not None, f"the model was registered as {models[0]['uri']} but never uploaded"
+    assert hashlib.sha256(weights).hexdigest() == manifest["files"]["-1"]
+    assert task["status"] == "completed"
+    assert len([t for t in server.tasks.values() if t.get("name") == name]) == 1, "one task per run"

@@ -6,13 +6,21 @@ fileserver; the assertions read what the "server" received.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from clearml_server import ClearMLServerDouble
-from e2e import free_port, produce, start_collector, status, stop, wait_for, wait_ready
+from e2e import (
+    check_online_exactly_once,
+    free_port,
+    produce,
+    start_collector,
+    status,
+    stop,
+    wait_for,
+    wait_ready,
+)
 
 
 @pytest.mark.slow
@@ -68,26 +76,7 @@ def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path, refused:
         log = (tmp_path / "collector.log").read_text()
         assert "ClearML online mode" in log, "the collector must say which mode it chose"
 
-        task = server.task("online")
-        assert task is not None
-        assert server.project_name(task["project"]) == "e2e"
-        assert "e2e" in task["tags"]
-        scalars = server.events(task["id"], type="training_stats_scalar")
-        assert sorted(e["iter"] for e in scalars if e["metric"] == "train") == [
-            i for i in range(events) if i % every
-        ]
-        images = server.events(task["id"], type="training_debug_image")
-        assert sorted(e["iter"] for e in images) == list(range(0, events, every))
-        for image in images:
-            content = server.upload(image["url"])
-            assert content is not None, f"image {image['url']} never reached the fileserver"
-            assert hashlib.sha256(content).hexdigest() == manifest["files"][str(image["iter"])]
-        models = [m for m in server.models.values() if m.get("task") == task["id"]]
-        assert len(models) == 1
-        weights = server.upload(models[0]["uri"])
-        assert weights is not None, f"the model was registered as {models[0]['uri']} but never uploaded"
-        assert hashlib.sha256(weights).hexdigest() == manifest["files"]["-1"]
-        assert task["status"] == "completed"
+        check_online_exactly_once(server, manifest, "online", events, every)
         # Checked last, so that without the rewind the failure above names what was lost.
         refusals = [c for c in server.calls("events.add_batch") if c.status == 500]
         assert len(refusals) == refused

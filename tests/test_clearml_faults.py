@@ -1,0 +1,120 @@
+"""The ClearML server misbehaves; the collector journals on, shows the backlog, loses nothing.
+
+A producer process logs a run through a collector process in online mode against the server
+double while the server is down from the start, dies mid-run, answers 500 to everything, or
+stalls every call. Meanwhile the producer is acknowledged in full (the journal holds its events)
+and ``clearml-relay runs`` shows the backlog; once the server is healthy again the run lands on
+it exactly once: every scalar, image and model, one task, status completed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from clearml_server import ClearMLServerDouble
+from e2e import (
+    check_online_exactly_once,
+    free_port,
+    produce,
+    runs_table,
+    start_collector,
+    status,
+    stop,
+    wait_for,
+    wait_ready,
+)
+
+EVENTS, EVERY = 120, 20
+#: Events a run journals beyond ``EVENTS``: its open, its model and its close.
+EXTRA = 3
+
+# Each fault: how to break the server, and how to heal it.
+FAULTS: dict[str, tuple[Callable[[ClearMLServerDouble], None], Callable[[ClearMLServerDouble], None]]] = {
+    "down": (lambda s: s.down(), lambda s: s.up()),
+    "500": (lambda s: s.fail(None, status=500), lambda s: s.heal()),
+    "stall": (lambda s: s.stall(), lambda s: s.unstall()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "when"),
+    [("down", "at start"), ("down", "mid-run"), ("500", "mid-run"), ("stall", "mid-run")],
+    ids=["down-at-start", "dies-mid-run", "answers-500", "stalls"],
+)
+def test_a_faulty_server_costs_delay_never_events(tmp_path: Path, fault: str, when: str) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    breaks, heals = FAULTS[fault]
+    with ClearMLServerDouble() as server:
+        if when == "at start":
+            breaks(server)
+        collector = start_collector(
+            endpoint,
+            data,
+            tmp_path / "collector.log",
+            "--backend",
+            "clearml",
+            # A call the server never answers is abandoned after this, and retried.
+            environ={**server.child_env(), "CLEARML_RELAY_CLEARML_CALL_TIMEOUT": "5"},
+        )
+        try:
+            wait_ready(endpoint, collector, timeout=60)
+            proc = produce(
+                endpoint,
+                tmp_path / "spool",
+                tmp_path / "work",
+                "faulty",
+                EVENTS,
+                "--file-every",
+                str(EVERY),
+                "--model-bytes",
+                str(300_000),
+                "--rate",
+                "60",
+                "--flush-timeout",
+                "60",
+            )
+            if when == "mid-run":
+                # Break it once the task exists and the first events have reached the server.
+                server.wait_for(
+                    lambda s: s.calls("events.add_batch"), timeout=60, what="the first events to arrive"
+                )
+                breaks(server)
+            out = proc.communicate(timeout=120)[0].decode()
+            assert "delivered=True" in out, "the collector journals and acknowledges whatever the server does"
+            run = json.loads((tmp_path / "work" / "faulty.json").read_text())["run"]
+
+            row = runs_table(data)[run]
+            assert row["received"] == EVENTS + EXTRA, row
+            assert row["applied"] < row["received"], f"no backlog shown while the server is {fault}: {row}"
+            assert row["backlog"] == row["received"] - row["applied"]
+
+            # Heal only once the collector has had to retry on its own (the SDK's retries spent).
+            wait_for(
+                lambda: _retried((tmp_path / "collector.log").read_text()),
+                90,
+                "the collector to log that it backs off and retries",
+            )
+            heals(server)
+
+            def completed() -> bool:
+                reply = status(endpoint)
+                info = next((r for r in reply.runs if r.run == run), None) if reply else None
+                return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+            wait_for(completed, 120, "the run to be applied once the server is back")
+        finally:
+            stop(collector, timeout=30)
+        manifest = json.loads((tmp_path / "work" / "faulty.json").read_text())
+        check_online_exactly_once(server, manifest, "faulty", EVENTS, EVERY)
+        row = runs_table(data)[run]
+        assert (row["state"], row["applied"], row["backlog"]) == ("completed", EVENTS + EXTRA, 0), row
+        assert not server.escapes, "nothing may leave this machine"
+
+
+def _retried(log: str) -> bool:
+    return "retrying in" in log or "re-applying from its durable position" in log
