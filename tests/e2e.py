@@ -109,24 +109,25 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 
 
 def produce(
-    endpoint: str, spool: Path, workdir: Path, name: str, events: int, *args: str
+    endpoint: str, spool: Path, workdir: Path, name: str, events: int, *args: str, output: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(PRODUCE),
-            "--name",
-            name,
-            "--events",
-            str(events),
-            "--workdir",
-            str(workdir),
-            *args,
-        ],
-        env=env(CLEARML_RELAY_ENDPOINT=endpoint, CLEARML_RELAY_SPOOL_DIR=str(spool)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    """Start ``produce.py``; its output comes on a pipe, or goes to the file ``output``."""
+    command = [
+        sys.executable,
+        str(PRODUCE),
+        "--name",
+        name,
+        "--events",
+        str(events),
+        "--workdir",
+        str(workdir),
+        *args,
+    ]
+    environ = env(CLEARML_RELAY_ENDPOINT=endpoint, CLEARML_RELAY_SPOOL_DIR=str(spool))
+    if output is None:
+        return subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with output.open("ab") as out:
+        return subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
 
 
 def applied(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -205,6 +206,31 @@ def kill_while_running(
         assert proc.returncode == 0, f"{name}: {outputs[name]}"
         assert "delivered=True" in outputs[name], f"{name}: {outputs[name]}"
     return collector, kills
+
+
+def sync(endpoint: str, spool: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``clearml-relay sync`` of ``spool`` to ``endpoint``; asserts it exits 0."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "sync",
+            "--spool-dir",
+            str(spool),
+            "--endpoint",
+            endpoint,
+            "--timeout",
+            str(timeout),
+        ],
+        env=env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def runs_table(data_dir: Path) -> dict[str, dict[str, Any]]:

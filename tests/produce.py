@@ -29,11 +29,19 @@ def main() -> int:
     ap.add_argument("--flush-timeout", type=float, default=None)
     ap.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     ap.add_argument("--exit-without-close", action="store_true")
+    ap.add_argument(
+        "--progress",
+        action="store_true",
+        help="print the run id, then 'handed I T' after each event (T: time.time() as the call returned)",
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     files: dict[int, str] = {}
     run = Run(project="e2e", name=args.name, tags=["e2e"], flush_timeout=args.flush_timeout)
     manifest = args.workdir / f"{args.name}.json"
+    if args.progress:
+        print(f"run {run.id}", flush=True)
+    slowest = 0.0
     started = time.monotonic()
     for i in range(args.events):
         if args.rate and i % 100 == 0:
@@ -44,9 +52,14 @@ def main() -> int:
             path = args.workdir / f"{args.name}-img-{i}.png"
             path.write_bytes(content)
             files[i] = hashlib.sha256(content).hexdigest()
+            called = time.perf_counter()
             run.image("Mosaic", "train_batch", i, path)
         else:
+            called = time.perf_counter()
             run.scalar("train", "loss", float(i), i)
+        slowest = max(slowest, time.perf_counter() - called)
+        if args.progress:
+            print(f"handed {i} {time.time():.6f}", flush=True)
     if args.model_bytes:
         content = os.urandom(args.model_bytes)
         path = args.workdir / f"{args.name}-best.pt"
@@ -54,7 +67,7 @@ def main() -> int:
         files[-1] = hashlib.sha256(content).hexdigest()
         run.model(path, name="best.pt")
     manifest.write_text(json.dumps({"run": run.id, "files": files}))
-    print(f"run {run.id} handed over {args.events} events", flush=True)
+    print(f"run {run.id} handed over {args.events} events, slowest call {slowest:.6f} s", flush=True)
     if args.exit_without_close:
         sys.stdout.flush()
         os._exit(0)  # like a crashed trainer: no close, no flush

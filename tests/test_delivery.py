@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,12 +11,12 @@ from e2e import (
     applied,
     applied_count,
     check_exactly_once,
-    env,
     free_port,
     kill_while_running,
     produce,
     start_collector,
     stop,
+    sync,
     wait_for,
     wait_ready,
 )
@@ -35,7 +33,8 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
     )
     collector = start_collector(endpoint, data, log)
     wait_ready(endpoint, collector)
-    # Two runs at once, 5,000 events each, every 50th with a file, and a 3-chunk model.
+    # Two runs at once, 5,000 events each over 20 s, every 50th with a file, and a 3-chunk model;
+    # the collector is killed every 0.05-0.5 s after it answers again: 20+ kills across the run.
     producers = {
         name: produce(
             endpoint,
@@ -48,7 +47,7 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
             "--model-bytes",
             str(3 * 1024 * 1024 + 7),
             "--rate",
-            "800",
+            "250",
             "--flush-timeout",
             "120",
         )
@@ -60,14 +59,14 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
             lambda: start_collector(endpoint, data, log),
             endpoint,
             collector,
-            (0.1, 0.7),
+            (0.05, 0.5),
             seed=1234,
         )
         wait_ready(endpoint, collector)
         wait_for(lambda: applied_count(data) >= 2 * 5003, 60, "every event to be applied")
     finally:
         stop(collector)
-    assert kills >= 5, f"only {kills} kills: the run ended too soon to test anything"
+    assert kills >= 20, f"only {kills} kills: the run ended too soon to test anything"
     for name in producers:
         check_exactly_once(data, work / f"{name}.json", 5000, model=True)
     assert not any(spool.iterdir()), "delivered outboxes must be removed from the spool"
@@ -121,26 +120,7 @@ def test_a_run_made_while_the_collector_was_absent_is_delivered_later(
     try:
         wait_ready(endpoint, collector)
         if deliver_by == "sync":
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "collector",
-                    "sync",
-                    "--spool-dir",
-                    str(spool),
-                    "--endpoint",
-                    endpoint,
-                    "--timeout",
-                    "60",
-                ],
-                env=env(),
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+            sync(endpoint, spool)
         else:
             later = produce(endpoint, spool, work, "later", 10, "--flush-timeout", "60")
             assert "delivered=True" in later.communicate(timeout=90)[0].decode()
