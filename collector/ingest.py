@@ -29,6 +29,7 @@ from collector import paths
 from collector.counters import Counters
 from collector.files import FileStore
 from collector.journal import Entry, Journal, through
+from collector.space import Episodes, is_disk_full
 from producer import protocol
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class Ingest:
         self.status = status
         self.max_body_bytes = max_body_bytes
         self.max_journal_bytes = max_journal_bytes
+        #: Episodes of the journal at its size cap, and of the file store's disk being full.
+        self.journal_cap = Episodes("journal_cap", "the journal's size cap", counters)
+        self.files_space = Episodes("files_disk", "the file store's disk", counters)
         #: Last heartbeat (monotonic seconds) per run.
         self.heartbeats: dict[str, float] = {}
         self.socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
@@ -161,7 +165,12 @@ class Ingest:
 
     def handle(self, messages: list[list[bytes]]) -> None:
         """Handle one batch of received messages (identity frame first), commit, then reply."""
-        batch = _Batch(self.journal, self.journal.size_bytes() >= self.max_journal_bytes)
+        held = self.journal.size_bytes()
+        batch = _Batch(self.journal, held >= self.max_journal_bytes)
+        if batch.over_quota:
+            self.journal_cap.failed(f"{held} bytes held, cap {self.max_journal_bytes}")
+        else:
+            self.journal_cap.fits()
         for frames in messages:
             peer = frames[0]
             self.counters.incr("messages")
@@ -203,7 +212,9 @@ class Ingest:
                     batch,
                     peer,
                     "backoff",
-                    "the collector could not journal this run's events",
+                    "the collector's journal is full"
+                    if self.journal.space.full
+                    else "the collector could not journal this run's events",
                     run=run,
                     retry_after=BACKOFF_SECONDS,
                 )
@@ -216,7 +227,8 @@ class Ingest:
                 self._event(peer, raw, batch)
         elif isinstance(request, protocol.FileOffer):
             self._check_run(request.run)
-            batch.replies.append((peer, self.files.offer(request.run, request.sha256, request.size)))
+            offer = request
+            self._file(peer, batch, offer.run, lambda: self.files.offer(offer.run, offer.sha256, offer.size))
         elif isinstance(request, protocol.FileChunk):
             assert payload is not None  # decode_request pairs FileChunk with its payload
             if len(payload) > self.max_body_bytes:
@@ -224,8 +236,10 @@ class Ingest:
                     "too_large", f"chunk payload is {len(payload)} bytes, limit {self.max_body_bytes}"
                 )
             self._check_run(request.run)
-            status = self.files.chunk(request.run, request.sha256, request.offset, payload)
-            batch.replies.append((peer, status))
+            chunk, data = request, payload
+            self._file(
+                peer, batch, chunk.run, lambda: self.files.chunk(chunk.run, chunk.sha256, chunk.offset, data)
+            )
         elif isinstance(request, protocol.Heartbeat):
             self.counters.incr("heartbeats")
             now = time.monotonic()
@@ -234,6 +248,26 @@ class Ingest:
                     self.heartbeats[run] = now
         else:
             batch.replies.append((peer, self.status()))
+
+    def _file(self, peer: bytes, batch: _Batch, run: str, call: Callable[[], protocol.FileStatus]) -> None:
+        """Answer a file offer or chunk; a full disk answers ``backoff`` (the producer re-offers)."""
+        try:
+            status = call()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.files_space.failed(f"{self.files.directory}: {exc.strerror}")
+            self._refuse(
+                batch,
+                peer,
+                "backoff",
+                "the collector's disk is full: keep spooling",
+                run=run,
+                retry_after=BACKOFF_SECONDS,
+            )
+            return
+        self.files_space.fits()
+        batch.replies.append((peer, status))
 
     @staticmethod
     def _check_run(run: str) -> None:

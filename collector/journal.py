@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 
 from collector import paths
 from collector.counters import Counters
+from collector.space import Episodes, is_disk_full
 from producer import protocol
 from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record
 
@@ -130,6 +131,8 @@ class Journal:
         self._runs: dict[str, _Run] = {}
         self._listeners: list[Listener] = []
         self._bytes = 0
+        #: Episodes of the journal's filesystem being full (see :mod:`collector.space`).
+        self.space = Episodes("journal_disk", "the journal's disk", self.counters)
         directory.mkdir(parents=True, exist_ok=True)
         for entry in sorted(os.listdir(directory)):
             if not (directory / entry).is_dir():
@@ -204,20 +207,20 @@ class Journal:
                 continue
             try:
                 written.append((name, self._append(name, entries)))
-            except OSError:
-                log.exception("journal append failed for run %s", name)
-                self.counters.incr("journal_write_error")
+            except OSError as exc:
+                self._write_failed(exc, "journal append failed for run %s", name)
                 failed.add(name)
                 self._reopen(name)
         if self.fsync:
             for name, run in written:
                 try:
                     run.log.sync()
-                except OSError:
+                except OSError as exc:
                     # Not durable, so not acked: the producer resends and gets a duplicate's ack.
-                    log.exception("journal fsync failed for run %s", name)
-                    self.counters.incr("journal_write_error")
+                    self._write_failed(exc, "journal fsync failed for run %s", name)
                     failed.add(name)
+        if written and not failed:
+            self.space.fits()
         for _, run in written:
             if run.meta.state != "open":
                 run.log.close()  # ended: free its fd (a late event reopens it as a new segment)
@@ -298,6 +301,14 @@ class Journal:
         with self._lock:
             self._runs[name] = run
         return run
+
+    def _write_failed(self, exc: OSError, message: str, name: str) -> None:
+        """Count a failed write; a full disk is one warning per episode, anything else a traceback."""
+        self.counters.incr("journal_write_error")
+        if is_disk_full(exc):
+            self.space.failed(f"{self.directory}: {exc.strerror}")
+        else:
+            log.exception(message, name)
 
     def _reopen(self, name: str) -> None:
         with self._lock:

@@ -54,11 +54,22 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start_collector(
-    endpoint: str, data_dir: Path, log: Path, *args: str, environ: dict[str, str] | None = None
+    endpoint: str,
+    data_dir: Path,
+    log: Path,
+    *args: str,
+    environ: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
+    """Start a collector process (JSONL backend unless ``args`` say otherwise).
+
+    ``prefix`` goes before the command; it must ``exec`` the rest, so that the process started is
+    the collector itself (signals reach it).
+    """
     with log.open("ab") as out:
         return subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "collector",
@@ -145,8 +156,14 @@ def applied_count(data_dir: Path) -> int:
     return sum(len(v) for v in applied(data_dir).values())
 
 
-def check_exactly_once(data_dir: Path, manifest: Path, events: int, model: bool) -> None:
-    """Every event of the run reached the backend once, in order, files byte for byte."""
+def check_exactly_once(
+    data_dir: Path, manifest: Path, events: int, model: bool, files_root: Path | None = None
+) -> None:
+    """Every event of the run reached the backend once, in order, files byte for byte.
+
+    ``files_root``: where the collector's root directory is seen from here, when its file store
+    is in a mount namespace of its own (``/proc/<pid>/root``).
+    """
     expected = json.loads(manifest.read_text())
     records = applied(data_dir)[expected["run"]]
     seqs = [r["seq"] for r in records]
@@ -160,7 +177,8 @@ def check_exactly_once(data_dir: Path, manifest: Path, events: int, model: bool)
         if event["t"] in ("image", "model"):
             key = str(event["iteration"]) if event["t"] == "image" else "-1"
             assert event["file"]["sha256"] == expected["files"][key]
-            content = Path(record["file"]).read_bytes()
+            stored = Path(record["file"])
+            content = (files_root / stored.relative_to("/") if files_root else stored).read_bytes()
             assert hashlib.sha256(content).hexdigest() == expected["files"][key]
         elif event["t"] == "scalar":
             assert event["value"] == float(event["iteration"])

@@ -118,3 +118,61 @@ def test_a_faulty_server_costs_delay_never_events(tmp_path: Path, fault: str, wh
 
 def _retried(log: str) -> bool:
     return "retrying in" in log or "re-applying from its durable position" in log
+
+
+@pytest.mark.slow
+def test_a_journal_at_its_cap_backs_producers_off_until_the_server_drains_it(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data, log = tmp_path / "data", tmp_path / "collector.log"
+    events = 1000
+    with ClearMLServerDouble() as server:
+        server.down()  # nothing is applied, so the journal only grows
+        collector = start_collector(
+            endpoint,
+            data,
+            log,
+            "--backend",
+            "clearml",
+            environ={
+                **server.child_env(),
+                "CLEARML_RELAY_CLEARML_CALL_TIMEOUT": "5",
+                "CLEARML_RELAY_MAX_JOURNAL_BYTES": "60000",  # about 500 events
+                "CLEARML_RELAY_JOURNAL_SEGMENT_BYTES": "16384",
+            },
+        )
+        try:
+            wait_ready(endpoint, collector, timeout=60)
+            proc = produce(
+                endpoint, tmp_path / "spool", tmp_path / "work", "capped", events,
+                "--file-every", str(EVERY), "--model-bytes", "100003", "--flush-timeout", "120",
+            )  # fmt: skip
+
+            def backed_off() -> bool:
+                reply = status(endpoint)
+                counters = reply.counters if reply else {}
+                return counters.get("journal_cap_full", 0) > 0 and counters.get("refused_backoff", 0) > 0
+
+            wait_for(backed_off, 60, "the collector to tell the producer to back off")
+            assert proc.poll() is None, "the producer keeps its events and waits, within its flush timeout"
+            (row,) = runs_table(data).values()
+            assert row["received"] < events + EXTRA, row
+            assert row["backlog"] > 0, row
+
+            server.up()  # the backlog drains, its journal space is reclaimed, the producer resumes
+            out = proc.communicate(timeout=150)[0].decode()
+            assert "delivered=True" in out, out
+            run = json.loads((tmp_path / "work" / "capped.json").read_text())["run"]
+
+            def completed() -> bool:
+                reply = status(endpoint)
+                info = next((r for r in reply.runs if r.run == run), None) if reply else None
+                return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+            wait_for(completed, 120, "the run to be applied")
+        finally:
+            stop(collector, timeout=30)
+        manifest = json.loads((tmp_path / "work" / "capped.json").read_text())
+        check_online_exactly_once(server, manifest, "capped", events, EVERY)
+    text = log.read_text()
+    assert text.count("the journal's size cap: no room") >= 1
+    assert "the journal's size cap has room again" in text

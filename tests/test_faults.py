@@ -15,6 +15,7 @@ a second before the kill), each once and in order, files byte for byte.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import signal
@@ -25,9 +26,11 @@ from pathlib import Path
 import pytest
 from e2e import (
     applied,
+    check_exactly_once,
     free_port,
     produce,
     start_collector,
+    status,
     stop,
     sync,
     wait_for,
@@ -138,3 +141,138 @@ def test_kill_9_of_the_training_process_loses_nothing_handed_a_second_before(
             else:
                 assert event["value"] == float(event["iteration"])
     assert not any(spool.iterdir()), "sync must have delivered and removed every outbox"
+
+
+@pytest.mark.slow
+def test_a_collector_that_stops_reading_blocks_no_call_and_loses_nothing(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
+    collector = start_collector(endpoint, data, tmp_path / "collector.log")
+    stall = 3.0
+    try:
+        wait_ready(endpoint, collector)
+        # "steady" (10 s) runs through the stall; "quitter" (3 s) ends in the middle of it.
+        steady = produce(
+            endpoint, spool, work, "steady", 3000, "--file-every", "50", "--model-bytes", "1000003",
+            "--rate", "300", "--flush-timeout", "60",
+        )  # fmt: skip
+        quitter = produce(
+            endpoint, spool, work, "quitter", 900, "--file-every", "50", "--rate", "300",
+            "--flush-timeout", "1.0",
+        )  # fmt: skip
+
+        def both_started() -> bool:
+            reply = status(endpoint)
+            return reply is not None and sum(info.journaled > 10 for info in reply.runs) == 2
+
+        wait_for(both_started, 30, "both runs to reach the collector")
+        collector.send_signal(signal.SIGSTOP)
+        stalled = time.monotonic()
+        try:
+            out = quitter.communicate(timeout=60)[0].decode()
+            exited = time.time()
+            assert steady.poll() is None, "the steady run must still be running during the stall"
+            with contextlib.suppress(subprocess.TimeoutExpired):  # keep the stall going
+                steady.wait(timeout=max(0.0, stalled + stall - time.monotonic()))
+        finally:
+            collector.send_signal(signal.SIGCONT)
+        assert quitter.returncode == 0, out
+        assert "delivered=False" in out, "the quitter closed while the collector read nothing"
+        closing = float(re.search(r"closing at ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+        assert exited - closing < 1.0 + 2.0, f"exit took {exited - closing:.2f} s after close()"
+
+        out = steady.communicate(timeout=120)[0].decode()
+        assert "delivered=True" in out, out
+        slowest = float(re.search(r"slowest call ([0-9.]+) s", out).group(1))  # type: ignore[union-attr]
+        assert slowest < stall / 3, f"a call blocked for {slowest:.3f} s while the collector was stalled"
+        sync(endpoint, spool)
+        wait_for(
+            lambda: {len(v) for v in applied(data).values()} == {3003, 902},
+            60,
+            "both runs to be applied",
+        )
+    finally:
+        stop(collector)
+    check_exactly_once(data, work / "steady.json", 3000, model=True)
+    check_exactly_once(data, work / "quitter.json", 900, model=False)
+
+
+def _private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
+    """A command prefix that mounts a small tmpfs on each directory, seen only by the command.
+
+    The command runs in a mount namespace of its own (``unshare``), so nothing is mounted for
+    anyone else, and the mounts vanish with it. None where this machine does not allow it.
+    """
+    mounts = " && ".join(f'mount -t tmpfs -o size={size} tmpfs "${i + 1}"' for i in range(len(directories)))
+    prefix = (
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        f'{mounts} && shift {len(directories)} && exec "$@"', "small-fs", *map(str, directories),
+    )  # fmt: skip
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+def _fill(directory: Path) -> Path:
+    """Write a ballast file into ``directory`` until its filesystem has no room left."""
+    ballast = directory / "ballast"
+    with ballast.open("wb", buffering=0) as f:
+        for block in (1 << 20, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
+    return ballast
+
+
+@pytest.mark.slow
+def test_a_full_disk_backs_producers_off_and_loses_nothing_when_space_returns(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
+    log = tmp_path / "collector.log"
+    prefix = _private_tmpfs(data / "journal", data / "files", size="16m")
+    if prefix is None:
+        pytest.skip("this machine cannot mount a private tmpfs (unshare --mount): no small filesystem")
+    collector = start_collector(endpoint, data, log, prefix=prefix)
+    try:
+        wait_ready(endpoint, collector)
+        # The collector's own view of its data dir: its journal and file store are on the tmpfs.
+        seen = Path(f"/proc/{collector.pid}/root") / data.relative_to("/")
+        ballasts = [_fill(seen / "journal"), _fill(seen / "files")]
+        output = tmp_path / "full.out"
+        producer = produce(
+            endpoint, spool, work, "full", 600, "--file-every", "50", "--model-bytes", "200003",
+            "--rate", "200", "--flush-timeout", "120", output=output,
+        )  # fmt: skip
+
+        def backed_off() -> bool:
+            reply = status(endpoint)
+            counters = reply.counters if reply else {}
+            return counters.get("refused_backoff", 0) > 0 and counters.get("journal_disk_full", 0) > 0
+
+        wait_for(backed_off, 60, "the collector to tell the producer to back off")
+        wait_for(
+            lambda: "handed over 600 events" in output.read_text(), 60, "the producer to hand everything"
+        )
+        assert producer.poll() is None, "the producer waits for delivery, within its flush timeout"
+        reply = status(endpoint)
+        assert reply is not None
+        assert all(info.journaled < 603 for info in reply.runs), "nothing can be journaled on a full disk"
+
+        for ballast in ballasts:  # space returns
+            ballast.unlink()
+        assert producer.wait(timeout=120) == 0
+        assert "delivered=True" in output.read_text(), output.read_text()
+        run = json.loads((work / "full.json").read_text())["run"]
+        wait_for(lambda: len(applied(data).get(run, [])) == 603, 60, "the run to be applied")
+        root = Path(f"/proc/{collector.pid}/root")  # the file store vanishes with the collector
+        check_exactly_once(data, work / "full.json", 600, model=True, files_root=root)
+    finally:
+        stop(collector)
+    text = log.read_text()
+    assert "the journal's disk: no room" in text
+    assert text.count("the journal's disk: no room") == 1, "one warning per episode, not one per message"
+    assert "the journal's disk has room again" in text
