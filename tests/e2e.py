@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from producer import protocol
+from producer.recordlog import HEADER_BYTES, MAGIC, list_segments
 
 if TYPE_CHECKING:
     from clearml_server import ClearMLServerDouble
@@ -289,3 +290,32 @@ def check_online_exactly_once(
     assert hashlib.sha256(weights).hexdigest() == manifest["files"]["-1"]
     assert task["status"] == "completed"
     assert len([t for t in server.tasks.values() if t.get("name") == name]) == 1, "one task per run"
+
+
+def damage_log(directory: Path, seq: int) -> None:
+    """Damage a record log (outbox or journal) on disk as a crash and a bad disk would.
+
+    Flips one byte in the body of record ``seq`` (its checksum no longer matches) and leaves a
+    torn record at the end of the newest segment, as a process killed in the middle of an
+    append does.
+    """
+    segments = [path for _, path in list_segments(directory)]
+    assert segments, f"no segments in {directory}"
+    for segment in segments:
+        raw = bytearray(segment.read_bytes())
+        pos = 0
+        while pos + HEADER_BYTES <= len(raw):
+            length = int.from_bytes(raw[pos + 2 : pos + 6], "little")
+            if int.from_bytes(raw[pos + 10 : pos + 18], "little") == seq:
+                raw[pos + HEADER_BYTES + length // 2] ^= 0xFF
+                segment.write_bytes(bytes(raw))
+                break
+            pos += HEADER_BYTES + length
+        else:
+            continue
+        break
+    else:
+        raise AssertionError(f"record {seq} is not in {directory}")
+    torn = MAGIC + (500).to_bytes(4, "little") + b"\x00" * 20  # a header promising 500 bytes, cut short
+    with segments[-1].open("ab") as f:
+        f.write(torn)

@@ -17,6 +17,7 @@ import pytest
 from clearml_server import ClearMLServerDouble
 from e2e import (
     check_online_exactly_once,
+    damage_log,
     free_port,
     produce,
     runs_table,
@@ -176,3 +177,63 @@ def test_a_journal_at_its_cap_backs_producers_off_until_the_server_drains_it(tmp
     text = log.read_text()
     assert text.count("the journal's size cap: no room") >= 1
     assert "the journal's size cap has room again" in text
+
+
+@pytest.mark.slow
+def test_a_damaged_journal_costs_only_the_damaged_record_and_says_so(tmp_path: Path) -> None:
+    """Events wait in the journal (server down) when a crash and a bad disk damage it."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data, log = tmp_path / "data", tmp_path / "collector.log"
+    with ClearMLServerDouble() as server:
+        server.down()
+        environ = {
+            **server.child_env(),
+            "CLEARML_RELAY_CLEARML_CALL_TIMEOUT": "5",
+            "CLEARML_RELAY_DRAIN_TIMEOUT": "1",
+        }
+        collector = start_collector(endpoint, data, log, "--backend", "clearml", environ=environ)
+        try:
+            wait_ready(endpoint, collector, timeout=60)
+            proc = produce(
+                endpoint, tmp_path / "spool", tmp_path / "work", "bruised", EVENTS,
+                "--file-every", str(EVERY), "--model-bytes", "100003", "--flush-timeout", "60",
+            )  # fmt: skip
+            assert "delivered=True" in proc.communicate(timeout=120)[0].decode()
+        finally:
+            assert stop(collector, timeout=60) == 0
+        run = json.loads((tmp_path / "work" / "bruised.json").read_text())["run"]
+        assert runs_table(data)[run]["applied"] == 0, "nothing can be applied with the server down"
+        damaged = 52  # the scalar of iteration 50 (seq 1 is the run's open)
+        damage_log(data / "journal" / run, damaged)
+
+        server.up()
+        collector = start_collector(endpoint, data, log, "--backend", "clearml", environ=environ)
+        try:
+            wait_ready(endpoint, collector, timeout=60)
+
+            def completed() -> bool:
+                reply = status(endpoint)
+                info = next((r for r in reply.runs if r.run == run), None) if reply else None
+                return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+            wait_for(completed, 120, "the run to be applied")
+            reply = status(endpoint)
+            assert reply is not None
+            counters = reply.counters
+        finally:
+            stop(collector, timeout=30)
+        assert counters.get("journal_damage", 0) >= 2, counters  # the flipped byte and the torn tail
+        assert counters.get("journal_gaps") == 1, counters
+        assert "journal damage" in log.read_text()
+
+        task = server.task("bruised")
+        assert task is not None
+        assert task["status"] == "completed"
+        scalars = server.events(task["id"], type="training_stats_scalar")
+        produced = [i for i in range(EVENTS) if i % EVERY]
+        assert sorted(e["iter"] for e in scalars if e["metric"] == "train") == [
+            i for i in produced if i != 50
+        ]
+        images = server.events(task["id"], type="training_debug_image")
+        assert sorted(e["iter"] for e in images) == list(range(0, EVENTS, EVERY))
+        assert len([m for m in server.models.values() if m.get("task") == task["id"]]) == 1

@@ -15,6 +15,7 @@ a second before the kill), each once and in order, files byte for byte.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import re
@@ -27,6 +28,7 @@ import pytest
 from e2e import (
     applied,
     check_exactly_once,
+    damage_log,
     free_port,
     produce,
     start_collector,
@@ -276,3 +278,46 @@ def test_a_full_disk_backs_producers_off_and_loses_nothing_when_space_returns(tm
     assert "the journal's disk: no room" in text
     assert text.count("the journal's disk: no room") == 1, "one warning per episode, not one per message"
     assert "the journal's disk has room again" in text
+
+
+@pytest.mark.slow
+def test_a_damaged_outbox_costs_only_the_damaged_record_and_says_so(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
+    events, every = 400, 40
+    # The collector is down: the whole run stays in the outbox.
+    proc = produce(
+        endpoint, spool, work, "bruised", events, "--file-every", str(every), "--model-bytes", "100003",
+        "--flush-timeout", "0.5",
+    )  # fmt: skip
+    assert "delivered=False" in proc.communicate(timeout=60)[0].decode()
+    run = json.loads((work / "bruised.json").read_text())["run"]
+    damaged = 102  # the scalar of iteration 100 (seq 1 is the run's open)
+    damage_log(spool / run / "log", damaged)
+
+    collector = start_collector(endpoint, data, tmp_path / "collector.log")
+    try:
+        wait_ready(endpoint, collector)
+        result = sync(endpoint, spool)
+        wait_for(lambda: len(applied(data).get(run, [])) == events + 3, 60, "the run to be applied")
+    finally:
+        stop(collector)
+    assert f"damaged outbox of run {run}" in result.stderr, result.stderr
+    records = applied(data)[run]
+    assert [r["seq"] for r in records] == list(range(1, events + 4)), "every seq once, in order"
+    gap = records[damaged - 1]["event"]
+    assert (gap["t"], gap["seq"], gap["last"]) == ("gap", damaged, damaged), gap
+    assert "outbox damage" in gap["reason"]
+    # Everything else arrived as produced, files byte for byte.
+    manifest = json.loads((work / "bruised.json").read_text())
+    for record in records[1:-2]:
+        event = record["event"]
+        if record["seq"] == damaged:
+            continue
+        assert event["iteration"] == record["seq"] - 2
+        if event["t"] == "image":
+            content = Path(record["file"]).read_bytes()
+            assert hashlib.sha256(content).hexdigest() == manifest["files"][str(event["iteration"])]
+        else:
+            assert event["value"] == float(event["iteration"])
+    assert [r["event"]["t"] for r in records[-2:]] == ["model", "close"], "the torn tail cost nothing"
