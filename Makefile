@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint typecheck unit
 bench: $(VENV)/.installed
 	$(PY) tests/benchmarks/bench_transport.py
 	$(PY) tests/benchmarks/bench_hooks.py
+
+# 100 producers for 10 minutes with random collector kills (not part of `make test`).
+soak: $(VENV)/.installed
+	$(PY) tests/benchmarks/soak.py --report soak-report.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

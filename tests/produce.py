@@ -42,9 +42,10 @@ def main() -> int:
     if args.progress:
         print(f"run {run.id}", flush=True)
     slowest = 0.0
+    pace_every = max(1, int(args.rate // 20))  # about 20 pauses a second
     started = time.monotonic()
     for i in range(args.events):
-        if args.rate and i % 100 == 0:
+        if args.rate and i % pace_every == 0:
             # Pace like a training loop, so that faults land in the middle of the run.
             time.sleep(max(0.0, started + i / args.rate - time.monotonic()))
         if args.file_every and i % args.file_every == 0:
