@@ -57,7 +57,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from producer.config import ENV_PROJECT, ENV_TASK_NAME
 from producer.console import ConsoleCapture
@@ -135,6 +135,9 @@ class RelayHooks:
         }
         self._session: _Session | None = None
         self._detached = False
+        #: Whether this process reports (rank 0): read from the environment once per training,
+        #: as Ultralytics reads ``RANK`` once at import.
+        self._main: bool | None = None
         self._registries: list[dict[str, list[Any]]] = []
         self._once = Once()
         self._timings = {event: collections.deque[float](maxlen=_TIMINGS_KEPT) for event in EVENTS}
@@ -202,7 +205,10 @@ class RelayHooks:
         """Run one hook: timed, rank 0 only, and whatever happens, nothing raised."""
         start = time.perf_counter()
         try:
-            if not self._detached and _main_rank():
+            main = self._main
+            if main is None or event == "on_pretrain_routine_start":
+                main = self._main = _main_rank()
+            if main and not self._detached:
                 if event == "on_pretrain_routine_start":
                     self._start(target, caller)
                 else:
@@ -342,7 +348,7 @@ class _Session:
         self._late_files_timeout = float(options["late_files_timeout"])
         self._inbox: collections.deque[Callable[[FileWatcher], None]] = collections.deque()
         self._wake = threading.Event()
-        self._validation_dirs: set[Path] = set()
+        self._validation_dirs: set[object] = set()  # as given (str or Path) and as Path
         self._model_info_sent = False
         args = trainer.args
         resume_run, sent = _load_state(self._state_path) if getattr(args, "resume", False) else (None, {})
@@ -378,13 +384,16 @@ class _Session:
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         run, epoch = self.run, trainer.epoch
-        run.scalars("train", trainer.label_loss_items(trainer.tloss, prefix="train"), epoch)
+        run.scalars("train", _train_losses(trainer), epoch)
         run.scalars("lr", trainer.lr, epoch)
 
     def on_val_end(self, validator: Trainer) -> None:
         save_dir = getattr(validator, "save_dir", None)
-        if save_dir is not None and Path(save_dir) not in self._validation_dirs:
-            self._watch_validation(Path(save_dir))
+        if save_dir is not None and save_dir not in self._validation_dirs:  # cheap when seen before
+            self._validation_dirs.add(save_dir)
+            directory = Path(save_dir)
+            if directory not in self._validation_dirs:
+                self._watch_validation(directory)
 
     def on_fit_epoch_end(self, trainer: Trainer) -> None:
         run, epoch = self.run, trainer.epoch
@@ -554,6 +563,25 @@ def _load_state(path: Path) -> tuple[str | None, dict[Path, Version]]:
         log.warning("clearml-relay: ignoring %s (the resumed training starts a new task): %r", path, exc)
         return None, {}
     return (run_id if isinstance(run_id, str) and run_id else None), sent
+
+
+def _train_losses(trainer: Trainer) -> dict[str, float]:
+    """``trainer.label_loss_items(trainer.tloss, prefix="train")``, with one tensor call.
+
+    Ultralytics' own ``label_loss_items`` (every task's) turns the loss tensor into floats one
+    element at a time (``float(x)`` per item); after an epoch of tensor work each of those calls
+    runs cold through torch's dispatcher. ``tolist()`` does it in one call, with the same keys,
+    values and rounding. A trainer with its own ``label_loss_items`` keeps it.
+    """
+    label_loss_items = type(trainer).label_loss_items
+    tloss = trainer.tloss
+    if not label_loss_items.__module__.startswith("ultralytics.") or not hasattr(tloss, "tolist"):
+        return cast("dict[str, float]", trainer.label_loss_items(tloss, prefix="train"))
+    values = tloss.tolist()
+    if not isinstance(values, list):
+        values = [values]  # classification: one loss, a 0-d tensor
+    pairs = zip(trainer.loss_names, values, strict=False)  # as Ultralytics pairs them
+    return {f"train/{name}": round(float(value), 5) for name, value in pairs}
 
 
 def _main_rank() -> bool:
