@@ -47,6 +47,7 @@ the options or the environment (``CLEARML_RELAY_*``).
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import json
 import logging
@@ -57,7 +58,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from producer.config import ENV_PROJECT, ENV_TASK_NAME
 from producer.console import ConsoleCapture
@@ -348,6 +349,7 @@ class _Session:
         self._late_files_timeout = float(options["late_files_timeout"])
         self._inbox: collections.deque[Callable[[FileWatcher], None]] = collections.deque()
         self._wake = threading.Event()
+        self._once = Once()
         self._validation_dirs: set[object] = set()  # as given (str or Path) and as Path
         self._model_info_sent = False
         args = trainer.args
@@ -383,9 +385,22 @@ class _Session:
     # ------------------------------------------------------------ hooks (training thread)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
-        run, epoch = self.run, trainer.epoch
-        run.scalars("train", _train_losses(trainer), epoch)
-        run.scalars("lr", trainer.lr, epoch)
+        # Only references change hands here: turning the losses (tensors) into floats runs cold
+        # through torch's dispatcher after an epoch of tensor work (about 40 us for three), so
+        # the background thread does it. The trainer rebinds tloss and lr (new objects) rather
+        # than changing them in place; the copies guard against a trainer that would.
+        tloss, lr, epoch = trainer.tloss, dict(trainer.lr), trainer.epoch
+        if isinstance(tloss, dict):
+            tloss = dict(tloss)
+        self._inbox.append(functools.partial(self._report_train_epoch, trainer, tloss, lr, epoch))
+
+    def _report_train_epoch(
+        self, trainer: Trainer, tloss: Any, lr: Mapping[str, float], epoch: int, _: FileWatcher
+    ) -> None:
+        """(Background thread.) The epoch's training losses and learning rates."""
+        self.run.scalars("lr", lr, epoch)  # first: a trainer's failing label_loss_items costs only losses
+        if tloss is not None:
+            self.run.scalars("train", trainer.label_loss_items(tloss, prefix="train"), epoch)
 
     def on_val_end(self, validator: Trainer) -> None:
         save_dir = getattr(validator, "save_dir", None)
@@ -396,31 +411,50 @@ class _Session:
                 self._watch_validation(directory)
 
     def on_fit_epoch_end(self, trainer: Trainer) -> None:
-        run, epoch = self.run, trainer.epoch
-        if trainer.epoch_time is not None:
-            run.scalar("Epoch Time", "Epoch Time", trainer.epoch_time, epoch)
-        by_title: dict[str, dict[str, float]] = {}
-        for key, value in trainer.metrics.items():
-            by_title.setdefault(key.split("/")[0], {})[key] = value
-        for title, values in by_title.items():
-            run.scalars(title, values, epoch)
+        epoch = trainer.epoch
+        self._inbox.append(
+            functools.partial(self._report_fit_epoch, trainer.epoch_time, dict(trainer.metrics), epoch)
+        )
         if epoch == 0 and not self._model_info_sent:
             self._model_info_sent = True
-            # One forward pass of the model to count its FLOPs, as the built-in callback does.
+            # One forward pass of the live model to count its FLOPs, as the built-in callback
+            # does: the one hook call that costs milliseconds (once per training).
             torch_utils: Any = importlib.import_module("ultralytics.utils.torch_utils")  # loaded already
             info: Mapping[str, float] = torch_utils.model_info_for_loggers(trainer)
             for key, value in info.items():
-                run.single_value(key, value)
+                self.run.single_value(key, value)
+
+    def _report_fit_epoch(
+        self, epoch_time: float | None, metrics: Mapping[str, float], epoch: int, _: FileWatcher
+    ) -> None:
+        """(Background thread.) Epoch time and validation metrics, one plot per metric group."""
+        run = self.run
+        if epoch_time is not None:
+            run.scalar("Epoch Time", "Epoch Time", epoch_time, epoch)
+        by_title: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            by_title.setdefault(key.split("/")[0], {})[key] = value
+        for title, values in by_title.items():
+            run.scalars(title, values, epoch)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        run = self.run
-        for path in [*trainer.plots, *trainer.validator.plots]:
-            if "batch" not in path.name:
-                self._inbox.append(_add_plot(Path(path)))
-        for key, value in trainer.validator.metrics.results_dict.items():
-            run.single_value(key, value)
-        run.model(trainer.best, name=str(trainer.args.name))
+        # The model is handed over here: its file is copied within milliseconds, before a script
+        # that goes on after train() could move it. Plots and final metrics go to the background.
+        self.run.model(trainer.best, name=str(trainer.args.name))
+        plots = [*trainer.plots, *trainer.validator.plots]
+        # results_dict is computed (numpy) on access: the background thread asks for it; the
+        # validation is over, so the metrics object no longer changes.
+        metrics = trainer.validator.metrics
+        self._inbox.append(functools.partial(self._report_train_end, plots, metrics))
         self.trained = True
+
+    def _report_train_end(self, plots: list[Path], metrics: Any, watcher: FileWatcher) -> None:
+        """(Background thread.) Every plot of the training and validation, and the final metrics."""
+        for path in map(Path, plots):
+            if "batch" not in path.name:
+                watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
+        for key, value in metrics.results_dict.items():
+            self.run.single_value(key, value)
 
     def teardown(self, trainer: Trainer) -> None:
         exc = sys.exc_info()[1]
@@ -482,7 +516,18 @@ class _Session:
 
         """
         while self._inbox:
-            self._inbox.popleft()(self._watcher)
+            request = self._inbox.popleft()
+            try:
+                request(self._watcher)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not end the run's reporting
+                self._once.log(
+                    log,
+                    logging.WARNING,
+                    ("request", type(exc).__name__),
+                    "clearml-relay: run %s: a hook's deferred work failed, its data is missing: %r",
+                    self.run.id,
+                    exc,
+                )
         ready, waiting = self._watcher.poll()
         for item in ready:
             self._send(item)
@@ -540,10 +585,6 @@ class _Session:
             )
 
 
-def _add_plot(path: Path) -> Callable[[FileWatcher], None]:
-    return lambda watcher: watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
-
-
 def _relative(path: Path, base: Path) -> str:
     try:
         return str(path.relative_to(base))
@@ -563,25 +604,6 @@ def _load_state(path: Path) -> tuple[str | None, dict[Path, Version]]:
         log.warning("clearml-relay: ignoring %s (the resumed training starts a new task): %r", path, exc)
         return None, {}
     return (run_id if isinstance(run_id, str) and run_id else None), sent
-
-
-def _train_losses(trainer: Trainer) -> dict[str, float]:
-    """``trainer.label_loss_items(trainer.tloss, prefix="train")``, with one tensor call.
-
-    Ultralytics' own ``label_loss_items`` (every task's) turns the loss tensor into floats one
-    element at a time (``float(x)`` per item); after an epoch of tensor work each of those calls
-    runs cold through torch's dispatcher. ``tolist()`` does it in one call, with the same keys,
-    values and rounding. A trainer with its own ``label_loss_items`` keeps it.
-    """
-    label_loss_items = type(trainer).label_loss_items
-    tloss = trainer.tloss
-    if not label_loss_items.__module__.startswith("ultralytics.") or not hasattr(tloss, "tolist"):
-        return cast("dict[str, float]", trainer.label_loss_items(tloss, prefix="train"))
-    values = tloss.tolist()
-    if not isinstance(values, list):
-        values = [values]  # classification: one loss, a 0-d tensor
-    pairs = zip(trainer.loss_names, values, strict=False)  # as Ultralytics pairs them
-    return {f"train/{name}": round(float(value), 5) for name, value in pairs}
 
 
 def _main_rank() -> bool:

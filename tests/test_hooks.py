@@ -482,6 +482,47 @@ def test_a_hook_that_fails_logs_once_and_never_raises(
     assert len(failures) == 1
 
 
+def test_deferred_work_that_fails_costs_only_its_own_data(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Losses are converted off the training thread; a trainer whose conversion raises there
+    loses its losses (logged once), never its learning rates, later events or its close."""
+    trainer = _fake_trainer(tmp_path / "run")
+
+    def label_loss_items(loss_items: Any, prefix: str = "train") -> dict[str, float]:
+        raise ValueError("cannot label these losses")
+
+    trainer.label_loss_items = label_loss_items
+    trainer.tloss = {"box_loss": 1.0}
+    trainer.lr = {"lr/pg0": 0.01}
+    trainer.epoch_time = 1.5
+    trainer.metrics = {"metrics/mAP50(B)": 0.25}
+    with running(tmp_path / "collector") as collector, caplog.at_level(logging.WARNING, "producer.hooks"):
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        hooks._session._model_info_sent = True  # type: ignore[union-attr]  # no model to count FLOPs of
+        for epoch in range(3):
+            trainer.epoch = epoch
+            hooks.callbacks["on_train_epoch_end"](trainer)
+            hooks.callbacks["on_fit_epoch_end"](trainer)
+        hooks.callbacks["on_train_end"](trainer)
+        hooks.callbacks["teardown"](trainer)
+        assert hooks.wait(DEADLINE)
+        assert hooks.run is not None
+        run = hooks.run.id
+        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+    failures = [r for r in caplog.records if "deferred work failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+    assert not any("on_train_epoch_end failed" in r.getMessage() for r in caplog.records)
+    scalars = done.events("scalar")
+    assert sorted(e["iteration"] for e in scalars if e["title"] == "lr") == [0, 1, 2]
+    assert sorted(e["iteration"] for e in scalars if e["title"] == "metrics") == [0, 1, 2]
+    assert sorted(e["iteration"] for e in scalars if e["title"] == "Epoch Time") == [0, 1, 2]
+    assert not [e for e in scalars if e["title"] == "train"]
+    assert done.status()[0] == "completed"
+
+
 def test_the_current_clearml_task_is_reported_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLEARML_TASK_ID", "agent-task-1")
     with running(tmp_path / "collector") as collector:
