@@ -22,6 +22,10 @@ the backend's applied position + 1 and applies each event in order:
   is applied;
 - a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
 
+Every applied event is counted per kind (``applied.<kind>``) and the backend's time for it is
+recorded (``apply.<kind>``, and ``checkpoint``): for images, plots and models that is the upload.
+Log lines about one run carry ``run`` (and ``kind`` where an event is involved) as fields.
+
 Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backend`).
 """
 
@@ -37,7 +41,7 @@ from typing import Final
 from collector.backend import Backend, Rewind
 from collector.counters import Counters
 from collector.files import FileStore
-from collector.journal import Journal, through
+from collector.journal import Journal, kind, through
 from producer import protocol
 from producer.recordlog import Record
 
@@ -155,6 +159,12 @@ class Appliers:
             state = self._runs.get(run)
             return state.applied if state else 0
 
+    def durable(self, run: str) -> int:
+        """The run's position as of the backend's last checkpoint (0 for a run never seen)."""
+        with self._lock:
+            state = self._runs.get(run)
+            return state.durable if state else 0
+
     def wait_applied(self, run: str, seq: int, timeout: float) -> bool:
         """Wait until ``run`` is applied through ``seq``; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -208,7 +218,9 @@ class Appliers:
                 self._apply_journal(state)
             except Exception:  # e.g. an unreadable journal: keep the run alive
                 self.counters.incr("applier_error")
-                log.exception("run %s: applier failed, restarting in %.2f s", state.run, delay)
+                log.exception(
+                    "run %s: applier failed, restarting in %.2f s", state.run, delay, extra={"run": state.run}
+                )
                 if not self._stop.wait(delay):
                     delay = min(delay * 2, self.retry_max)
                     continue
@@ -271,7 +283,8 @@ class Appliers:
             )
         if not due or applied <= state.durable:
             return True
-        if not self._retry(state, "checkpoint", lambda: self.backend.checkpoint(state.run)):
+        checkpoint = self._timed("checkpoint", self.backend.checkpoint, state.run)
+        if not self._retry(state, "checkpoint", checkpoint):
             return False
         durable = self.backend.applied(state.run)
         state.rewinds = 0
@@ -303,7 +316,11 @@ class Appliers:
         if record.seq > expected:
             self.counters.incr("journal_gaps")
             log.warning(
-                "run %s: journal lost seq %d..%d, applying a gap", state.run, expected, record.seq - 1
+                "run %s: journal lost seq %d..%d, applying a gap",
+                state.run,
+                expected,
+                record.seq - 1,
+                extra={"run": state.run, "kind": "gap"},
             )
             gap = protocol.Gap(
                 run=state.run, seq=expected, last=record.seq - 1, reason="journal damage on the collector"
@@ -320,23 +337,39 @@ class Appliers:
             event = None
         if event is None:
             self.counters.incr("journal_undecodable")
-            log.error("run %s: journal record %d cannot be applied: %s", state.run, record.seq, reason)
+            log.error(
+                "run %s: journal record %d cannot be applied: %s",
+                state.run,
+                record.seq,
+                reason,
+                extra={"run": state.run},
+            )
             event = protocol.Gap(run=state.run, seq=record.seq, last=record.seq, reason=reason[:1000])
         return self._apply(state, event)
 
     def _apply(self, state: _Run, event: protocol.Event) -> bool:
         """Apply with retries until it succeeds; False if the appliers stop first."""
-        if not self._retry(
-            state, f"applying seq {event.seq}", lambda: self.backend.apply(state.run, event, self.files)
-        ):
+        name = kind(event)
+        apply = self._timed(f"apply.{name}", self.backend.apply, state.run, event, self.files)
+        if not self._retry(state, f"applying seq {event.seq} ({name})", apply, name):
             return False
-        self.counters.incr("applied")
+        self.counters.incr_many({"applied": 1, f"applied.{name}": 1})
         with self._lock:
             state.applied = through(event)
             self._progress.notify_all()
         return True
 
-    def _retry(self, state: _Run, what: str, call: Callable[[], None]) -> bool:
+    def _timed(self, name: str, call: Callable[..., None], *args: object) -> Callable[[], None]:
+        """``call(*args)``, its duration recorded as ``name`` when it succeeds."""
+
+        def timed() -> None:
+            started = time.perf_counter()
+            call(*args)
+            self.counters.observe(name, time.perf_counter() - started)
+
+        return timed
+
+    def _retry(self, state: _Run, what: str, call: Callable[[], None], event_kind: str | None = None) -> bool:
         """Call until it succeeds, backing off between failures; False if the appliers stop first.
 
         A :class:`Rewind` is passed on to :meth:`_apply_journal` after the backoff (doubling
@@ -344,6 +377,7 @@ class Appliers:
         """
         delay = self.retry_initial
         failures = 0
+        fields = {"run": state.run, "kind": event_kind}
         while True:
             try:
                 call()
@@ -358,6 +392,7 @@ class Appliers:
                     what,
                     exc,
                     delay,
+                    extra=fields,
                 )
                 if self._stop.wait(delay):
                     return False
@@ -366,7 +401,9 @@ class Appliers:
                 self.counters.incr("apply_error")
                 failures += 1
                 if failures == 1:  # the traceback once; then one line per retry
-                    log.exception("run %s: %s failed, retrying in %.2f s", state.run, what, delay)
+                    log.exception(
+                        "run %s: %s failed, retrying in %.2f s", state.run, what, delay, extra=fields
+                    )
                 else:
                     log.warning(
                         "run %s: %s failed again (%d times: %s), retrying in %.2f s",
@@ -375,10 +412,13 @@ class Appliers:
                         failures,
                         _short(exc),
                         delay,
+                        extra=fields,
                     )
             else:
                 if failures:
-                    log.info("run %s: %s succeeded after %d failures", state.run, what, failures)
+                    log.info(
+                        "run %s: %s succeeded after %d failures", state.run, what, failures, extra=fields
+                    )
                 return True
             if self._stop.wait(delay):
                 return False

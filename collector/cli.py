@@ -1,10 +1,13 @@
 """The ``clearml-relay`` command line; the only place that configures logging.
 
 ``clearml-relay collector`` runs the collector in the foreground until SIGTERM or SIGINT, which
-stop it gracefully (ingest first, then a bounded drain of the appliers) with exit status 0; a
-second signal forces an immediate exit. ``clearml-relay sync`` delivers leftover producer
-outboxes. Every flag defaults from its environment variable (see :mod:`collector.config`); a bad
-value is one line on stderr and exit status 2, never a traceback.
+stop it gracefully (ingest first, then a drain of the appliers bounded by ``--drain-timeout``;
+what is not applied by then stays journaled for the next start) with exit status 0; a second
+signal forces an immediate exit (status 130). ``clearml-relay sync`` delivers leftover producer
+outboxes; ``status`` shows a running collector live; ``healthcheck`` asks its ``/healthz`` (the
+container image's HEALTHCHECK). Every flag defaults from its environment variable (see
+:mod:`collector.config`); a bad value is one line on stderr and exit status 2, never a
+traceback. Logs are text or, with ``--log-format json``, one JSON object per line.
 """
 
 from __future__ import annotations
@@ -14,19 +17,29 @@ import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from collector import logfmt
 from collector.config import (
     BACKENDS,
     ENV_BACKEND,
     ENV_BIND,
     ENV_DATA_DIR,
+    ENV_DRAIN_TIMEOUT,
     ENV_FSYNC,
+    ENV_KEEP_SESSIONS,
+    ENV_KEEP_SESSIONS_DAYS,
+    ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
+    ENV_METRICS_HOST,
+    ENV_METRICS_PORT,
     ENV_OFFLINE,
     FSYNC_POLICIES,
+    LOG_FORMATS,
     CollectorConfig,
     ConfigError,
 )
@@ -40,15 +53,27 @@ EXIT_FORCED = 130
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clearml-relay", description="Asynchronous ClearML logging relay.")
+def _log_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--log-level`` and ``--log-format``, before or after the command (``default``: SUPPRESS after)."""
     parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
-        default=None,
+        default=default,
         help=f"log level (env {ENV_LOG_LEVEL}, default INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=default,
+        help=f"log lines as text or one JSON object per line (env {ENV_LOG_FORMAT}, default text)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clearml-relay", description="Asynchronous ClearML logging relay.")
+    _log_options(parser, None)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("collector", help="run the collector in the foreground")
@@ -68,33 +93,76 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help=f"ClearML offline mode even if a server is configured (env {ENV_OFFLINE})",
     )
-    run.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        help=f"seconds a stop waits for journaled events to be applied (env {ENV_DRAIN_TIMEOUT}, default 10)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"serve /metrics and /healthz on this port (env {ENV_METRICS_PORT}, default: not served)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        help=f"address the metrics server binds (env {ENV_METRICS_HOST}, default 127.0.0.1)",
+    )
+    run.add_argument(
+        "--keep-sessions-days",
+        type=float,
+        help=f"delete finished offline sessions older than this (env {ENV_KEEP_SESSIONS_DAYS}, default keep)",
+    )
+    run.add_argument(
+        "--keep-sessions",
+        type=int,
+        help=f"keep at most this many finished offline sessions (env {ENV_KEEP_SESSIONS}, default: all)",
+    )
+    _log_options(run, argparse.SUPPRESS)
     run.set_defaults(func=_collector)
 
     sync = commands.add_parser("sync", help="deliver the producer outboxes left in a spool directory")
     sync.add_argument("--spool-dir", help="spool directory (env CLEARML_RELAY_SPOOL_DIR)")
     sync.add_argument("--endpoint", help="collector endpoint (env CLEARML_RELAY_ENDPOINT)")
     sync.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
-    sync.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    _log_options(sync, argparse.SUPPRESS)
     sync.set_defaults(func=_sync)
+
+    status = commands.add_parser("status", help="a live view of a running collector (runs, backlog, rates)")
+    status.add_argument("--endpoint", help="the collector's endpoint (env CLEARML_RELAY_ENDPOINT)")
+    status.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
+    status.add_argument("--watch", action="store_true", help="refresh every --interval until Ctrl-C")
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between the two samples rates come from"
+    )
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the collector")
+    _log_options(status, argparse.SUPPRESS)
+    status.set_defaults(func=_status)
+
+    health = commands.add_parser("healthcheck", help="exit 0 if the collector's /healthz says ok")
+    health.add_argument(
+        "--url", help=f"default: /healthz on {ENV_METRICS_HOST}:{ENV_METRICS_PORT} (0.0.0.0 means 127.0.0.1)"
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    _log_options(health, argparse.SUPPRESS)
+    health.set_defaults(func=_healthcheck)
 
     runs = commands.add_parser("runs", help="list the runs a collector's data directory knows")
     runs.add_argument("--data-dir", help=f"the collector's data directory (env {ENV_DATA_DIR})")
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    runs.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    _log_options(runs, argparse.SUPPRESS)
     runs.set_defaults(func=_runs)
 
     upload = commands.add_parser("upload", help="import finished offline sessions into the configured server")
     upload.add_argument(
         "sessions", nargs="+", metavar="SESSION.zip", help="offline session zips (or folders)"
     )
-    upload.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    _log_options(upload, argparse.SUPPRESS)
     upload.set_defaults(func=_upload)
 
     demo = commands.add_parser("demo", help="run a collector and a training process that logs through it")
     demo.add_argument("--workdir", help="keep everything here (default: a new temporary directory)")
     demo.add_argument("--epochs", type=int, default=5)
-    demo.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+    _log_options(demo, argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
     return parser
 
@@ -105,7 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = parser_args.log_level or os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
     if level not in _LOG_LEVELS:
         return _config_error(f"{ENV_LOG_LEVEL}={level!r}: expected one of {', '.join(_LOG_LEVELS)}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = parser_args.log_format or os.environ.get(ENV_LOG_FORMAT, "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        return _config_error(f"{ENV_LOG_FORMAT}={log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+    if log_format == "json" and args.command == "collector":
+        # A service: every line it writes is JSON, ClearML's prints too. Other commands print
+        # their results on stdout, which must stay as they are.
+        logfmt.json_service_logging(level)
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logfmt.formatter(log_format))
+        logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)  # library warnings become log lines too (JSON ones in JSON)
     status: int = args.func(args)
     return status
 
@@ -128,6 +207,11 @@ def _collector(args: argparse.Namespace) -> int:
             fsync=args.fsync,
             backend=args.backend,
             offline=args.offline,
+            drain_timeout=args.drain_timeout,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            keep_sessions_days=args.keep_sessions_days,
+            keep_sessions=args.keep_sessions,
         )
     except ConfigError as exc:
         return _config_error(str(exc))
@@ -187,6 +271,69 @@ def _sync(args: argparse.Namespace) -> int:
         + (f"; not delivered: {result.left}" if result.left else "")
     )
     return 0 if result.ok else EXIT_FAILURE
+
+
+def _status(args: argparse.Namespace) -> int:
+    # Lazy: zmq and the producer's protocol only (rich only for a table).
+    from collector import status  # noqa: PLC0415
+    from producer.config import DEFAULT_ENDPOINT, ENV_ENDPOINT  # noqa: PLC0415
+
+    endpoint = args.endpoint or os.environ.get(ENV_ENDPOINT, "").strip() or DEFAULT_ENDPOINT
+    problem = _status_problem(endpoint, args)
+    if problem is not None:
+        return _config_error(problem)
+    try:
+        if args.watch:
+            status.watch(endpoint, as_json=args.json, interval=args.interval, timeout=args.timeout)
+        else:
+            print(status.once(endpoint, as_json=args.json, interval=args.interval, timeout=args.timeout))
+    except status.BadEndpointError as exc:
+        return _config_error(str(exc))
+    except status.NoAnswerError as exc:
+        print(f"clearml-relay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass  # the way out of --watch
+    return 0
+
+
+def _status_problem(endpoint: str, args: argparse.Namespace) -> str | None:
+    if "://" not in endpoint:
+        return f"endpoint {endpoint!r}: expected a ZeroMQ endpoint such as tcp://host:5555"
+    if not args.timeout > 0:
+        return f"--timeout {args.timeout:g}: expected seconds > 0"
+    if args.interval < 0 or (args.watch and not args.interval > 0):
+        return f"--interval {args.interval:g}: expected seconds >= 0 (> 0 with --watch)"
+    return None
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """What the container's HEALTHCHECK runs: GET /healthz; exit 0 on 200, 1 otherwise (no curl needed)."""
+    url = args.url
+    if url is None:
+        try:
+            config = CollectorConfig.from_env()
+        except ConfigError as exc:
+            return _config_error(str(exc))
+        if not config.metrics_port:
+            return _config_error(f"no health endpoint to ask: set {ENV_METRICS_PORT} (not 0) or pass --url")
+        # A server bound to every address is asked on loopback (in a container: its own).
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.metrics_host, config.metrics_host)  # noqa: S104
+        url = f"http://{f'[{host}]' if ':' in host else host}:{config.metrics_port}/healthz"
+    if not url.startswith(("http://", "https://")):
+        return _config_error(f"--url {url!r}: expected an http:// or https:// URL")
+    # No proxy: a proxy set for the collector's outbound traffic must not answer for it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=args.timeout) as response:
+            print(f"healthy: {response.read().decode(errors='replace').strip()}")
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"unhealthy ({exc.code}): {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"clearml-relay: no answer from {url}: {reason}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _demo(args: argparse.Namespace) -> int:

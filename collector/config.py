@@ -29,12 +29,18 @@ ENV_DRAIN_TIMEOUT: Final = PREFIX + "DRAIN_TIMEOUT"
 ENV_BACKEND: Final = PREFIX + "BACKEND"
 ENV_OFFLINE: Final = PREFIX + "OFFLINE"
 ENV_CALL_TIMEOUT: Final = PREFIX + "CLEARML_CALL_TIMEOUT"
+ENV_METRICS_PORT: Final = PREFIX + "METRICS_PORT"
+ENV_METRICS_HOST: Final = PREFIX + "METRICS_HOST"
+ENV_KEEP_SESSIONS_DAYS: Final = PREFIX + "KEEP_SESSIONS_DAYS"
+ENV_KEEP_SESSIONS: Final = PREFIX + "KEEP_SESSIONS"
 #: Read by the CLI only: a library never configures logging.
 ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
+ENV_LOG_FORMAT: Final = PREFIX + "LOG_FORMAT"
 
 FsyncPolicy = Literal["batch", "never"]
 FSYNC_POLICIES: Final = ("batch", "never")
 BACKENDS: Final = ("clearml", "jsonl")
+LOG_FORMATS: Final = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -60,6 +66,14 @@ class CollectorConfig:
             ``jsonl`` (JSON lines, for tests and transport demos).
         offline: Force ClearML offline mode even when a server is configured.
         call_timeout: Longest wait for one ClearML call that can block on the network.
+        metrics_port: TCP port of the HTTP server with ``/metrics`` and ``/healthz``; None: no
+            server (the default outside the container image); 0: any free port (tests).
+        metrics_host: Address that server binds: loopback by default, so that nothing is
+            exposed unless asked; the container image sets ``0.0.0.0``.
+        keep_sessions_days: Delete the offline session (folder and zip) of a completed or
+            failed run this many days after it finished; None keeps them.
+        keep_sessions: Keep at most this many finished offline sessions, the newest; None
+            keeps them all.
 
     """
 
@@ -74,6 +88,10 @@ class CollectorConfig:
     backend: str = "clearml"
     offline: bool = False
     call_timeout: float = 60.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    keep_sessions_days: float | None = None
+    keep_sessions: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
@@ -124,11 +142,15 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
-def _positive_int(raw: Any) -> int:
+def _int(raw: Any) -> int:
     # bool is an int subclass, and True as a byte count is surely a mistake.
     if isinstance(raw, bool):
-        raise TypeError("expected a positive integer")
-    value = int(str(raw).strip().replace("_", "")) if not isinstance(raw, int) else raw
+        raise TypeError("expected an integer")
+    return int(str(raw).strip().replace("_", "")) if not isinstance(raw, int) else raw
+
+
+def _positive_int(raw: Any) -> int:
+    value = _int(raw)
     if value <= 0:
         raise ValueError("expected a positive integer")
     return value
@@ -138,6 +160,35 @@ def _positive_float(raw: Any) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):
         raise ValueError("expected a positive number of seconds")
+    return value
+
+
+def _non_negative_int(raw: Any) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _port(raw: Any) -> int:
+    value = _non_negative_int(raw)
+    if value > 65535:
+        raise ValueError("expected a TCP port between 0 and 65535 (0: any free port)")
+    return value
+
+
+def _days(raw: Any) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of days >= 0")
+    return value
+
+
+def _host(raw: Any) -> str:
+    value = str(raw).strip()
+    # A host name or an IPv4/IPv6 address ("::" binds every IPv6 address), not a URL.
+    if not value or "/" in value or any(c.isspace() for c in value):
+        raise ValueError("expected a host name or IP address such as 0.0.0.0")
     return value
 
 
@@ -170,4 +221,8 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "backend": (ENV_BACKEND, _choice(*BACKENDS)),
     "offline": (ENV_OFFLINE, _flag),
     "call_timeout": (ENV_CALL_TIMEOUT, _positive_float),
+    "metrics_port": (ENV_METRICS_PORT, _port),
+    "metrics_host": (ENV_METRICS_HOST, _host),
+    "keep_sessions_days": (ENV_KEEP_SESSIONS_DAYS, _days),
+    "keep_sessions": (ENV_KEEP_SESSIONS, _non_negative_int),
 }

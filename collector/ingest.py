@@ -12,6 +12,10 @@ against the journaled position plus what this batch already accepted. All events
 batch are journaled in one group commit, and only then does each peer get its replies: its
 refusals and nacks first, then one cumulative ``Ack`` with the journaled position of every run it
 touched, duplicates included. Replies are never sent ahead of the journal.
+
+Events are counted per kind when they arrive (``received.<kind>``, resends included) and once
+journaled (``journaled.<kind>``), one counter update per batch. :attr:`Ingest.last_loop` tells
+a health check when the loop last came round.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
@@ -28,7 +33,7 @@ import zmq
 from collector import paths
 from collector.counters import Counters
 from collector.files import FileStore
-from collector.journal import Entry, Journal, through
+from collector.journal import Entry, Journal, kind, through
 from collector.space import Episodes, is_disk_full
 from producer import protocol
 
@@ -64,6 +69,8 @@ class _Batch:
         # (peer, run) pairs already told to resend or to back off: their later events in this
         # batch cannot be in order, and one answer per run is enough.
         self.stalled: set[tuple[bytes, str]] = set()
+        #: Counts of this batch (events received per kind), added to the counters in one go.
+        self.counts: Counter[str] = Counter()
 
     def position(self, run: str) -> int:
         if run not in self.positions:
@@ -117,6 +124,9 @@ class Ingest:
         self.files_space = Episodes("files_disk", "the file store's disk", counters)
         #: Last heartbeat (monotonic seconds) per run.
         self.heartbeats: dict[str, float] = {}
+        #: When the serving loop last came round (monotonic seconds): a health check reads it,
+        #: so a loop stuck in a system call shows even though the process still answers.
+        self.last_loop = time.monotonic()
         self.socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
         try:
             self.socket.setsockopt(zmq.LINGER, 0)
@@ -137,6 +147,7 @@ class Ingest:
         """
         next_tick = time.monotonic() + 1.0
         while not stop.is_set():
+            self.last_loop = time.monotonic()
             if tick is not None and time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 try:
@@ -183,6 +194,7 @@ class Ingest:
                 self.counters.incr("internal_error")
                 self._refuse(batch, peer, "internal", "the collector failed to handle this message")
         failed = self._commit(batch)
+        self.counters.incr_many(batch.counts)
         now = time.monotonic()
         for run in batch.entries:
             self.heartbeats[run] = now  # events are a sign of life too
@@ -204,8 +216,13 @@ class Ingest:
             log.exception("group commit failed")
             self.counters.incr("internal_error")
             failed = set(batch.entries)
-        accepted = sum(len(entries) for run, entries in batch.entries.items() if run not in failed)
-        self.counters.incr("events_journaled", accepted)
+        kinds = Counter(
+            f"journaled.{kind(entry.event)}"
+            for run, entries in batch.entries.items()
+            if run not in failed
+            for entry in entries
+        )
+        self.counters.incr_many({"events_journaled": kinds.total(), **kinds})
         for peer, runs in batch.acks.items():
             for run in sorted(runs & failed):
                 self._refuse(
@@ -282,7 +299,9 @@ class Ingest:
         try:
             event = protocol.decode_event(body)
             run, seq = event.run, event.seq
+            batch.counts[f"received.{kind(event)}"] += 1
         except protocol.ProtocolError as exc:
+            batch.counts["received.undecodable"] += 1
             event, error = None, exc
             ident = protocol.peek_event_id(body)
             if ident is None:

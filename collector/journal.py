@@ -13,6 +13,7 @@ returns, so the caller may ack. Listeners (the appliers) hear about new position
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from collector import paths
 from collector.counters import Counters
 from collector.space import Episodes, is_disk_full
 from producer import protocol
-from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record
+from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record, list_segments
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,33 @@ class Entry(NamedTuple):
     event: protocol.Event
 
 
+#: Run states after which a run's journal may be retired (an aborted run's producer may return).
+FINISHED: Final = frozenset({"completed", "failed"})
+
+
 @dataclass(frozen=True)
 class RunMeta:
-    """What the collector knows about a run beyond its events."""
+    """What the collector knows about a run beyond its events.
+
+    ``position`` is set when the run's journal is retired (see :meth:`Journal.retire`): its
+    segments are gone, and this is the journaled position they carried, which keeps resends
+    of the run deduplicated.
+    """
 
     project: str = ""
     name: str = ""
     state: str = "open"
+    position: int = 0
 
 
 def through(event: protocol.Event) -> int:
     """The last seq an event accounts for (a ``Gap`` may stand for several)."""
     return max(event.seq, event.last) if isinstance(event, protocol.Gap) else event.seq
+
+
+def kind(event: protocol.Event) -> str:
+    """The event's kind as the wire names it (its type tag: ``scalar``, ``image``, ``close``...)."""
+    return str(type(event).__struct_config__.tag)
 
 
 def _meta_after(meta: RunMeta, event: protocol.Event) -> RunMeta:
@@ -75,23 +91,29 @@ def read_meta(directory: Path) -> RunMeta:
             project=str(data.get("project", "")),
             name=str(data.get("name", "")),
             state=str(data.get("state", "open")),
+            position=int(data.get("position", 0)),
         )
     except FileNotFoundError:
         return RunMeta()
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         log.warning("unreadable %s: run metadata starts afresh", directory / META)
         return RunMeta()
 
 
-def read_position(directory: Path) -> int:
-    """A run's journaled position, read-only: its newest record's seq, or a Gap's last."""
+def read_position(directory: Path, meta: RunMeta | None = None) -> int:
+    """A run's journaled position, read-only: its newest record's seq (or a Gap's last).
+
+    A retired journal has no records left; its position is the one ``meta.json`` kept.
+    """
+    retired = (read_meta(directory) if meta is None else meta).position
     last = last_record(directory)
     if last is None:
-        return 0
+        return retired
     try:
-        return through(protocol.decode_event(last.body))
+        position = through(protocol.decode_event(last.body))
     except protocol.ProtocolError:
-        return last.seq  # refused events are journaled as Gaps: an undecodable one extends nothing
+        position = last.seq  # refused events are journaled as Gaps: an undecodable one extends nothing
+    return max(position, retired)
 
 
 class _Run:
@@ -133,6 +155,8 @@ class Journal:
         self._bytes = 0
         #: Episodes of the journal's filesystem being full (see :mod:`collector.space`).
         self.space = Episodes("journal_disk", "the journal's disk", self.counters)
+        #: Why the last group commit failed (other than a full disk); None once one succeeds.
+        self._failure: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
         for entry in sorted(os.listdir(directory)):
             if not (directory / entry).is_dir():
@@ -221,6 +245,7 @@ class Journal:
                     failed.add(name)
         if written and not failed:
             self.space.fits()
+            self._failure = None
         for _, run in written:
             if run.meta.state != "open":
                 run.log.close()  # ended: free its fd (a late event reopens it as a new segment)
@@ -266,6 +291,71 @@ class Journal:
             log.debug("reclaimed %d journal bytes of run %s through %d", freed, run, applied)
         return freed
 
+    def retire(self, run: str, durable: int, *, open_too: bool = False) -> int:
+        """Delete every segment of a finished run that the backend holds durably; returns bytes freed.
+
+        Only a completed or failed run whose durable applied position has reached its journaled
+        position is retired (with ``open_too``, an open run too: when the journal is at its size
+        cap, a run whose newest segment holds everything it sent would otherwise keep that
+        segment, and the cap, forever). Its ``meta.json`` keeps that position first, so resends of the run
+        are still answered as duplicates and a late event continues the seq; the directory (a
+        few hundred bytes) stays. Must be called from the thread that appends (the ingest
+        thread's housekeeping), never concurrently with an append.
+        """
+        with self._lock:
+            found = self._runs.get(run)
+        if (
+            found is None
+            or (found.meta.state not in FINISHED and not open_too)
+            or durable < found.position
+            or found.meta.position >= found.position  # retired already, nothing appended since
+        ):
+            return 0
+        meta = replace(found.meta, position=found.position)
+        self._write_meta(found.directory, meta)  # first: the position must outlive the segments
+        found.log.close()  # a late event opens a new segment after the position
+        freed = 0
+        for _, path in list_segments(found.directory):
+            with contextlib.suppress(FileNotFoundError):
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+        with self._lock:
+            found.meta = meta
+            self._bytes -= freed
+        log.info(
+            "run %s: %s and applied through %d: journal retired, %d bytes freed",
+            run,
+            meta.state,
+            meta.position,
+            freed,
+            extra={"run": run},
+        )
+        return freed
+
+    def problem(self) -> str | None:
+        """Why the journal cannot take events now, or None if it can (for health checks).
+
+        A full disk or a failed group commit count until a commit succeeds again; on top, one
+        byte is written to (and removed from) the journal directory, which finds a directory
+        that went read-only, vanished or filled up while no events came.
+        """
+        if self.space.full:
+            return f"the journal's disk is full ({self.directory})"
+        if self._failure is not None:
+            return self._failure
+        probe = self.directory / f".probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except OSError as exc:
+            return f"the journal directory {self.directory} is not writable: {exc}"
+        return None
+
     def close(self) -> None:
         with self._lock:
             for run in self._runs.values():
@@ -286,8 +376,10 @@ class Journal:
     def _open(self, name: str) -> _Run:
         directory = paths.run_dir(self.directory, name)
         record_log = RecordLog(directory, segment_bytes=self.segment_bytes, on_damage=self._damage)
-        position = read_position(directory)  # the log was just recovered: its tail is clean
         meta = read_meta(directory)
+        position = read_position(directory, meta)  # the log was just recovered: its tail is clean
+        # A retired journal has no segment left: the next one starts after the kept position.
+        record_log.last_seq = max(record_log.last_seq, meta.position)
         if meta.state != "open":
             record_log.close()  # file descriptors are kept for runs that may still write
         return _Run(directory, record_log, position, meta)
@@ -308,7 +400,8 @@ class Journal:
         if is_disk_full(exc):
             self.space.failed(f"{self.directory}: {exc.strerror}")
         else:
-            log.exception(message, name)
+            self._failure = f"the last journal write failed (run {name}): {exc}"
+            log.exception(message, name, extra={"run": name})
 
     def _reopen(self, name: str) -> None:
         with self._lock:

@@ -6,6 +6,14 @@ the calling thread until :meth:`request_stop` (the CLI's signal handler). Stoppi
 ingest stops first (unacked producers resend later, nothing is lost), then the appliers get up
 to ``drain_timeout`` to catch up with the journal, then everything closes. A lock file keeps a
 second collector off the same data directory.
+
+Running as a service: with ``metrics_port`` set, an HTTP server (:mod:`collector.metrics`)
+serves ``/metrics`` and ``/healthz`` from its own thread, until the very end of a shutdown (a
+drain shows in the metrics, and ``/healthz`` answers 503 meanwhile). The ingest thread's
+housekeeping tick, besides aborting runs whose producer vanished, retires the journal of every
+finished run once the backend holds it durably (:meth:`Journal.retire`). With a retention policy
+for offline sessions, a thread applies it every :data:`RETENTION_SECONDS` and whenever a run
+was retired (:mod:`collector.retention`).
 """
 
 from __future__ import annotations
@@ -15,28 +23,59 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from collector import paths
+from collector import paths, retention
 from collector.appliers import Appliers
 from collector.backend import Backend, JsonlBackend
 from collector.config import CollectorConfig
-from collector.counters import Counters
+from collector.counters import Counters, Latency
 from collector.files import FileStore
 from collector.ingest import POLL_MS, Ingest
-from collector.journal import Journal
+from collector.journal import FINISHED, Journal
 from producer import protocol
+
+if TYPE_CHECKING:
+    from collector.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
 _LOCK = "collector.lock"
+#: ``/healthz`` fails when the ingest loop has not come round for this long. It comes round at
+#: least every poll (0.1 s); a batch that takes seconds to journal means a stuck disk.
+INGEST_STALL_SECONDS: Final = 5.0
+#: How often the offline-session retention policy is applied (also after every retired run).
+RETENTION_SECONDS: Final = 60.0
 
 
 class DataDirBusyError(RuntimeError):
     """Another collector holds the data directory."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``/healthz`` answers: 200 with ``reason`` "ok", or 503 with why not."""
+
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one metrics scrape reads from the collector, taken at once."""
+
+    counters: dict[str, int]
+    latencies: dict[str, Latency]
+    runs: list[protocol.RunInfo]
+    journal_bytes: int
+    journal_max_bytes: int
+    ingest_loop_age: float
+    health: Health
 
 
 def make_backend(config: CollectorConfig) -> Backend:
@@ -77,6 +116,9 @@ class Collector:
         self._appliers: Appliers | None = None
         self._journal: Journal | None = None
         self._files: FileStore | None = None
+        self._http: MetricsServer | None = None
+        self._retention: threading.Thread | None = None
+        self._retention_wake = threading.Event()
         self._started = 0.0
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -94,12 +136,20 @@ class Collector:
             raise RuntimeError("the collector is not started")
         return self._backend
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` and ``/healthz`` are served on (None: not served)."""
+        return self._http.port if self._http is not None else None
+
     def start(self) -> None:
         """Open everything and serve from a background thread."""
         self._open()
         assert self._ingest is not None
         self._thread = threading.Thread(
-            target=self._ingest.serve, args=(self._stopping, self._reap), name="collector-ingest", daemon=True
+            target=self._ingest.serve,
+            args=(self._stopping, self._housekeeping),
+            name="collector-ingest",
+            daemon=True,
         )
         self._thread.start()
 
@@ -108,7 +158,7 @@ class Collector:
         self._open()
         assert self._ingest is not None
         try:
-            self._ingest.serve(self._stopping, self._reap)
+            self._ingest.serve(self._stopping, self._housekeeping)
         finally:
             self._shutdown(self.config.drain_timeout)
 
@@ -163,6 +213,34 @@ class Collector:
                 )
         return protocol.StatusReply(counters=self.counters.snapshot(), runs=runs)
 
+    def health(self) -> Health:
+        """Ready only while the ingest loop turns and the journal takes writes (``/healthz``)."""
+        ingest, journal = self._ingest, self._journal
+        if self._stopping.is_set() or self._closed.is_set():
+            return Health(False, "stopping: no longer accepting events")
+        if ingest is None or journal is None:
+            return Health(False, "not started")
+        stalled = time.monotonic() - ingest.last_loop
+        if stalled > INGEST_STALL_SECONDS:
+            return Health(False, f"the ingest loop has not come round for {stalled:.1f} s")
+        problem = journal.problem()
+        if problem is not None:
+            return Health(False, problem)
+        return Health(True, "ok")
+
+    def snapshot(self) -> Snapshot:
+        """Everything a metrics scrape reports, read now."""
+        ingest, journal = self._ingest, self._journal
+        return Snapshot(
+            counters=self.counters.snapshot(),
+            latencies=self.counters.latencies(),
+            runs=self.status().runs,
+            journal_bytes=journal.size_bytes() if journal is not None else 0,
+            journal_max_bytes=self.config.max_journal_bytes,
+            ingest_loop_age=time.monotonic() - ingest.last_loop if ingest is not None else 0.0,
+            health=self.health(),
+        )
+
     def wait_applied(self, run: str, seq: int, timeout: float) -> bool:
         """Wait until ``run`` is applied through ``seq``; False on timeout."""
         if self._appliers is None:
@@ -203,6 +281,18 @@ class Collector:
                 max_body_bytes=config.max_body_bytes,
                 max_journal_bytes=config.max_journal_bytes,
             )
+            if config.metrics_port is not None:
+                from collector.metrics import MetricsServer  # noqa: PLC0415  (prometheus loads here)
+
+                self._http = MetricsServer(
+                    config.metrics_host, config.metrics_port, self.snapshot, self.health
+                )
+            policy = retention.Policy(config.keep_sessions_days, config.keep_sessions)
+            if not policy.keeps_everything:
+                self._retention = threading.Thread(
+                    target=self._retain, args=(policy,), name="collector-retention", daemon=True
+                )
+                self._retention.start()
         except BaseException:
             self._shutdown(0.0)
             raise
@@ -212,6 +302,44 @@ class Collector:
             config.data_dir.absolute(),
             type(self._backend).__name__,
         )
+        if self._http is not None:
+            log.info("metrics on http://%s:%d/metrics, health on /healthz", self._http.host, self._http.port)
+
+    def _housekeeping(self) -> None:
+        """The ingest thread's tick (about once a second): both steps write to the journal."""
+        self._reap()
+        self._retire()
+
+    def _retire(self) -> None:
+        """Retire the journal of every finished run the backend holds durably (frees its segments)."""
+        journal, appliers = self._journal, self._appliers
+        if journal is None or appliers is None:
+            return
+        # At the size cap, fully applied open runs give their segments back too: the newest
+        # segment of a run is never reclaimed, so it could hold the cap forever.
+        over_cap = journal.size_bytes() >= self.config.max_journal_bytes
+        for run in journal.runs():
+            meta = journal.meta(run)
+            finished = meta.state in FINISHED
+            if not (finished or over_cap) or meta.position >= journal.position(run):
+                continue
+            if journal.retire(run, appliers.durable(run), open_too=over_cap) and finished:
+                self.counters.incr("runs_retired")
+                self._retention_wake.set()  # one more finished session: the count policy may apply
+
+    def _retain(self, policy: retention.Policy) -> None:
+        """Apply the offline-session retention policy now, then periodically, until shutdown."""
+        directory = self.config.data_dir / paths.CLEARML
+        while not self._stopping.is_set():
+            self._retention_wake.clear()
+            try:
+                deleted = retention.sweep(directory, policy, time.time())
+                if deleted:
+                    self.counters.incr("sessions_deleted", len(deleted))
+            except Exception:  # a bad sweep must not end retention for the collector's lifetime
+                log.exception("offline session retention failed")
+                self.counters.incr("internal_error")
+            self._retention_wake.wait(RETENTION_SECONDS)
 
     def _reap(self) -> None:
         """Abort open runs whose producer vanished: no heartbeat and no event for a while.
@@ -230,7 +358,7 @@ class Collector:
             silent = now - max(self._started, ingest.heartbeats.get(run, self._started))
             if silent > timeout:
                 reason = f"no heartbeat or event from its producer for {silent:.0f} s"
-                log.warning("run %s: aborted: %s", run, reason)
+                log.warning("run %s: aborted: %s", run, reason, extra={"run": run})
                 self.counters.incr("runs_aborted")
                 journal.set_state(run, "aborted")
                 appliers.abort(run, reason)
@@ -261,8 +389,13 @@ class Collector:
             self._backend.close()
         if self._journal is not None:
             self._journal.close()
+        if self._retention is not None:
+            self._retention_wake.set()  # _stopping is set: the thread ends after its sweep
+            self._retention.join(timeout=max(1.0, drain_timeout))
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._http is not None:
+            self._http.close()  # last: the drain was visible in the metrics
         self._closed.set()
         log.info("collector stopped")

@@ -105,6 +105,13 @@ def status(endpoint: str, timeout: float = 2.0) -> protocol.StatusReply | None:
         sock.close()
 
 
+def completed(endpoint: str, run: str) -> bool:
+    """Whether the collector at ``endpoint`` has the run completed and applied all it journaled."""
+    reply = status(endpoint)
+    info = next((r for r in reply.runs if r.run == run), None) if reply else None
+    return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+
 def wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     def ready() -> bool:
         if proc.poll() is not None:

@@ -17,6 +17,7 @@ import pytest
 from clearml_server import ClearMLServerDouble
 from e2e import (
     check_online_exactly_once,
+    completed,
     damage_log,
     free_port,
     produce,
@@ -101,13 +102,7 @@ def test_a_faulty_server_costs_delay_never_events(tmp_path: Path, fault: str, wh
                 "the collector to log that it backs off and retries",
             )
             heals(server)
-
-            def completed() -> bool:
-                reply = status(endpoint)
-                info = next((r for r in reply.runs if r.run == run), None) if reply else None
-                return info is not None and info.state == "completed" and info.applied >= info.journaled
-
-            wait_for(completed, 120, "the run to be applied once the server is back")
+            wait_for(lambda: completed(endpoint, run), 120, "the run to be applied once the server is back")
         finally:
             stop(collector, timeout=30)
         manifest = json.loads((tmp_path / "work" / "faulty.json").read_text())
@@ -163,13 +158,7 @@ def test_a_journal_at_its_cap_backs_producers_off_until_the_server_drains_it(tmp
             out = proc.communicate(timeout=150)[0].decode()
             assert "delivered=True" in out, out
             run = json.loads((tmp_path / "work" / "capped.json").read_text())["run"]
-
-            def completed() -> bool:
-                reply = status(endpoint)
-                info = next((r for r in reply.runs if r.run == run), None) if reply else None
-                return info is not None and info.state == "completed" and info.applied >= info.journaled
-
-            wait_for(completed, 120, "the run to be applied")
+            wait_for(lambda: completed(endpoint, run), 120, "the run to be applied")
         finally:
             stop(collector, timeout=30)
         manifest = json.loads((tmp_path / "work" / "capped.json").read_text())
@@ -210,13 +199,7 @@ def test_a_damaged_journal_costs_only_the_damaged_record_and_says_so(tmp_path: P
         collector = start_collector(endpoint, data, log, "--backend", "clearml", environ=environ)
         try:
             wait_ready(endpoint, collector, timeout=60)
-
-            def completed() -> bool:
-                reply = status(endpoint)
-                info = next((r for r in reply.runs if r.run == run), None) if reply else None
-                return info is not None and info.state == "completed" and info.applied >= info.journaled
-
-            wait_for(completed, 120, "the run to be applied")
+            wait_for(lambda: completed(endpoint, run), 120, "the run to be applied")
             reply = status(endpoint)
             assert reply is not None
             counters = reply.counters

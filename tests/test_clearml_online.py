@@ -13,6 +13,7 @@ import pytest
 from clearml_server import ClearMLServerDouble
 from e2e import (
     check_online_exactly_once,
+    completed,
     free_port,
     produce,
     start_collector,
@@ -62,12 +63,7 @@ def test_a_run_lands_online_with_events_files_and_model(tmp_path: Path, refused:
             assert "delivered=True" in proc.communicate(timeout=120)[0].decode()
             manifest = json.loads((tmp_path / "work" / "online.json").read_text())
 
-            def completed() -> bool:
-                reply = status(endpoint)
-                info = next((r for r in reply.runs if r.run == manifest["run"]), None) if reply else None
-                return info is not None and info.state == "completed" and info.applied >= info.journaled
-
-            wait_for(completed, 60, "the run to be applied online")
+            wait_for(lambda: completed(endpoint, manifest["run"]), 60, "the run to be applied online")
             reply = status(endpoint)
             assert reply is not None
             counters = reply.counters
