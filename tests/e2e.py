@@ -326,3 +326,34 @@ def damage_log(directory: Path, seq: int) -> None:
     torn = MAGIC + (500).to_bytes(4, "little") + b"\x00" * 20  # a header promising 500 bytes, cut short
     with segments[-1].open("ab") as f:
         f.write(torn)
+
+
+def private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
+    """A command prefix that mounts a small tmpfs on each directory, seen only by the command.
+
+    The command runs in a mount namespace of its own (``unshare``), so nothing is mounted for
+    anyone else, and the mounts vanish with it. None where this machine does not allow it.
+    """
+    mounts = " && ".join(f'mount -t tmpfs -o size={size} tmpfs "${i + 1}"' for i in range(len(directories)))
+    prefix = (
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        f'{mounts} && shift {len(directories)} && exec "$@"', "small-fs", *map(str, directories),
+    )  # fmt: skip
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a ballast file into ``directory`` until its filesystem has no room left."""
+    ballast = directory / "ballast"
+    with ballast.open("wb", buffering=0) as f:
+        for block in (1 << 20, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
+    return ballast

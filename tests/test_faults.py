@@ -29,7 +29,9 @@ from e2e import (
     applied,
     check_exactly_once,
     damage_log,
+    fill_up,
     free_port,
+    private_tmpfs,
     produce,
     start_collector,
     status,
@@ -199,43 +201,12 @@ def test_a_collector_that_stops_reading_blocks_no_call_and_loses_nothing(tmp_pat
     check_exactly_once(data, work / "quitter.json", 900, model=False)
 
 
-def _private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
-    """A command prefix that mounts a small tmpfs on each directory, seen only by the command.
-
-    The command runs in a mount namespace of its own (``unshare``), so nothing is mounted for
-    anyone else, and the mounts vanish with it. None where this machine does not allow it.
-    """
-    mounts = " && ".join(f'mount -t tmpfs -o size={size} tmpfs "${i + 1}"' for i in range(len(directories)))
-    prefix = (
-        "unshare", "--mount", "--propagation", "private", "sh", "-c",
-        f'{mounts} && shift {len(directories)} && exec "$@"', "small-fs", *map(str, directories),
-    )  # fmt: skip
-    for directory in directories:
-        directory.mkdir(parents=True, exist_ok=True)
-    try:
-        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
-    except FileNotFoundError:
-        return None
-    return prefix if probe.returncode == 0 else None
-
-
-def _fill(directory: Path) -> Path:
-    """Write a ballast file into ``directory`` until its filesystem has no room left."""
-    ballast = directory / "ballast"
-    with ballast.open("wb", buffering=0) as f:
-        for block in (1 << 20, 4096, 512):
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * block)
-    return ballast
-
-
 @pytest.mark.slow
 def test_a_full_disk_backs_producers_off_and_loses_nothing_when_space_returns(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
     log = tmp_path / "collector.log"
-    prefix = _private_tmpfs(data / "journal", data / "files", size="16m")
+    prefix = private_tmpfs(data / "journal", data / "files", size="16m")
     if prefix is None:
         pytest.skip("this machine cannot mount a private tmpfs (unshare --mount): no small filesystem")
     collector = start_collector(endpoint, data, log, prefix=prefix)
@@ -243,7 +214,7 @@ def test_a_full_disk_backs_producers_off_and_loses_nothing_when_space_returns(tm
         wait_ready(endpoint, collector)
         # The collector's own view of its data dir: its journal and file store are on the tmpfs.
         seen = Path(f"/proc/{collector.pid}/root") / data.relative_to("/")
-        ballasts = [_fill(seen / "journal"), _fill(seen / "files")]
+        ballasts = [fill_up(seen / "journal"), fill_up(seen / "files")]
         output = tmp_path / "full.out"
         producer = produce(
             endpoint, spool, work, "full", 600, "--file-every", "50", "--model-bytes", "200003",

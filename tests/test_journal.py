@@ -125,3 +125,22 @@ def test_run_dirs_that_are_not_run_ids_are_ignored(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     assert journal.runs() == []
     journal.close()
+
+
+def test_an_open_runs_journal_is_retired_only_when_asked_and_its_seq_goes_on(tmp_path: Path) -> None:
+    """At the size cap the collector retires fully applied open runs: one segment must not pin it."""
+    journal = Journal(tmp_path / "journal")
+    journal.append_batch({"r": entries(run_events("r", 5))})  # open + 4 scalars, one segment
+    held = journal.size_bytes()
+    assert journal.retire("r", durable=5) == 0, "an open run is retired only when asked"
+    assert journal.retire("r", durable=4, open_too=True) == 0, "not before all of it is applied"
+    assert journal.retire("r", durable=5, open_too=True) == held
+    assert journal.size_bytes() == 0
+    assert not list_segments(tmp_path / "journal" / "r")
+    assert journal.position("r") == 5
+    assert journal.append_batch({"r": entries([scalar("r", 6)])}) == set()
+    journal.close()
+    reopened = Journal(tmp_path / "journal")
+    assert reopened.position("r") == 6, "the seq continues after the retired position, across a restart"
+    assert [record.seq for record in reopened.reader("r", 1).read()] == [6]
+    reopened.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from collector_helpers import Producer, close_event, records, run_events
-from e2e import env, stop, wait_for
+from e2e import env, fill_up, private_tmpfs, stop, wait_for
 from service_helpers import running_service, sample, stuck_backend
 
 from collector.config import ENV_METRICS_HOST, ENV_METRICS_PORT
@@ -166,16 +166,14 @@ def test_healthz_fails_while_the_ingest_loop_is_stuck_then_while_its_write_faile
 
 @pytest.mark.slow
 def test_healthz_fails_while_the_journal_disk_is_full(tmp_path: Path) -> None:
-    from test_faults import _fill, _private_tmpfs  # a real, small filesystem of the collector's own
-
     data = tmp_path / "data"
-    prefix = _private_tmpfs(data / "journal", size="4m")
+    prefix = private_tmpfs(data / "journal", size="4m")
     if prefix is None:
         pytest.skip("this machine cannot mount a private tmpfs (unshare --mount)")
     with running_service(tmp_path, prefix=prefix) as service:
         assert service.healthz() == (200, "ok\n")
         # The collector's own view of its journal directory: the tmpfs in its mount namespace.
-        ballast = _fill(Path(f"/proc/{service.proc.pid}/root") / data.relative_to("/") / "journal")
+        ballast = fill_up(Path(f"/proc/{service.proc.pid}/root") / data.relative_to("/") / "journal")
         _, reason = wait_for(
             lambda: (h := service.healthz())[0] == 503 and h, DEADLINE, "/healthz to see the full disk"
         )
