@@ -24,7 +24,7 @@ from typing import Any
 
 from collector import clearml_state, paths
 from collector.config import CollectorConfig
-from collector.demo_data import make_dataset, tiny_training
+from collector.demo_data import make_dataset, only_clearml_integration, tiny_training
 from collector.server import Collector
 
 PROJECT = "clearml-relay demo"
@@ -57,6 +57,7 @@ def _train(endpoint: str, data: str, work: str, epochs: int) -> None:
 
     import producer  # noqa: PLC0415
 
+    only_clearml_integration()
     model = YOLO("yolov8n.yaml")  # built from its config: no weights to download
     hooks = producer.attach(model, endpoint=endpoint, project=PROJECT, name=TASK)
     started = time.perf_counter()

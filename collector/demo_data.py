@@ -116,6 +116,24 @@ def make_dataset(root: Path, task: str = "detect", *, train: int = 32, val: int 
     return _labelled(root, task, counts, size, rng)
 
 
+#: Ultralytics' logger integrations other than ClearML's: switched off for the demo and tests.
+OTHER_LOGGERS: Final = ("comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+
+
+def only_clearml_integration() -> None:
+    """Switch off Ultralytics' other logger integrations in this process's settings file.
+
+    Installed and enabled by default, MLflow's would log every training into ``./mlflow.db``
+    (the working directory) and Comet's would try the network. Call it before the first
+    trainer is made: each integration reads the setting when the trainer imports it. The
+    settings file is the one under ``YOLO_CONFIG_DIR``, private to the demo and to each test.
+    """
+    from ultralytics.utils import SETTINGS  # noqa: PLC0415
+
+    settings: Any = SETTINGS  # untyped
+    settings.update({key: False for key in OTHER_LOGGERS if settings.get(key)})
+
+
 def tiny_training(task: str, project: Path, name: str, epochs: int) -> dict[str, Any]:
     """``model.train`` arguments for a seconds-long CPU training on a dataset made here.
 

@@ -46,12 +46,16 @@ the options or the environment (``CLEARML_RELAY_*``).
 
 from __future__ import annotations
 
+import _thread
 import collections
+import copy
 import functools
 import importlib
+import itertools
 import json
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -143,6 +147,12 @@ class RelayHooks:
         self._once = Once()
         self._timings = {event: collections.deque[float](maxlen=_TIMINGS_KEPT) for event in EVENTS}
         self._callbacks = {event: _Hook(self, event) for event in EVENTS}
+        self._starter: _Starter | None = None
+
+    def _prestart(self) -> None:
+        """Start the thread that starts each training's background thread (see :class:`_Starter`)."""
+        if self._starter is None or not self._starter.usable():
+            self._starter = _Starter()
 
     @property
     def callbacks(self) -> dict[str, Callable[[Trainer], None]]:
@@ -153,7 +163,7 @@ class RelayHooks:
     def run(self) -> Run | None:
         """The run of the current (or last) training; None before a training starts."""
         session = self._session
-        return session.run if session is not None else None
+        return session.run if session is not None else None  # None too while the run is opening
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the last training's run is closed (late files sent, acks awaited).
@@ -233,7 +243,36 @@ class RelayHooks:
         previous = self._session
         if previous is not None and not previous.ending:
             previous.end("failed", "the training ended without its teardown (another training started)")
-        self._session = _Session(trainer, self._options)
+        starter = self._starter
+        self._session = _Session(trainer, self._options, starter if starter and starter.usable() else None)
+
+
+class _Starter:
+    """A parked daemon thread that starts each training's background thread for the hooks.
+
+    Starting a thread costs the caller 40-120 us (``Thread.start`` waits for it to run: more);
+    handing a session to an existing thread costs a queue put. ``attach()`` and a DDP child's
+    unpickled hooks start one ahead of the training; without one (the module-level callbacks,
+    which must start no thread at import) a raw thread is started in the hook. It is a daemon:
+    the threads it starts are not, so a started run is still delivered at exit.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._sessions: queue.SimpleQueue[tuple[_Session, str | os.PathLike[str]]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="clearml-relay-starter", daemon=True).start()
+
+    def usable(self) -> bool:
+        """Whether the thread runs in this process (not in a forked child: threads stay behind)."""
+        return os.getpid() == self.pid
+
+    def start(self, session: _Session, save_dir: str | os.PathLike[str]) -> None:
+        self._sessions.put((session, save_dir))
+
+    def _serve(self) -> None:
+        while True:
+            session, save_dir = self._sessions.get()
+            session._start_thread(save_dir)  # never raises
 
 
 class _Hook:
@@ -256,7 +295,9 @@ class _Hook:
 
 
 def _restore(options: dict[str, Any]) -> RelayHooks:
-    return RelayHooks(**options)
+    hooks = RelayHooks(**options)
+    hooks._prestart()  # in a DDP child, before its training
+    return hooks
 
 
 def attach(
@@ -291,6 +332,7 @@ def attach(
         late_files_timeout=late_files_timeout,
     )
     hooks._register(model)
+    hooks._prestart()
     return hooks
 
 
@@ -325,13 +367,18 @@ class _Session:
     """One training's run: the hooks' state on the training thread and its background thread.
 
     The training thread calls the ``on_*`` methods and :meth:`end`; it hands work to the
-    background thread through ``_inbox`` (a deque: appends are atomic) and ``_wake``.
+    background thread through ``_inbox`` (a deque: appends are atomic) and ``_kick``.
     """
 
-    def __init__(self, trainer: Trainer, options: Mapping[str, Any]) -> None:
+    def __init__(self, trainer: Trainer, options: Mapping[str, Any], starter: _Starter | None = None) -> None:
+        # The training thread only reads the trainer here; the background thread opens the run
+        # (client threads, socket, outbox file, the resume state file): about 2 ms that the
+        # training does not wait for. It is started from a short-lived raw thread because
+        # ``Thread.start`` waits until the new thread runs (0.1-0.5 ms on a busy machine).
         self.ending = False
         self.closed = threading.Event()
         self.trained = False
+        self.run: Run | None = None  # set by the background thread once the run is open
         self._status, self._error = "completed", ""
         # An exception being handled around model.train() (a retry in an except block) is not
         # this training's failure: teardown compares against it.
@@ -343,44 +390,77 @@ class _Session:
             self._trainer: Callable[[], object] = weakref.ref(trainer)
         except TypeError:  # not weak-referenceable: only the training thread's end counts
             self._trainer = lambda: trainer
-        self._save_dir = Path(trainer.save_dir)
-        self._state_path = self._save_dir / STATE_FILE
+        save_dir = trainer.save_dir
         self._stats_interval = float(options["stats_interval"])
         self._late_files_timeout = float(options["late_files_timeout"])
         self._inbox: collections.deque[Callable[[FileWatcher], None]] = collections.deque()
-        self._wake = threading.Event()
+        self._kick = threading.Event()  # the background thread looks at the inbox now, not at its tick
         self._once = Once()
         self._validation_dirs: set[object] = set()  # as given (str or Path) and as Path
         self._model_info_sent = False
-        args = trainer.args
-        resume_run, sent = _load_state(self._state_path) if getattr(args, "resume", False) else (None, {})
-        self._watcher = FileWatcher(sent)
+        self._watcher = FileWatcher({})  # replaced when the run opens (a resumed training's state)
         self._state_written: dict[str, Any] | None = None
-        project = (
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()  # the background thread was started (or could not be)
+        args = trainer.args
+        self._open_args = (
+            options,
             options["project"]
             or os.environ.get(ENV_PROJECT, "").strip()
             or str(args.project or "Ultralytics").lstrip("/")
-            or "Ultralytics"
-        )
-        task_id = _current_clearml_task()
-        self.run = Run(
-            project,
+            or "Ultralytics",
             options["name"] or os.environ.get(ENV_TASK_NAME, "").strip() or str(args.name),
+            dict(vars(args)),
+            bool(getattr(args, "resume", False)),
+        )
+        self._validation_dirs.add(save_dir)  # the on_val_end of a training validates into it
+        self._console: ConsoleCapture | None = None  # made off the training thread too
+        if starter is not None:
+            starter.start(self, save_dir)
+        else:
+            _thread.start_new_thread(self._start_thread, (save_dir,))
+
+    def _start_thread(self, save_dir: str | os.PathLike[str]) -> None:
+        """(A raw thread.) Capture the console, start the background thread.
+
+        That thread is not a daemon: the interpreter waits for it. All this happens within a
+        millisecond of the training's start.
+        """
+        try:
+            self._save_dir = Path(save_dir)
+            self._state_path = self._save_dir / STATE_FILE
+            mosaics = self._save_dir
+            self._inbox.appendleft(lambda watcher: watcher.watch(mosaics, "train_batch*.jpg", "Mosaic"))
+            self._watch_validation(self._save_dir)
+            self._console = ConsoleCapture()
+            logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)  # removed when the run closes
+            thread = threading.Thread(target=self._work, name="clearml-relay-hooks", daemon=False)
+            thread.start()
+            self._thread = thread
+        except Exception as exc:  # noqa: BLE001 - e.g. at interpreter shutdown: nothing can report any more
+            log.warning("clearml-relay: cannot start the hooks' thread, nothing is reported: %r", exc)
+            self._stop_capture()
+            self.closed.set()
+        finally:
+            self._started.set()
+
+    def _open(self) -> Run:
+        """(Background thread.) Open the run, continuing a resumed training's task."""
+        options, project, name, hyperparams, resume = self._open_args
+        resume_run, sent = _load_state(self._state_path) if resume else (None, {})
+        self._watcher = FileWatcher(sent)
+        return Run(
+            project,
+            name,
             tags=options["tags"] if options["tags"] is not None else ["Ultralytics"],
             task_type="training",
-            hyperparams={"General": dict(vars(args))},
+            hyperparams={"General": hyperparams},
             endpoint=options["endpoint"],
             spool_dir=options["spool_dir"],
             flush_timeout=options["flush_timeout"],
-            task_id=task_id,
+            task_id=_current_clearml_task(),
             resume_run=resume_run,
         )
-        self._watcher.watch(self._save_dir, "train_batch*.jpg", "Mosaic")
-        self._watch_validation(self._save_dir)
-        self._console = ConsoleCapture()
-        logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)
-        self._thread = threading.Thread(target=self._work, name="clearml-relay-hooks", daemon=False)
-        self._thread.start()
 
     # ------------------------------------------------------------ hooks (training thread)
 
@@ -398,9 +478,9 @@ class _Session:
         self, trainer: Trainer, tloss: Any, lr: Mapping[str, float], epoch: int, _: FileWatcher
     ) -> None:
         """(Background thread.) The epoch's training losses and learning rates."""
-        self.run.scalars("lr", lr, epoch)  # first: a trainer's failing label_loss_items costs only losses
+        self._opened.scalars("lr", lr, epoch)  # first: a trainer's failing label_loss_items costs only losses
         if tloss is not None:
-            self.run.scalars("train", trainer.label_loss_items(tloss, prefix="train"), epoch)
+            self._opened.scalars("train", trainer.label_loss_items(tloss, prefix="train"), epoch)
 
     def on_val_end(self, validator: Trainer) -> None:
         save_dir = getattr(validator, "save_dir", None)
@@ -417,18 +497,39 @@ class _Session:
         )
         if epoch == 0 and not self._model_info_sent:
             self._model_info_sent = True
-            # One forward pass of the live model to count its FLOPs, as the built-in callback
-            # does: the one hook call that costs milliseconds (once per training).
-            torch_utils: Any = importlib.import_module("ultralytics.utils.torch_utils")  # loaded already
-            info: Mapping[str, float] = torch_utils.model_info_for_loggers(trainer)
-            for key, value in info.items():
-                self.run.single_value(key, value)
+            # The built-in callback counts the FLOPs here, on the training thread (a profiled
+            # forward pass: milliseconds); the background thread counts them on a copy.
+            ema = getattr(trainer, "ema", None)
+            model = getattr(ema, "ema", None) or trainer.model
+            speed = trainer.validator.speed["inference"]
+            self._inbox.append(functools.partial(self._report_model_info, trainer, model, speed))
+
+    def _report_model_info(self, trainer: Trainer, model: Any, speed: float, _: FileWatcher) -> None:
+        """(Background thread.) The single values of ``model_info_for_loggers``, counted on a copy.
+
+        Ultralytics counts FLOPs with ``thop.profile``, which switches every module of the model
+        it is given to eval mode and back and hooks into its forward pass: on the live model,
+        while the training thread trains it, that would change the training. So the count runs
+        on a private CPU copy of the EMA model (same layers; its weights are zeros: FLOPs
+        depend on shapes only), which costs the training thread nothing and no GPU memory.
+        """
+        torch_utils: Any = importlib.import_module("ultralytics.utils.torch_utils")  # loaded already
+        if trainer.args.profile:  # ONNX and TensorRT timings: exports from the saved last.pt
+            info: dict[str, float] = dict(torch_utils.model_info_for_loggers(trainer))
+        else:
+            info = {
+                "model/parameters": torch_utils.get_num_params(model),
+                "model/GFLOPs": round(torch_utils.get_flops(_shape_copy(model), trainer.args.imgsz), 3),
+            }
+        info["model/speed_PyTorch(ms)"] = round(speed, 3)
+        for key, value in info.items():
+            self._opened.single_value(key, value)
 
     def _report_fit_epoch(
         self, epoch_time: float | None, metrics: Mapping[str, float], epoch: int, _: FileWatcher
     ) -> None:
         """(Background thread.) Epoch time and validation metrics, one plot per metric group."""
-        run = self.run
+        run = self._opened
         if epoch_time is not None:
             run.scalar("Epoch Time", "Epoch Time", epoch_time, epoch)
         by_title: dict[str, dict[str, float]] = {}
@@ -438,23 +539,31 @@ class _Session:
             run.scalars(title, values, epoch)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        # The model is handed over here: its file is copied within milliseconds, before a script
-        # that goes on after train() could move it. Plots and final metrics go to the background.
-        self.run.model(trainer.best, name=str(trainer.args.name))
-        plots = [*trainer.plots, *trainer.validator.plots]
+        # The background thread is woken to hand the model over at once: its file is copied
+        # within milliseconds, before a script that goes on after train() could move it.
         # results_dict is computed (numpy) on access: the background thread asks for it; the
         # validation is over, so the metrics object no longer changes.
-        metrics = trainer.validator.metrics
-        self._inbox.append(functools.partial(self._report_train_end, plots, metrics))
+        request = functools.partial(
+            self._report_train_end,
+            trainer.best,
+            str(trainer.args.name),
+            [*trainer.plots, *trainer.validator.plots],
+            trainer.validator.metrics,
+        )
+        self._inbox.append(request)
+        self._kick.set()
         self.trained = True
 
-    def _report_train_end(self, plots: list[Path], metrics: Any, watcher: FileWatcher) -> None:
-        """(Background thread.) Every plot of the training and validation, and the final metrics."""
+    def _report_train_end(
+        self, best: Any, name: str, plots: list[Path], metrics: Any, watcher: FileWatcher
+    ) -> None:
+        """(Background thread.) The best model, every training and validation plot, final metrics."""
+        self._opened.model(best, name=name)
         for path in map(Path, plots):
             if "batch" not in path.name:
                 watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
         for key, value in metrics.results_dict.items():
-            self.run.single_value(key, value)
+            self._opened.single_value(key, value)
 
     def teardown(self, trainer: Trainer) -> None:
         exc = sys.exc_info()[1]
@@ -475,8 +584,17 @@ class _Session:
             return
         self._status, self._error = status, error
         self.ending = True
-        logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(self._console)
-        self._wake.set()
+        self._stop_capture()
+        self._kick.set()
+        if not self._started.is_set():
+            # A training that ends within a millisecond of its start: the background thread
+            # must be registered before the interpreter's exit stops waiting for threads.
+            self._started.wait(1.0)
+
+    def _stop_capture(self) -> None:
+        console = self._console
+        if console is not None:
+            logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(console)
 
     def _watch_validation(self, directory: Path) -> None:
         self._validation_dirs.add(directory)
@@ -484,11 +602,30 @@ class _Session:
 
     # ------------------------------------------------------------------- background thread
 
+    @property
+    def _opened(self) -> Run:
+        """(Background thread.) The run, which that thread opened before anything else."""
+        run = self.run
+        if run is None:
+            raise RuntimeError("the run is not open")  # unreachable: _work opens it first
+        return run
+
     def _work(self) -> None:
+        try:
+            self.run = self._open()  # never raises for bad input: the run is then disabled
+        except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
+            log.warning("clearml-relay: the run could not be opened, nothing is reported: %r", exc)
+            self._stop_capture()
+            self.closed.set()
+            return
         sampler = MachineSampler() if self._stats_interval > 0 else None
         next_stats = time.monotonic() + self._stats_interval
         try:
-            while not self._wake.wait(TICK):
+            while True:
+                self._kick.wait(TICK)
+                self._kick.clear()
+                if self.ending:
+                    break
                 if not self._training_thread.is_alive() or self._trainer() is None:
                     self._status = "failed"
                     self._error = "the training ended without its teardown (process exit or trainer lost)"
@@ -501,11 +638,11 @@ class _Session:
             if sampler is not None:
                 self._send_stats(sampler)
         except Exception as exc:  # noqa: BLE001 - the run must still be closed
-            log.warning("clearml-relay: background work of run %s failed: %r", self.run.id, exc)
+            log.warning("clearml-relay: background work of run %s failed: %r", self._opened.id, exc)
         finally:
-            logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(self._console)
+            self._stop_capture()
             self._send_console()
-            self.run.close(self._status, self._error)
+            self._opened.close(self._status, self._error)
             self.closed.set()
 
     def _step(self) -> int:
@@ -525,7 +662,7 @@ class _Session:
                     logging.WARNING,
                     ("request", type(exc).__name__),
                     "clearml-relay: run %s: a hook's deferred work failed, its data is missing: %r",
-                    self.run.id,
+                    self._opened.id,
                     exc,
                 )
         ready, waiting = self._watcher.poll()
@@ -548,7 +685,7 @@ class _Session:
         if waiting:
             log.warning(
                 "clearml-relay: run %s: %d image files were still being written after %.0f s; not sent",
-                self.run.id,
+                self._opened.id,
                 waiting,
                 self._late_files_timeout,
             )
@@ -556,22 +693,23 @@ class _Session:
 
     def _send(self, item: Ready) -> None:
         if item.kind == "plot":
-            self.run.plot(item.title, item.series, item.iteration, item.path)
+            self._opened.plot(item.title, item.series, item.iteration, item.path)
         else:
-            self.run.image(item.title, item.series, item.iteration, item.path)
+            self._opened.image(item.title, item.series, item.iteration, item.path)
 
     def _send_stats(self, sampler: MachineSampler) -> None:
         values = sampler.sample()
         if values:  # nothing measurable off Linux without a GPU
-            self.run.stats(values)
+            self._opened.stats(values)
 
     def _send_console(self) -> None:
-        for level, text in self._console.drain():
-            self.run.text(text, level)
+        console = self._console
+        for level, text in console.drain() if console is not None else ():
+            self._opened.text(text, level)
 
     def _save_state(self) -> None:
         sent = {_relative(path, self._save_dir): list(v) for path, v in self._watcher.sent.items()}
-        state = {"run_id": self.run.id, "sent": sent}
+        state = {"run_id": self._opened.id, "sent": sent}
         if state == self._state_written or not self._save_dir.is_dir():
             return
         try:
@@ -583,6 +721,21 @@ class _Session:
             log.warning(
                 "clearml-relay: cannot write %s (a resume would start a new task): %s", self._state_path, exc
             )
+
+
+def _shape_copy(model: Any) -> Any:
+    """A deep copy of a torch module whose parameters and buffers are new zero CPU tensors.
+
+    What FLOPs counting needs (the layers and the shapes) without reading the live weights
+    (they may be on a GPU and change under the copy) or allocating GPU memory.
+    """
+    torch: Any = sys.modules["torch"]  # the trainer loaded it; the producer never imports it
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        zeros = torch.zeros(tensor.shape, dtype=tensor.dtype)
+        is_parameter = isinstance(tensor, torch.nn.Parameter)
+        memo[id(tensor)] = torch.nn.Parameter(zeros, requires_grad=False) if is_parameter else zeros
+    return copy.deepcopy(model, memo)
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -30,9 +30,10 @@ def main() -> int:
     from ultralytics import YOLO
 
     import producer
-    from collector.demo_data import tiny_training
+    from collector.demo_data import only_clearml_integration, tiny_training
     from producer.hooks import default_hooks
 
+    only_clearml_integration()
     model = YOLO("yolov8n.yaml")
     seen: dict[str, list[str]] = {}
 

@@ -11,6 +11,8 @@ from e2e import env
 
 @pytest.mark.slow
 def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     result = subprocess.run(
         [
             sys.executable,
@@ -25,6 +27,7 @@ def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path:
             "2",
         ],
         env={k: v for k, v in env().items() if k != "PYTEST_CURRENT_TEST"},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
@@ -32,6 +35,8 @@ def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path:
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
+    # Other installed loggers (MLflow writes ./mlflow.db) stay off: nothing lands in the cwd.
+    assert not list(cwd.iterdir())
     assert "result     everything landed" in out
     landed = {
         kind: int(n)

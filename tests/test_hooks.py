@@ -30,7 +30,7 @@ from collector_helpers import running, wait_until
 from e2e import env
 
 import producer
-from collector.demo_data import tiny_training
+from collector.demo_data import only_clearml_integration, tiny_training
 from producer.console import ConsoleCapture
 from producer.filewatch import FileWatcher, debug_image_slot
 from producer.hooks import BUILTIN_MODULE, STATE_FILE, RelayHooks, remove_builtin_callbacks
@@ -141,6 +141,7 @@ def _closed(records: list[dict[str, Any]]) -> bool:
 
 
 def train_args(task: str, root: Path, name: str, epochs: int = 1) -> dict[str, Any]:
+    only_clearml_integration()
     return tiny_training(task, root / "runs", name, epochs)
 
 
@@ -293,7 +294,7 @@ def test_console_and_machine_stats_land(detect_run: Trained) -> None:
 def test_hooks_take_microseconds_on_the_training_thread(detect_run: Trained) -> None:
     assert detect_run.hooks is not None
     timings = detect_run.hooks.timings()
-    for event in ("on_train_epoch_end", "on_val_end", "on_train_end", "teardown"):
+    for event in producer.hooks.EVENTS:  # the run's opening and the epoch-0 model information too
         assert timings[event], event
         # Generous: a file read, a wait for late images or a network call would exceed it.
         assert max(timings[event]) < 0.05, (event, timings[event])
@@ -523,6 +524,93 @@ def test_deferred_work_that_fails_costs_only_its_own_data(
     assert done.status()[0] == "completed"
 
 
+def test_model_information_is_counted_off_the_training_thread_on_a_copy(tmp_path: Path) -> None:
+    """The epoch-0 model information (parameters, GFLOPs, speed) is what Ultralytics'
+    ``model_info_for_loggers`` gives, counted on the background thread from a copy: the live
+    model's modules are never run, hooked or switched to eval mode by it."""
+    torch = pytest.importorskip("torch")
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    expected = (get_num_params(model), round(get_flops(model, 64), 3))
+    model.train()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    forwards: list[tuple[object, threading.Thread]] = []  # (module, thread): copies carry the hook
+    model.register_forward_pre_hook(lambda module, _: forwards.append((module, threading.current_thread())))
+    trainer = _fake_trainer(tmp_path / "run", profile=False, imgsz=64)
+    trainer.ema = SimpleNamespace(ema=model)
+    trainer.validator.speed = {"inference": 12.34567}
+    trainer.epoch_time, trainer.metrics = 1.0, {}
+    with running(tmp_path / "collector") as collector:
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        hooks.callbacks["on_fit_epoch_end"](trainer)
+        hooks.callbacks["on_train_end"](trainer)
+        hooks.callbacks["teardown"](trainer)
+        assert hooks.wait(DEADLINE)
+        assert hooks.run is not None
+        run = hooks.run.id
+        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+    values = {e["name"]: e["value"] for e in done.events("single")}
+    assert (values["model/parameters"], values["model/GFLOPs"]) == expected
+    assert expected[1] > 0
+    assert values["model/speed_PyTorch(ms)"] == 12.346
+    assert forwards, "no FLOPs were counted"
+    assert all(module is not model for module, _ in forwards), "the live model ran a forward pass"
+    assert all(thread.name == "clearml-relay-hooks" for _, thread in forwards)
+    assert all(m.training for m in model.modules()), "the live model was switched to eval mode"
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    assert not any(hasattr(m, "total_ops") for m in model.modules())
+
+
+@pytest.mark.parametrize("prestarted", [True, False], ids=["attach", "module-callbacks"])
+def test_the_run_opens_off_the_training_thread(tmp_path: Path, prestarted: bool) -> None:
+    """on_pretrain_routine_start only reads the trainer: the run (client threads, socket, outbox)
+    is opened by the background thread, started by the thread attach() parked for it (or a raw
+    thread without one), and events handed over meanwhile are kept in order."""
+    trainer = _fake_trainer(tmp_path / "run")
+    trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
+    opened_by: list[str] = []
+    started_by: list[str] = []
+    opening, starting = producer.hooks._Session._open, producer.hooks._Session._start_thread
+
+    def spy_open(session: Any) -> Any:
+        opened_by.append(threading.current_thread().name)
+        return opening(session)
+
+    def spy_start(session: Any, save_dir: Any) -> None:
+        started_by.append(threading.current_thread().name)
+        starting(session, save_dir)
+
+    with running(tmp_path / "collector") as collector:
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
+        if prestarted:
+            hooks._prestart()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(producer.hooks._Session, "_open", spy_open)
+            patch.setattr(producer.hooks._Session, "_start_thread", spy_start)
+            hooks.callbacks["on_pretrain_routine_start"](trainer)
+            hooks.callbacks["on_train_epoch_end"](trainer)
+            hooks.callbacks["on_train_end"](trainer)
+            hooks.callbacks["teardown"](trainer)
+            assert hooks.wait(DEADLINE)
+        assert hooks.run is not None
+        run = hooks.run.id
+        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+    assert opened_by == ["clearml-relay-hooks"]
+    (starter,) = started_by
+    assert (starter == "clearml-relay-starter") == prestarted
+    assert starter != threading.current_thread().name
+    kinds = [r["event"]["t"] for r in done.records]
+    assert (kinds[0], kinds[-1]) == ("open", "close")
+    assert [e["iteration"] for e in done.events("scalar") if e["title"] == "lr"] == [0]
+    assert done.events("model")
+    assert done.status()[0] == "completed"
+
+
 def test_the_current_clearml_task_is_reported_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLEARML_TASK_ID", "agent-task-1")
     with running(tmp_path / "collector") as collector:
@@ -596,6 +684,8 @@ def test_hooks_pickle_as_their_options_for_ddp_children() -> None:
     assert clone is restored["on_train_end"].hooks  # one RelayHooks per process
     assert clone is not hooks
     assert clone._options == hooks._options
+    assert clone._starter is not None  # started in the child, ahead of its training
+    assert clone._starter.usable()
     assert pickle.loads(pickle.dumps(producer.callbacks)) == producer.callbacks
 
 
