@@ -29,8 +29,10 @@ background thread per training: finding image files and checking they are comple
 picking up late files for at most ``late_files_timeout`` seconds, then closing the run. That
 thread is not a daemon, so a script that ends right after ``model.train()`` still delivers its
 last images; it stops by itself when the training thread ends (the process exits) or the trainer
-is garbage-collected without its ``teardown`` (the run is then closed as ``failed``). The only
-file the training thread reads is the small state file of a resumed training, once, at its start.
+is garbage-collected without its ``teardown`` (the run is then closed as ``failed``). That thread
+also opens the run (client threads, socket, outbox, a resumed training's state file) and counts
+the epoch-0 FLOPs on a copy of the model: the training thread reads no file and waits for no
+thread.
 
 Ultralytics' own ClearML callback is switched off for the trainings these hooks handle, without
 touching the user's settings file: our ``on_pretrain_routine_start`` runs before the integration
