@@ -26,8 +26,10 @@ from types import FrameType
 from collector import logfmt
 from collector.config import (
     BACKENDS,
+    ENV_ALLOW_KEYS,
     ENV_BACKEND,
     ENV_BIND,
+    ENV_CURVE_SECRET_KEY,
     ENV_DATA_DIR,
     ENV_DRAIN_TIMEOUT,
     ENV_FSYNC,
@@ -35,6 +37,8 @@ from collector.config import (
     ENV_KEEP_SESSIONS_DAYS,
     ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
+    ENV_MAX_FILE_BYTES,
+    ENV_MAX_RUNS_PER_KEY,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
     ENV_OFFLINE,
@@ -43,6 +47,7 @@ from collector.config import (
     CollectorConfig,
     ConfigError,
 )
+from producer.curve import KeySettingError
 
 log = logging.getLogger("collector")
 
@@ -117,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"keep at most this many finished offline sessions (env {ENV_KEEP_SESSIONS}, default: all)",
     )
-    _log_options(run, argparse.SUPPRESS)
-    run.set_defaults(func=_collector)
+    _security_options(run)
+
+    _keygen_options(commands.add_parser("keygen", help="write a CurveZMQ key pair (NAME.key_secret)"))
 
     sync = commands.add_parser("sync", help="deliver the producer outboxes left in a spool directory")
     sync.add_argument("--spool-dir", help="spool directory (env CLEARML_RELAY_SPOOL_DIR)")
@@ -194,6 +200,36 @@ def _config_error(message: str) -> int:
     return EXIT_CONFIG
 
 
+def _keygen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the key's name: 'collector', or one per producer or team")
+    parser.add_argument("--dir", default=".", help="where to write the two files (default: here)")
+    _log_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(func=_keygen)
+
+
+def _security_options(parser: argparse.ArgumentParser) -> None:
+    """The collector's CurveZMQ and limit flags, and the rest of its options."""
+    parser.add_argument(
+        "--curve-secret-key",
+        help=f"its .key_secret file: encrypt, admit --allow-keys only (env {ENV_CURVE_SECRET_KEY})",
+    )
+    parser.add_argument(
+        "--allow-keys",
+        help=f"directory of the producer public keys (*.key) allowed to connect; SIGHUP re-reads it "
+        f"(env {ENV_ALLOW_KEYS})",
+    )
+    parser.add_argument(
+        "--max-file-bytes", type=int, help=f"largest file accepted (env {ENV_MAX_FILE_BYTES}, default 64 GiB)"
+    )
+    parser.add_argument(
+        "--max-runs-per-key",
+        type=int,
+        help=f"open runs one producer key may own, with CURVE (env {ENV_MAX_RUNS_PER_KEY}, default 1000)",
+    )
+    _log_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(func=_collector)
+
+
 def _collector(args: argparse.Namespace) -> int:
     # Imported here: `clearml-relay sync` on a training node needs none of the collector.
     import zmq  # noqa: PLC0415
@@ -212,6 +248,10 @@ def _collector(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
             keep_sessions_days=args.keep_sessions_days,
             keep_sessions=args.keep_sessions,
+            curve_secret_key=args.curve_secret_key,
+            allow_keys=args.allow_keys,
+            max_file_bytes=args.max_file_bytes,
+            max_runs_per_key=args.max_runs_per_key,
         )
     except ConfigError as exc:
         return _config_error(str(exc))
@@ -230,17 +270,33 @@ def _collector(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: collector.reload_keys())
     try:
         collector.run()
     except DataDirBusyError as exc:
         print(f"clearml-relay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeySettingError as exc:
+        return _config_error(str(exc))
     except zmq.ZMQError as exc:
         print(f"clearml-relay: cannot bind {config.bind}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
         print(f"clearml-relay: cannot start the collector: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from collector.security import keygen  # noqa: PLC0415
+
+    try:
+        public, secret = keygen(Path(args.dir), args.name)
+    except (FileExistsError, ValueError) as exc:
+        print(f"clearml-relay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"public key  {public}  (give it out: --allow-keys dir / CLEARML_RELAY_SERVER_KEY)")
+    print(f"secret key  {secret}  (keep it private: --curve-secret-key / CLEARML_RELAY_KEY_FILE)")
     return 0
 
 

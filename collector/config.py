@@ -33,6 +33,10 @@ ENV_METRICS_PORT: Final = PREFIX + "METRICS_PORT"
 ENV_METRICS_HOST: Final = PREFIX + "METRICS_HOST"
 ENV_KEEP_SESSIONS_DAYS: Final = PREFIX + "KEEP_SESSIONS_DAYS"
 ENV_KEEP_SESSIONS: Final = PREFIX + "KEEP_SESSIONS"
+ENV_CURVE_SECRET_KEY: Final = PREFIX + "CURVE_SECRET_KEY"
+ENV_ALLOW_KEYS: Final = PREFIX + "ALLOW_KEYS"
+ENV_MAX_FILE_BYTES: Final = PREFIX + "MAX_FILE_BYTES"
+ENV_MAX_RUNS_PER_KEY: Final = PREFIX + "MAX_RUNS_PER_KEY"
 #: Read by the CLI only: a library never configures logging.
 ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
 ENV_LOG_FORMAT: Final = PREFIX + "LOG_FORMAT"
@@ -74,6 +78,11 @@ class CollectorConfig:
             failed run this many days after it finished; None keeps them.
         keep_sessions: Keep at most this many finished offline sessions, the newest; None
             keeps them all.
+        curve_secret_key: The collector's ``.key_secret`` file: CurveZMQ encryption, and only
+            the producer keys in ``allow_keys`` may connect. Both or neither.
+        allow_keys: Directory of the producer public keys (``*.key``) allowed to connect.
+        max_file_bytes: Larger files (images, models) are refused with ``too_large``.
+        max_runs_per_key: Open runs one producer key may own (CURVE only); beyond, refused.
 
     """
 
@@ -92,6 +101,17 @@ class CollectorConfig:
     metrics_host: str = "127.0.0.1"
     keep_sessions_days: float | None = None
     keep_sessions: int | None = None
+    curve_secret_key: Path | None = None
+    allow_keys: Path | None = None
+    max_file_bytes: int = 64 * 1024**3
+    max_runs_per_key: int = 1000
+
+    def __post_init__(self) -> None:
+        if (self.curve_secret_key is None) != (self.allow_keys is None):
+            raise ConfigError(
+                f"{ENV_CURVE_SECRET_KEY} (--curve-secret-key) and {ENV_ALLOW_KEYS} (--allow-keys) "
+                "go together: the secret key encrypts, the allow-list says who may connect"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
@@ -225,4 +245,8 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "metrics_host": (ENV_METRICS_HOST, _host),
     "keep_sessions_days": (ENV_KEEP_SESSIONS_DAYS, _days),
     "keep_sessions": (ENV_KEEP_SESSIONS, _non_negative_int),
+    "curve_secret_key": (ENV_CURVE_SECRET_KEY, _data_dir),
+    "allow_keys": (ENV_ALLOW_KEYS, _data_dir),
+    "max_file_bytes": (ENV_MAX_FILE_BYTES, _positive_int),
+    "max_runs_per_key": (ENV_MAX_RUNS_PER_KEY, _positive_int),
 }

@@ -16,6 +16,10 @@ touched, duplicates included. Replies are never sent ahead of the journal.
 Events are counted per kind when they arrive (``received.<kind>``, resends included) and once
 journaled (``journaled.<kind>``), one counter update per batch. :attr:`Ingest.last_loop` tells
 a health check when the loop last came round.
+
+With CURVE (see :mod:`collector.security`) every message carries its producer's public key: a
+run belongs to the first key that writes to it, other keys are refused with ``denied``, a key's
+open runs are capped (``limit``), and heartbeats count only for a key's own runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collector import paths
 from collector.counters import Counters
 from collector.files import FileStore
 from collector.journal import Entry, Journal, kind, through
+from collector.security import Owners
 from collector.space import Episodes, is_disk_full
 from producer import protocol
 
@@ -56,6 +61,16 @@ def max_message_size(max_body_bytes: int) -> int:
     return 2 * max_body_bytes + 64 * 1024
 
 
+def _user_id(frames: list[zmq.Frame]) -> str | None:
+    """The CURVE public key (Z85) the ZAP handler gave the connection a message came from."""
+    for frame in frames[1:2] or frames[:1]:  # metadata rides on the message's own frames
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return None
+    return None
+
+
 class _Batch:
     """What one drained batch accepted and owes each peer."""
 
@@ -71,6 +86,8 @@ class _Batch:
         self.stalled: set[tuple[bytes, str]] = set()
         #: Counts of this batch (events received per kind), added to the counters in one go.
         self.counts: Counter[str] = Counter()
+        #: The producer key (CURVE) of the message being handled; None without CURVE.
+        self.key: str | None = None
 
     def position(self, run: str) -> int:
         if run not in self.positions:
@@ -98,6 +115,11 @@ class Ingest:
         status: Builds the reply to a ``StatusRequest``.
         max_body_bytes: Largest body and chunk payload accepted.
         max_journal_bytes: Above this, new events are refused with ``backoff``.
+        max_file_bytes: Larger file offers are refused with ``too_large``.
+        curve: The collector's ``(public, secret)`` CurveZMQ key: the socket becomes a CURVE
+            server (a ZAP handler must run on ``context``); None: plain.
+        owners: Run ownership by producer key (required with ``curve``).
+        max_runs_per_key: Open runs one key may own; beyond, new runs are refused (``limit``).
 
     """
 
@@ -112,8 +134,17 @@ class Ingest:
         status: Callable[[], protocol.StatusReply],
         max_body_bytes: int = protocol.MAX_BODY_BYTES,
         max_journal_bytes: int = 10 * 1024**3,
+        max_file_bytes: int = 64 * 1024**3,
+        curve: tuple[bytes, bytes] | None = None,
+        owners: Owners | None = None,
+        max_runs_per_key: int = 1000,
     ) -> None:
+        if curve is not None and owners is None:
+            raise ValueError("CURVE needs a run ownership map")
         self.journal = journal
+        self.max_file_bytes = max_file_bytes
+        self.owners = owners if curve is not None else None
+        self.max_runs_per_key = max_runs_per_key
         self.files = files
         self.counters = counters
         self.status = status
@@ -133,6 +164,9 @@ class Ingest:
             # Mandatory routing makes a reply to a vanished peer an error we can count.
             self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size(max_body_bytes))
+            if curve is not None:
+                self.socket.curve_server = True
+                self.socket.curve_publickey, self.socket.curve_secretkey = curve
             self.socket.bind(bind)
             self.endpoint: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException:
@@ -158,13 +192,19 @@ class Ingest:
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             messages: list[list[bytes]] = []
+            keys: list[str | None] = []
             while len(messages) < DRAIN_MESSAGES:
                 try:
-                    messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                    if self.owners is None:
+                        messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                    else:
+                        frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                        keys.append(_user_id(frames))
+                        messages.append([frame.bytes for frame in frames])
                 except zmq.Again:
                     break
             try:
-                self.handle(messages)
+                self.handle(messages, keys or None)
             except Exception:  # e.g. a socket error while replying: keep serving
                 log.exception("internal error handling a batch of %d messages", len(messages))
                 self.counters.incr("internal_error")
@@ -174,25 +214,31 @@ class Ingest:
 
     # ------------------------------------------------------------------------------- one batch
 
-    def handle(self, messages: list[list[bytes]]) -> None:
-        """Handle one batch of received messages (identity frame first), commit, then reply."""
+    def handle(self, messages: list[list[bytes]], keys: list[str | None] | None = None) -> None:
+        """Handle one batch of received messages (identity frame first), commit, then reply.
+
+        ``keys``: each message's producer key (CURVE), None without CURVE.
+        """
         held = self.journal.size_bytes()
         batch = _Batch(self.journal, held >= self.max_journal_bytes)
         if batch.over_quota:
             self.journal_cap.failed(f"{held} bytes held, cap {self.max_journal_bytes}")
         else:
             self.journal_cap.fits()
-        for frames in messages:
+        for index, frames in enumerate(messages):
             peer = frames[0]
             self.counters.incr("messages")
+            batch.key = keys[index] if keys is not None else None
             try:
                 self._message(peer, frames[1:], batch)
             except protocol.ProtocolError as exc:
-                self._refuse(batch, peer, exc.code, exc.reason)
+                self._refuse(batch, peer, exc.code, exc.reason, run=exc.run)
             except Exception:  # one bad message must not stop the collector
                 log.exception("internal error handling a message")
                 self.counters.incr("internal_error")
                 self._refuse(batch, peer, "internal", "the collector failed to handle this message")
+        if self.owners is not None:
+            self.owners.save()  # a run's owner is durable before any of its events is acked
         failed = self._commit(batch)
         self.counters.incr_many(batch.counts)
         now = time.monotonic()
@@ -244,6 +290,14 @@ class Ingest:
                 self._event(peer, raw, batch)
         elif isinstance(request, protocol.FileOffer):
             self._check_run(request.run)
+            self._check_owner(request.run, batch.key)
+            if request.size > self.max_file_bytes:
+                raise protocol.ProtocolError(
+                    "too_large",
+                    f"file {request.sha256[:12]} of run {request.run} is {request.size} bytes, "
+                    f"the collector's limit is {self.max_file_bytes} (CLEARML_RELAY_MAX_FILE_BYTES)",
+                    run=request.run,
+                )
             offer = request
             self._file(peer, batch, offer.run, lambda: self.files.offer(offer.run, offer.sha256, offer.size))
         elif isinstance(request, protocol.FileChunk):
@@ -253,6 +307,7 @@ class Ingest:
                     "too_large", f"chunk payload is {len(payload)} bytes, limit {self.max_body_bytes}"
                 )
             self._check_run(request.run)
+            self._check_owner(request.run, batch.key)
             chunk, data = request, payload
             self._file(
                 peer, batch, chunk.run, lambda: self.files.chunk(chunk.run, chunk.sha256, chunk.offset, data)
@@ -261,7 +316,7 @@ class Ingest:
             self.counters.incr("heartbeats")
             now = time.monotonic()
             for run in request.runs:
-                if paths.is_safe_run(run):
+                if paths.is_safe_run(run) and (self.owners is None or self.owners.owner(run) == batch.key):
                     self.heartbeats[run] = now
         else:
             batch.replies.append((peer, self.status()))
@@ -291,6 +346,34 @@ class Ingest:
         if not paths.is_safe_run(run):
             raise protocol.ProtocolError("invalid", f"run id {run!r} is reserved")
 
+    def _check_owner(self, run: str, key: str | None) -> None:
+        """Files go only to a run the key owns (or will own: the offer precedes the event)."""
+        owner = self.owners.owner(run) if self.owners is not None else None
+        if owner is not None and owner != key:
+            raise protocol.ProtocolError("denied", f"run {run} belongs to another producer key", run=run)
+
+    def _authorized(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
+        """Whether the message's key may write to ``run``; the first key to write claims it."""
+        owners, key = self.owners, batch.key
+        if owners is None:
+            return True
+        owner = owners.owner(run)
+        if owner is not None and owner == key:
+            return True
+        if owner is None and key is not None:
+            held = owners.open_runs(key)
+            if held < self.max_runs_per_key:
+                owners.claim(run, key)
+                return True
+            reason = (
+                f"this producer key has {held} open runs, the collector's limit "
+                "(CLEARML_RELAY_MAX_RUNS_PER_KEY): close runs first"
+            )
+            self._refuse(batch, peer, "limit", reason, run=run, seq=seq)
+            return False
+        self._refuse(batch, peer, "denied", f"run {run} belongs to another producer key", run=run, seq=seq)
+        return False
+
     def _event(self, peer: bytes, raw: msgspec.Raw, batch: _Batch) -> None:
         """Dedup, order and validate one event of a Submit; journal it or its Gap, or refuse."""
         body = bytes(raw)
@@ -308,8 +391,13 @@ class Ingest:
                 self._refuse(batch, peer, exc.code, exc.reason)
                 return
             run, seq = ident
-        if self._next_in_order(peer, run, seq, batch):
+        if not paths.is_safe_run(run):
+            self._refuse(batch, peer, "invalid", f"run id {run!r} is reserved", seq=seq)
+            return
+        if self._authorized(peer, run, seq, batch) and self._next_in_order(peer, run, seq, batch):
             self._accept(batch, peer, run=run, seq=seq, body=body, event=event, error=error)
+            if isinstance(event, protocol.RunClose) and self.owners is not None:
+                self.owners.closed(run)
 
     def _next_in_order(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
         """Whether the event is the run's next; answers duplicates, gaps and backoff itself."""

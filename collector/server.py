@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from collector import paths, retention
+from collector import paths, retention, security
 from collector.appliers import Appliers
 from collector.backend import Backend, JsonlBackend
 from collector.config import CollectorConfig
@@ -118,6 +118,7 @@ class Collector:
         self._files: FileStore | None = None
         self._http: MetricsServer | None = None
         self._retention: threading.Thread | None = None
+        self._allow: security.AllowList | None = None
         self._retention_wake = threading.Event()
         self._started = 0.0
 
@@ -161,6 +162,12 @@ class Collector:
             self._ingest.serve(self._stopping, self._housekeeping)
         finally:
             self._shutdown(self.config.drain_timeout)
+
+    def reload_keys(self) -> int:
+        """Re-read the allow-list directory (the CLI calls it on SIGHUP); returns the key count."""
+        if self._allow is None:
+            return 0
+        return self._allow.reload()
 
     def request_stop(self) -> None:
         """Ask the serving loop to end (safe from a signal handler or another thread)."""
@@ -271,6 +278,12 @@ class Collector:
             self._appliers.start()
             self._started = time.monotonic()
             self._context = zmq.Context()
+            curve: tuple[bytes, bytes] | None = None
+            if config.curve_secret_key is not None and config.allow_keys is not None:
+                curve = security.server_keys(config.curve_secret_key)
+                self._allow = security.AllowList(self._context, config.allow_keys, self.counters)
+                listed = self._allow.begin()
+                log.info("CurveZMQ on: %d producer keys allowed from %s", listed, config.allow_keys)
             self._ingest = Ingest(
                 self._context,
                 config.bind,
@@ -280,7 +293,12 @@ class Collector:
                 status=self.status,
                 max_body_bytes=config.max_body_bytes,
                 max_journal_bytes=config.max_journal_bytes,
+                max_file_bytes=config.max_file_bytes,
+                curve=curve,
+                owners=security.Owners(config.data_dir) if curve is not None else None,
+                max_runs_per_key=config.max_runs_per_key,
             )
+            security.warn_if_exposed(self._ingest.endpoint, curve is not None)
             if config.metrics_port is not None:
                 from collector.metrics import MetricsServer  # noqa: PLC0415  (prometheus loads here)
 
@@ -378,6 +396,8 @@ class Collector:
             return
         if self._ingest is not None:
             self._ingest.close()
+        if self._allow is not None:
+            self._allow.stop()
         if self._context is not None:
             self._context.term()
         stopped = True

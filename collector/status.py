@@ -21,6 +21,7 @@ from typing import Any, Final
 import zmq
 
 from producer import protocol
+from producer.curve import KeySettingError, curve_from_env
 
 #: How many runs the table lists (open and behind first); ``--json`` lists every run.
 TABLE_RUNS: Final = 40
@@ -50,6 +51,10 @@ class StatusClient:
     def __init__(self, endpoint: str, timeout: float) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        try:
+            self._curve = curve_from_env()  # a CURVE collector answers its listed keys only
+        except KeySettingError as exc:
+            raise BadEndpointError(str(exc)) from None
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
 
     def __enter__(self) -> StatusClient:
@@ -67,6 +72,8 @@ class StatusClient:
         """One StatusReply, or :class:`NoAnswerError` after ``timeout`` seconds."""
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            self._curve.apply(sock)
         try:
             try:
                 sock.connect(self.endpoint)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
+from producer.curve import CurveKeys, KeySettingError, curve_from_env
+
 ENV_PREFIX: Final = "CLEARML_RELAY_"
 ENV_ENDPOINT: Final = ENV_PREFIX + "ENDPOINT"
 ENV_SPOOL_DIR: Final = ENV_PREFIX + "SPOOL_DIR"
@@ -101,6 +103,8 @@ class ProducerConfig:
             beyond it are dropped and counted, callers never block.
         fsync: ``close`` (fsync the outbox on flush/close), ``always`` (after every written
             batch) or ``never``.
+        curve: CurveZMQ keys (``CLEARML_RELAY_SERVER_KEY`` and this producer's key pair, see
+            :mod:`producer.curve`); None: a plain connection.
 
     """
 
@@ -109,6 +113,7 @@ class ProducerConfig:
     flush_timeout: float = DEFAULT_FLUSH_TIMEOUT
     max_pending: int = DEFAULT_MAX_PENDING
     fsync: FsyncPolicy = "close"
+    curve: CurveKeys | None = None
 
     @classmethod
     def from_env(
@@ -136,12 +141,17 @@ class ProducerConfig:
 
         """
         env = os.environ if environ is None else environ
+        try:
+            curve = curve_from_env(env)
+        except KeySettingError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             endpoint=_setting(endpoint, ENV_ENDPOINT, _endpoint, DEFAULT_ENDPOINT, env),
             spool_dir=_setting(spool_dir, ENV_SPOOL_DIR, _path, None, env) or default_spool_dir(env),
             flush_timeout=_setting(flush_timeout, ENV_FLUSH_TIMEOUT, _seconds, DEFAULT_FLUSH_TIMEOUT, env),
             max_pending=_setting(max_pending, ENV_MAX_PENDING, _positive_int, DEFAULT_MAX_PENDING, env),
             fsync=_setting(fsync, ENV_FSYNC, _fsync, "close", env),
+            curve=curve,
         )
 
 

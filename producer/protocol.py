@@ -69,7 +69,27 @@ Other messages
 vanished is eventually marked aborted). ``StatusRequest`` is answered by ``StatusReply`` with the
 collector's counters and per-run positions (used by tests, ``clearml-relay runs`` and
 ``clearml-relay status``). ``Refuse`` always names a code and a human-readable reason; ``backoff``
-carries ``retry_after`` seconds: keep spooling, send again later.
+carries ``retry_after`` seconds: keep spooling, send again later. ``denied`` (the run belongs to
+another CURVE key) and ``limit`` (the key's open-run limit) name the run: the producer pauses that
+run and tries again later, keeping its events in the outbox.
+
+Hostile input
+=============
+Every field is validated by its type when decoded (msgspec, no pickle anywhere): names, titles,
+series and tags 1-255 characters; console text at most 1 MiB; run ids ``[A-Za-z0-9_-]`` then
+``[A-Za-z0-9_.-]``, at most 64 characters (no ``.``/``..``, no ``/``, no NUL: they name journal
+and file-store directories); hashes 64 lowercase hex digits; sizes, offsets and sequence numbers
+bounded. File names from the wire never become paths on their own: the file store is addressed
+by run id and sha256, and the ClearML backend reduces a name to a safe basename
+(``collector.clearml_backend._safe_name``). Frames above the size limits are refused
+(``too_large``), and ZeroMQ drops a connection whose frame exceeds twice the body limit before it
+is buffered. Decoding raises :class:`ProtocolError` and nothing else (hypothesis property tests
+and an atheris fuzz target pin this).
+
+Non-finite numbers: NaN and +/-infinity are valid scalar and single values (a diverging loss must
+show) and travel unchanged through the wire and the journal; ClearML then stores them its way
+(NaN as its ``default_nan_value``, 0 unless ``Logger.set_reporting_nan_value`` changed it;
+infinities as its ``default_inf_value``).
 """
 
 from __future__ import annotations
@@ -107,6 +127,8 @@ RefuseCode = Literal[
     "out_of_order",  # a FileChunk at an offset other than what the collector holds
     "backoff",  # the collector is at a resource bound: keep spooling, retry after
     "internal",  # the collector failed to handle the message; it keeps serving
+    "denied",  # CURVE: the run belongs to another producer key
+    "limit",  # a configured limit (open runs per key) is reached
 ]
 RunStatus = Literal["completed", "failed", "aborted"]
 
@@ -114,10 +136,11 @@ RunStatus = Literal["completed", "failed", "aborted"]
 class ProtocolError(Exception):
     """A message that cannot be accepted; ``code`` is one of :data:`RefuseCode`."""
 
-    def __init__(self, code: RefuseCode, reason: str) -> None:
+    def __init__(self, code: RefuseCode, reason: str, run: str | None = None) -> None:
         super().__init__(f"{code}: {reason}")
         self.code: RefuseCode = code
         self.reason = reason
+        self.run = run
 
 
 class _Struct(msgspec.Struct, kw_only=True, omit_defaults=True, tag_field="t"):

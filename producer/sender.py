@@ -49,6 +49,9 @@ NACK_QUIET: Final = 1.0
 HEARTBEAT_EVERY: Final = 2.0
 ADOPT_EVERY: Final = 30.0
 VERSION_RETRY: Final = 10.0
+#: A run the collector refused (another key owns it, or this key's open-run limit): try again
+#: this much later (an allow-list or a limit may change), sending nothing for it meanwhile.
+REFUSED_RETRY: Final = 30.0
 POLL_MS: Final = 100
 
 
@@ -90,6 +93,7 @@ class _Stream:
     last_nack: tuple[int, float] = (0, 0.0)
     transfer: _Transfer | None = None
     files_done: set[str] = field(default_factory=set)
+    paused_until: float = 0.0  # refused by the collector (denied, limit): nothing sent until then
 
 
 class Sender:
@@ -126,6 +130,8 @@ class Sender:
         sock.reconnect_ivl = 100
         sock.reconnect_ivl_max = 2000
         sock.sndhwm = sock.rcvhwm = 100_000
+        if self._config.curve is not None:
+            self._config.curve.apply(sock)  # encrypted, and only to the collector holding that key
         try:
             sock.connect(self._config.endpoint)
             poller = zmq.Poller()
@@ -266,6 +272,8 @@ class Sender:
         for stream in list(self._streams.values()):
             if self._blocked:
                 return
+            if now < stream.paused_until:
+                continue
             self._fill(stream)
             self._pump_stream(stream, now)
 
@@ -520,6 +528,10 @@ class Sender:
                 refuse.run,
                 refuse.reason,
             )
+        elif refuse.code in ("denied", "limit") and refuse.run is not None:
+            self._refused_run(refuse, now)
+        elif refuse.code == "too_large" and refuse.run is not None and self._refused_file(refuse):
+            pass
         elif refuse.code == "backoff":
             self._paused_until = now + (refuse.retry_after if refuse.retry_after is not None else 1.0)
             self._client.once.log(
@@ -540,6 +552,36 @@ class Sender:
                 refuse.code,
                 refuse.reason,
             )
+
+    def _refused_run(self, refuse: protocol.Refuse, now: float) -> None:
+        """The collector will not take this run's events from us: pause it, say so once."""
+        stream = self._streams.get(refuse.run or "")
+        if stream is not None:
+            stream.paused_until = now + (refuse.retry_after or REFUSED_RETRY)
+            stream.sent = 0  # resent from the acknowledged position when the pause ends
+        self._client.once.log(
+            log,
+            logging.ERROR,
+            (refuse.code, refuse.run),
+            "clearml-relay: collector at %s refused run %s (%s): %s; its events stay in the outbox at %s",
+            self._config.endpoint,
+            refuse.run,
+            refuse.code,
+            refuse.reason,
+            Path(self._config.spool_dir),
+        )
+
+    def _refused_file(self, refuse: protocol.Refuse) -> bool:
+        """A file above the collector's size limit: its event becomes a Gap (logged once)."""
+        stream = self._streams.get(refuse.run or "")
+        t = stream.transfer if stream is not None else None
+        if stream is None or t is None:
+            return False
+        entry = next((e for e in stream.window if e.seq == t.seq), None)
+        if entry is None:
+            return False
+        self._replace_with_gap(stream, entry, f"refused by the collector: {refuse.reason}")
+        return True
 
     def _version_mismatch(self, header: bytes, reason: str, now: float) -> None:
         self._paused_until = now + VERSION_RETRY

@@ -15,6 +15,7 @@ import zmq
 from collector.config import CollectorConfig
 from collector.server import Collector
 from producer import protocol
+from producer.curve import CurveKeys
 
 DEADLINE = 10.0
 R = TypeVar("R", bound=protocol.Reply)
@@ -79,10 +80,12 @@ def records(data_dir: Path, run: str) -> list[dict[str, Any]]:
 class Producer:
     """A raw DEALER speaking the protocol by hand: the tests' producer."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.socket: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.socket)
         self.socket.connect(endpoint)
 
     def __enter__(self) -> Producer:
