@@ -413,6 +413,20 @@ class Client:
         if outbox is None:
             self.count("dropped_no_outbox")
             return None
+        if outbox.bytes_held >= self.config.max_outbox_bytes and not isinstance(event, protocol.RunClose):
+            self.count("dropped_outbox_full")
+            self.once.log(
+                log,
+                logging.WARNING,
+                ("outbox-full", state.run_id),
+                "clearml-relay: the outbox of run %s holds %d bytes not yet acknowledged "
+                "(CLEARML_RELAY_MAX_OUTBOX_BYTES=%d); its new events are dropped until the collector "
+                "catches up (counted as dropped_outbox_full)",
+                state.run_id,
+                outbox.bytes_held,
+                self.config.max_outbox_bytes,
+            )
+            return None
         seq = state.next_seq
         event.seq = seq
         if isinstance(event, protocol.RunOpen) and event.context is not None:

@@ -23,6 +23,7 @@ ENV_SPOOL_DIR: Final = ENV_PREFIX + "SPOOL_DIR"
 ENV_FLUSH_TIMEOUT: Final = ENV_PREFIX + "FLUSH_TIMEOUT"
 ENV_MAX_PENDING: Final = ENV_PREFIX + "MAX_PENDING"
 ENV_FSYNC: Final = ENV_PREFIX + "FSYNC"
+ENV_MAX_OUTBOX_BYTES: Final = ENV_PREFIX + "MAX_OUTBOX_BYTES"
 # Read by the Ultralytics hooks (producer.hooks): they name the ClearML task of a training.
 ENV_PROJECT: Final = ENV_PREFIX + "PROJECT"
 ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
@@ -30,6 +31,7 @@ ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
 DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5555"
 DEFAULT_FLUSH_TIMEOUT: Final = 5.0
 DEFAULT_MAX_PENDING: Final = 100_000
+DEFAULT_MAX_OUTBOX_BYTES: Final = 20 * 1024**3
 
 FsyncPolicy = Literal["close", "always", "never"]
 FSYNC_POLICIES: Final[tuple[FsyncPolicy, ...]] = ("close", "always", "never")
@@ -103,6 +105,8 @@ class ProducerConfig:
             beyond it are dropped and counted, callers never block.
         fsync: ``close`` (fsync the outbox on flush/close), ``always`` (after every written
             batch) or ``never``.
+        max_outbox_bytes: disk one run's outbox may hold (events and copied files not yet
+            acknowledged); beyond it new events of the run are dropped, counted and logged once.
         curve: CurveZMQ keys (``CLEARML_RELAY_SERVER_KEY`` and this producer's key pair, see
             :mod:`producer.curve`); None: a plain connection.
 
@@ -113,6 +117,7 @@ class ProducerConfig:
     flush_timeout: float = DEFAULT_FLUSH_TIMEOUT
     max_pending: int = DEFAULT_MAX_PENDING
     fsync: FsyncPolicy = "close"
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     curve: CurveKeys | None = None
 
     @classmethod
@@ -151,6 +156,9 @@ class ProducerConfig:
             flush_timeout=_setting(flush_timeout, ENV_FLUSH_TIMEOUT, _seconds, DEFAULT_FLUSH_TIMEOUT, env),
             max_pending=_setting(max_pending, ENV_MAX_PENDING, _positive_int, DEFAULT_MAX_PENDING, env),
             fsync=_setting(fsync, ENV_FSYNC, _fsync, "close", env),
+            max_outbox_bytes=_setting(
+                None, ENV_MAX_OUTBOX_BYTES, _positive_int, DEFAULT_MAX_OUTBOX_BYTES, env
+            ),
             curve=curve,
         )
 

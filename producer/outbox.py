@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from producer.protocol import FileRef
-from producer.recordlog import DamageHandler, LogReader, RecordLog
+from producer.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
 LOCK_NAME: Final = "lock"
 LOG_NAME: Final = "log"
@@ -68,11 +68,15 @@ class Outbox:
         self._acked = _ACKED.unpack(raw)[0] if len(raw) == _ACKED.size else 0
         # Blobs beyond the log's end are half-copied files of events that were never written.
         self._blobs: collections.deque[int] = collections.deque()
+        self._blob_sizes: dict[int, int] = {}
         for seq in sorted(int(n) for n in os.listdir(directory / BLOBS_NAME) if n.isdigit()):
             if seq > log.last_seq:
                 self.blob_path(seq).unlink(missing_ok=True)
             else:
                 self._blobs.append(seq)
+                self._blob_sizes[seq] = self.blob_path(seq).stat().st_size
+        #: Bytes this outbox holds on disk (log segments and blobs), kept up to date.
+        self.bytes_held = log.size_bytes() + sum(self._blob_sizes.values())
         self.removed = False
 
     @classmethod
@@ -166,7 +170,10 @@ class Outbox:
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-        self._blobs.append(seq)
+        with self._io:
+            self._blobs.append(seq)
+            self._blob_sizes[seq] = size
+            self.bytes_held += size
         name = os.path.basename(os.fspath(source))[:255] or "file"
         return FileRef(sha256=digest.hexdigest(), size=size, name=name)
 
@@ -174,6 +181,7 @@ class Outbox:
         """Append encoded events (seq, body) with one write."""
         with self._io:
             self.log.append(records)
+            self.bytes_held += sum(len(body) for _, body in records) + HEADER_BYTES * len(records)
 
     def sync(self) -> None:
         """Make the log durable with fsync (the blobs were fsynced when copied, if asked)."""
@@ -190,9 +198,13 @@ class Outbox:
             return
         self._acked = seq
         os.pwrite(self._acked_fd, _ACKED.pack(seq), 0)
-        self.log.drop_through(seq)
-        while self._blobs and self._blobs[0] <= seq:
-            self.blob_path(self._blobs.popleft()).unlink(missing_ok=True)
+        freed = self.log.drop_through(seq)
+        with self._io:
+            while self._blobs and self._blobs[0] <= seq:
+                done = self._blobs.popleft()
+                self.blob_path(done).unlink(missing_ok=True)
+                freed += self._blob_sizes.pop(done, 0)
+            self.bytes_held = max(0, self.bytes_held - freed)
 
     def close(self) -> None:
         """Close the files and release the lock (idempotent)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 from collector_helpers import Producer, close_event, open_event, records, running, scalar, wait_until
-from e2e import env
+from e2e import env, free_port, sync
 
 from collector.config import CollectorConfig, ConfigError
 from collector.security import Owners, is_loopback, keygen
@@ -324,3 +324,32 @@ def test_non_finite_values_are_carried_unchanged() -> None:
                                                                      value=value, iteration=0)))  # fmt: skip
         assert isinstance(event, protocol.Scalar)
         assert repr(event.value) == repr(value)
+
+
+def test_an_outbox_at_its_byte_limit_drops_new_events_and_the_run_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the collector away, a run's outbox stops growing at CLEARML_RELAY_MAX_OUTBOX_BYTES:
+    later events are dropped (counted, logged once), never a hole; the close still gets in."""
+    monkeypatch.setenv("CLEARML_RELAY_MAX_OUTBOX_BYTES", str(64 * 1024))
+    monkeypatch.setenv("CLEARML_RELAY_FLUSH_TIMEOUT", "0.2")
+    image = tmp_path / "mosaic.jpg"
+    image.write_bytes(os.urandom(100 * 1024))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    spool = tmp_path / "spool"
+    with caplog.at_level(logging.WARNING, "producer"):
+        run = Run("p", "n", endpoint=endpoint, spool_dir=spool)
+        run.scalar("loss", "train", 1.0, 0)
+        run.image("Mosaic", "train", 0, image)  # the outbox is over its limit after this copy
+        for i in range(1, 51):
+            run.scalar("loss", "train", float(i), i)
+        run.close("completed")
+    assert run.client is not None
+    assert run.client.stats()["dropped_outbox_full"] == 50
+    full = [r for r in caplog.records if "MAX_OUTBOX_BYTES" in r.getMessage()]
+    assert len(full) == 1
+    with running(tmp_path / "data", bind=endpoint):
+        sync(endpoint, spool)
+    landed = [r["event"] for r in records(tmp_path / "data", run.id)]
+    assert [e["t"] for e in landed] == ["open", "scalar", "image", "close"]
+    assert [e["seq"] for e in landed] == [1, 2, 3, 4]
