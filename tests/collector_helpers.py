@@ -70,11 +70,12 @@ def raw_event(**fields: Any) -> bytes:
 
 
 def records(data_dir: Path, run: str) -> list[dict[str, Any]]:
-    """The JSONL backend's lines for ``run``."""
+    """The JSONL backend's complete lines for ``run`` (safe to call while it writes)."""
     path = data_dir / "records" / f"{run}.jsonl"
     if not path.exists():
         return []
-    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
+    complete = path.read_bytes().split(b"\n")[:-1]  # the last piece: empty, or a line being written
+    return [msgspec.json.decode(line) for line in complete]
 
 
 class Producer:
