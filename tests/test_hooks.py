@@ -408,6 +408,15 @@ def _fake_trainer(save_dir: Path, **args: Any) -> SimpleNamespace:
     )
 
 
+def _finished(hooks: RelayHooks, collector: Any, save_dir: Path) -> Trained:
+    """Wait for the hooks' run to close and for the collector to apply the close."""
+    assert hooks.wait(DEADLINE)
+    assert hooks.run is not None
+    run = hooks.run.id
+    wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+    return Trained(run, collector.backend.records(run), save_dir)
+
+
 def _jpeg(size: int = 2000) -> bytes:
     return b"\xff\xd8" + b"x" * size + b"\xff\xd9"
 
@@ -438,11 +447,7 @@ def test_late_images_are_picked_up_after_teardown_without_blocking_it(tmp_path: 
         assert time.perf_counter() - started < 0.05
         assert not hooks.wait(0.8), "closed before the late image was complete"
         late.write_bytes(body)
-        assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+        done = _finished(hooks, collector, trainer.save_dir)
     (image,) = done.events("image")
     assert (image["title"], image["series"], image["iteration"]) == ("Mosaic", "train.jpg", 7)
     assert image["file"]["size"] == len(body)
@@ -457,11 +462,7 @@ def test_a_file_never_completed_is_given_up_at_the_deadline(tmp_path: Path) -> N
         hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0.3)
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         hooks.callbacks["teardown"](trainer)  # no on_train_end: the training stopped early
-        assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+        done = _finished(hooks, collector, trainer.save_dir)
     assert not done.events("image")
     status, error = done.status()
     assert status == "failed"
@@ -508,11 +509,7 @@ def test_deferred_work_that_fails_costs_only_its_own_data(
             hooks.callbacks["on_fit_epoch_end"](trainer)
         hooks.callbacks["on_train_end"](trainer)
         hooks.callbacks["teardown"](trainer)
-        assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+        done = _finished(hooks, collector, trainer.save_dir)
     failures = [r for r in caplog.records if "deferred work failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]
     assert not any("on_train_epoch_end failed" in r.getMessage() for r in caplog.records)
@@ -548,11 +545,7 @@ def test_model_information_is_counted_off_the_training_thread_on_a_copy(tmp_path
         hooks.callbacks["on_fit_epoch_end"](trainer)
         hooks.callbacks["on_train_end"](trainer)
         hooks.callbacks["teardown"](trainer)
-        assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+        done = _finished(hooks, collector, trainer.save_dir)
     values = {e["name"]: e["value"] for e in done.events("single")}
     assert (values["model/parameters"], values["model/GFLOPs"]) == expected
     assert expected[1] > 0
@@ -595,11 +588,7 @@ def test_the_run_opens_off_the_training_thread(tmp_path: Path, prestarted: bool)
             hooks.callbacks["on_train_epoch_end"](trainer)
             hooks.callbacks["on_train_end"](trainer)
             hooks.callbacks["teardown"](trainer)
-            assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+            done = _finished(hooks, collector, trainer.save_dir)
     assert opened_by == ["clearml-relay-hooks"]
     (starter,) = started_by
     assert (starter == "clearml-relay-starter") == prestarted
@@ -618,11 +607,7 @@ def test_the_current_clearml_task_is_reported_into(tmp_path: Path, monkeypatch: 
         trainer = _fake_trainer(tmp_path / "run")
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         hooks.detach()
-        assert hooks.wait(DEADLINE)
-        assert hooks.run is not None
-        run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
-        done = Trained(run, collector.backend.records(run), trainer.save_dir)
+        done = _finished(hooks, collector, trainer.save_dir)
     assert done.events("open")[0]["task_id"] == "agent-task-1"
     assert done.status()[0] == "aborted"
 

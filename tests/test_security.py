@@ -72,27 +72,17 @@ def _curve_collector(
 
 
 def test_keygen_writes_a_private_secret_and_never_overwrites(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "keygen", "team-a", "--dir", str(tmp_path)],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    def keygen_cli() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "collector", "keygen", "team-a", "--dir", str(tmp_path)]
+        return subprocess.run(command, env=env(), capture_output=True, text=True, timeout=60, check=False)
+
+    result = keygen_cli()
     assert result.returncode == 0, result.stderr
     public, secret = tmp_path / "team-a.key", tmp_path / "team-a.key_secret"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert "secret-key" not in public.read_text()
     assert str(secret) in result.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "collector", "keygen", "team-a", "--dir", str(tmp_path)],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = keygen_cli()
     assert again.returncode == 1
     assert "not overwriting" in again.stderr
     with pytest.raises(ValueError, match="key name"):
