@@ -400,21 +400,12 @@ class _Session:
         self._once = Once()
         self._validation_dirs: set[object] = set()  # as given (str or Path) and as Path
         self._model_info_sent = False
-        self._watcher = FileWatcher({})  # replaced when the run opens (a resumed training's state)
+        self._watcher: FileWatcher  # made when the run opens (with a resumed training's state)
         self._state_written: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()  # the background thread was started (or could not be)
         args = trainer.args
-        self._open_args = (
-            options,
-            options["project"]
-            or os.environ.get(ENV_PROJECT, "").strip()
-            or str(args.project or "Ultralytics").lstrip("/")
-            or "Ultralytics",
-            options["name"] or os.environ.get(ENV_TASK_NAME, "").strip() or str(args.name),
-            dict(vars(args)),
-            bool(getattr(args, "resume", False)),
-        )
+        self._open_args = (options, dict(vars(args)))  # the arguments as the training starts
         self._validation_dirs.add(save_dir)  # the on_val_end of a training validates into it
         self._console: ConsoleCapture | None = None  # made off the training thread too
         if starter is not None:
@@ -448,7 +439,15 @@ class _Session:
 
     def _open(self) -> Run:
         """(Background thread.) Open the run, continuing a resumed training's task."""
-        options, project, name, hyperparams, resume = self._open_args
+        options, hyperparams = self._open_args
+        project = (
+            options["project"]
+            or os.environ.get(ENV_PROJECT, "").strip()
+            or str(hyperparams.get("project") or "Ultralytics").lstrip("/")
+            or "Ultralytics"
+        )
+        name = options["name"] or os.environ.get(ENV_TASK_NAME, "").strip() or str(hyperparams.get("name"))
+        resume = bool(hyperparams.get("resume", False))
         resume_run, sent = _load_state(self._state_path) if resume else (None, {})
         self._watcher = FileWatcher(sent)
         return Run(
