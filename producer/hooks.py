@@ -64,7 +64,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from producer.config import ENV_PROJECT, ENV_TASK_NAME
 from producer.console import ConsoleCapture
@@ -95,6 +95,7 @@ EVENTS: Final = (
     "teardown",
 )
 _TIMINGS_KEPT: Final = 10_000
+_SESSION_WAIT: Final = 1.0  # seconds a hook waits at most for the starter thread's session
 _PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
 _PLOT_THREAD_SUFFIX: Final = "(plot_images)"  # Ultralytics' @threaded mosaic writer
 
@@ -150,6 +151,8 @@ class RelayHooks:
         self._timings = {event: collections.deque[float](maxlen=_TIMINGS_KEPT) for event in EVENTS}
         self._callbacks = {event: _Hook(self, event) for event in EVENTS}
         self._starter: _Starter | None = None
+        #: Set once the starter thread has made the session of the training that started last.
+        self._pending: threading.Event | None = None
 
     def _prestart(self) -> None:
         """Start the thread that starts each training's background thread (see :class:`_Starter`)."""
@@ -164,7 +167,7 @@ class RelayHooks:
     @property
     def run(self) -> Run | None:
         """The run of the current (or last) training; None before a training starts."""
-        session = self._session
+        session = self._current_session()
         return session.run if session is not None else None  # None too while the run is opening
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -177,7 +180,7 @@ class RelayHooks:
             True when the run is closed; False on timeout or when no training started.
 
         """
-        session = self._session
+        session = self._current_session()
         return session is not None and session.closed.wait(timeout)
 
     def timings(self) -> dict[str, list[float]]:
@@ -195,7 +198,7 @@ class RelayHooks:
                 while hook in registry.get(event, []):
                     registry[event].remove(hook)
         self._registries.clear()
-        session = self._session
+        session = self._current_session()
         if session is not None and not session.ending:
             session.end("aborted", "clearml-relay hooks were detached during training")
 
@@ -225,7 +228,7 @@ class RelayHooks:
                 if event == "on_pretrain_routine_start":
                     self._start(target, caller)
                 else:
-                    session = self._session
+                    session = self._current_session()
                     if session is not None and not session.ending:
                         getattr(session, event)(target)
         except Exception as exc:  # noqa: BLE001 - a hook must never stop the training
@@ -242,39 +245,78 @@ class RelayHooks:
 
     def _start(self, trainer: Trainer, caller: object) -> None:
         remove_builtin_callbacks(trainer, caller)  # first: even if the run cannot open
-        previous = self._session
+        previous = self._current_session()
         if previous is not None and not previous.ending:
             previous.end("failed", "the training ended without its teardown (another training started)")
+        # What only the training thread knows, and the arguments as the training starts.
+        context = _Context(sys.exc_info()[1], threading.current_thread(), dict(vars(trainer.args)))
         starter = self._starter
-        self._session = _Session(trainer, self._options, starter if starter and starter.usable() else None)
+        if starter is not None and starter.usable():
+            self._session, self._pending = None, threading.Event()
+            starter.make(self, trainer, context, self._pending)
+        else:
+            self._pending = None
+            self._session = _Session(trainer, self._options, context)
+
+    def _current_session(self) -> _Session | None:
+        """The session of the current (or last) training, made by the starter thread if pending."""
+        pending = self._pending
+        if pending is not None and not pending.is_set():
+            # Made within a millisecond of the training's start; a hook comes seconds later
+            # (only back-to-back calls, as in tests, ever wait here).
+            pending.wait(_SESSION_WAIT)
+        return self._session
+
+
+class _Context(NamedTuple):
+    """What a session needs from the training thread at the training's start."""
+
+    outer_exc: BaseException | None
+    training_thread: threading.Thread
+    hyperparams: dict[str, Any]
+
+
+_Job = tuple[RelayHooks, Trainer, _Context, threading.Event]
 
 
 class _Starter:
-    """A parked daemon thread that starts each training's background thread for the hooks.
+    """A parked daemon thread that makes each training's session and starts its thread.
 
-    Starting a thread costs the caller 40-120 us (``Thread.start`` waits for it to run: more);
-    handing a session to an existing thread costs a queue put. ``attach()`` and a DDP child's
-    unpickled hooks start one ahead of the training; without one (the module-level callbacks,
-    which must start no thread at import) a raw thread is started in the hook. It is a daemon:
-    the threads it starts are not, so a started run is still delivered at exit.
+    Setting up a session (events, weak references, the console handler) and starting a thread
+    (40-120 us: more with ``Thread.start``, which waits for the thread to run) would cost the
+    training thread a few hundred microseconds, cache-cold; handing the trainer to an existing
+    thread costs a queue put. ``attach()`` and a DDP child's unpickled hooks start one ahead of
+    the training; without one (the module-level callbacks, which must start no thread at import)
+    the hook makes the session and starts a raw thread itself. It is a daemon: the threads it
+    starts are not, so a started run is still delivered at exit.
     """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._sessions: queue.SimpleQueue[tuple[_Session, str | os.PathLike[str]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[RelayHooks, Trainer, _Context, threading.Event]] = (
+            queue.SimpleQueue()
+        )
         threading.Thread(target=self._serve, name="clearml-relay-starter", daemon=True).start()
 
     def usable(self) -> bool:
         """Whether the thread runs in this process (not in a forked child: threads stay behind)."""
         return os.getpid() == self.pid
 
-    def start(self, session: _Session, save_dir: str | os.PathLike[str]) -> None:
-        self._sessions.put((session, save_dir))
+    def make(self, hooks: RelayHooks, trainer: Trainer, context: _Context, ready: threading.Event) -> None:
+        self._jobs.put((hooks, trainer, context, ready))
 
     def _serve(self) -> None:
         while True:
-            session, save_dir = self._sessions.get()
-            session._start_thread(save_dir)  # never raises
+            hooks, trainer, context, ready = self._jobs.get()
+            try:
+                hooks._session = _Session(trainer, hooks._options, context, on_starter=True)
+            except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
+                log.warning(
+                    "clearml-relay: cannot set up the run of a training, nothing is reported: %r", exc
+                )
+            finally:
+                ready.set()
+            del hooks, trainer, context, ready  # hold no trainer while parked
 
 
 class _Hook:
@@ -351,6 +393,8 @@ def remove_builtin_callbacks(trainer: Trainer, caller: object = None) -> int:
     """
     removed = 0
     for event, entries in trainer.callbacks.items():
+        if not any(getattr(fn, "__module__", None) == BUILTIN_MODULE for fn in entries):
+            continue  # most lists: one pass, nothing rebuilt
         first = entries.index(caller) + 1 if caller is not None and caller in entries else 0
         kept = [fn for fn in entries[first:] if getattr(fn, "__module__", None) != BUILTIN_MODULE]
         removed += len(entries) - first - len(kept)
@@ -372,7 +416,9 @@ class _Session:
     background thread through ``_inbox`` (a deque: appends are atomic) and ``_kick``.
     """
 
-    def __init__(self, trainer: Trainer, options: Mapping[str, Any], starter: _Starter | None = None) -> None:
+    def __init__(
+        self, trainer: Trainer, options: Mapping[str, Any], context: _Context, *, on_starter: bool = False
+    ) -> None:
         # The training thread only reads the trainer here; the background thread opens the run
         # (client threads, socket, outbox file, the resume state file): about 2 ms that the
         # training does not wait for. It is started from a short-lived raw thread because
@@ -384,10 +430,10 @@ class _Session:
         self._status, self._error = "completed", ""
         # An exception being handled around model.train() (a retry in an except block) is not
         # this training's failure: teardown compares against it.
-        self._outer_exc = sys.exc_info()[1]
+        self._outer_exc = context.outer_exc
         # Either gone without the teardown hook (an exception in the trainer's __init__, the
         # process exiting) ends the run as failed.
-        self._training_thread = threading.current_thread()
+        self._training_thread = context.training_thread
         try:
             self._trainer: Callable[[], object] = weakref.ref(trainer)
         except TypeError:  # not weak-referenceable: only the training thread's end counts
@@ -404,12 +450,11 @@ class _Session:
         self._state_written: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()  # the background thread was started (or could not be)
-        args = trainer.args
-        self._open_args = (options, dict(vars(args)))  # the arguments as the training starts
+        self._open_args = (options, context.hyperparams)
         self._validation_dirs.add(save_dir)  # the on_val_end of a training validates into it
         self._console: ConsoleCapture | None = None  # made off the training thread too
-        if starter is not None:
-            starter.start(self, save_dir)
+        if on_starter:
+            self._start_thread(save_dir)
         else:
             _thread.start_new_thread(self._start_thread, (save_dir,))
 
