@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench benchmarks soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: lint typecheck unit
 bench: $(VENV)/.installed
 	$(PY) tests/benchmarks/bench_transport.py
 	$(PY) tests/benchmarks/bench_hooks.py
+
+# BENCHMARKS.md and benchmarks.png: against Ultralytics' ClearML, W&B and MLflow callbacks (~30 min).
+benchmarks: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) tests/benchmarks/compare.py
 
 # 100 producers for 10 minutes with random collector kills (not part of `make test`).
 soak: $(VENV)/.installed

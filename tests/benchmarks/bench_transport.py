@@ -13,12 +13,16 @@ call to the collector's acknowledgement of the last event (``Run.flush``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -31,6 +35,7 @@ from producer import Run  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (nearest rank, 0 < q <= 100)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
@@ -65,9 +70,136 @@ class PeakRss:
                 self.peak[i] = max(self.peak[i], p.memory_info().rss)
 
     def growth_mb(self) -> list[float]:
+        """Stop sampling; the growth of each process's peak over its resident memory at the start."""
         self._stop.set()
         self._thread.join()
         return [(peak - base) / 2**20 for peak, base in zip(self.peak, self.base, strict=True)]
+
+
+@contextlib.contextmanager
+def transport_collector(tmp: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A collector process on a free port (JSONL backend unless ``args`` say otherwise).
+
+    Yields its endpoint and process; this process's producers spool under ``tmp/spool``.
+    """
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    os.environ["CLEARML_RELAY_SPOOL_DIR"] = str(tmp / "spool")
+    collector = start_collector(endpoint, tmp / "data", tmp / "collector.log", *args)
+    try:
+        wait_ready(endpoint, collector)
+        yield endpoint, collector
+    finally:
+        stop(collector)
+
+
+def scalar_bursts(run: Run, n: int, burst: int = 20_000) -> tuple[list[float], float, int]:
+    """``n`` ``Run.scalar`` calls in bursts, each followed by a flush; only acknowledged events count.
+
+    Each burst is far faster than any training loop; the flush after it keeps the producer's
+    hand-off bound from ever being hit. Returns the microseconds of each call, the seconds from
+    the first call to the acknowledgement of the last event, and the events acknowledged.
+    """
+    client = run.client
+    assert client is not None, "the run is disabled"
+    before = client.stats()
+    started = time.perf_counter()
+    lat: list[float] = []
+    done = 0
+    while done < n:
+        count = min(burst, n - done)
+        lat += time_calls(functools.partial(_scalar, run, done), count)
+        done += count
+        assert run.flush(timeout=600), "scalars were not acknowledged"
+    seconds = time.perf_counter() - started
+    after = client.stats()
+    dropped = after.get("dropped_overflow", 0) - before.get("dropped_overflow", 0)
+    assert dropped == 0, f"{dropped} events dropped: the benchmark overran the hand-off bound"
+    return lat, seconds, after.get("events_acked", 0) - before.get("events_acked", 0)
+
+
+def _scalar(run: Run, first: int, i: int) -> None:
+    run.scalar("train", "loss", float(first + i), first + i)
+
+
+@dataclass(frozen=True)
+class FileLatency:
+    """``Run.image`` and ``Run.model`` together, for one file size and calling pattern."""
+
+    size: int
+    paced: bool
+    calls: int
+    p50_us: float
+    p99_us: float
+
+
+def file_call_latency(endpoint: str, tmp: Path, sizes: list[int]) -> list[FileLatency]:
+    """``Run.image`` / ``Run.model`` latency against file size, back to back and paced.
+
+    Twice per size: calls back to back (every file copy and transfer competing with the caller
+    for the cores, the worst case) and paced like a training loop (one call every 20 ms while
+    earlier files still copy). Files are sparse: the call must not care how big the file is.
+    """
+    out = []
+    for size in sizes:
+        path = tmp / f"file-{size}"
+        with path.open("wb") as f:
+            f.truncate(size)
+        calls = 5 if size >= 100_000_000 else 200
+        for pace in (0.0, 0.02):
+            run = Run(project="bench", name=f"files-{size}", endpoint=endpoint, flush_timeout=600)
+            img = time_calls(functools.partial(_image, run, path), calls, pace)
+            mdl = time_calls(functools.partial(_model, run, path), calls, pace)
+            both = img + mdl
+            out.append(FileLatency(size, bool(pace), len(both), percentile(both, 50), percentile(both, 99)))
+            run.close()
+        path.unlink()
+    return out
+
+
+def _image(run: Run, path: Path, i: int) -> None:
+    run.image("Mosaic", "batch", i, path)
+
+
+def _model(run: Run, path: Path, i: int) -> None:
+    run.model(path, name=f"m{i}.pt")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One large file delivered: rate, and resident memory of producer and collector."""
+
+    size: int
+    seconds: float
+    mb_per_s: float
+    growth_mb: tuple[float, float]  # producer, collector
+    peak_mb: tuple[float, float]
+
+
+def big_file_transfer(endpoint: str, tmp: Path, size: int, collector_pid: int) -> Transfer:
+    """Deliver one ``size``-byte model file of random bytes (copy into the outbox, sha256,
+    transfer, verify) and sample both processes' memory meanwhile."""
+    path = tmp / "big.pt"
+    with path.open("wb") as f:
+        chunk = os.urandom(1 << 20)
+        for start in range(0, size, len(chunk)):
+            f.write(chunk[: size - start])
+    watch = PeakRss(os.getpid(), collector_pid)
+    run = Run(project="bench", name="big", endpoint=endpoint, flush_timeout=600)
+    started = time.perf_counter()
+    run.model(path, name="big.pt")
+    assert run.flush(timeout=600), "the large file was not acknowledged"
+    seconds = time.perf_counter() - started
+    growth = watch.growth_mb()
+    run.close()
+    actual = path.stat().st_size
+    path.unlink()
+    return Transfer(
+        actual,
+        seconds,
+        actual / 1e6 / seconds,
+        (growth[0], growth[1]),
+        (watch.peak[0] / 2**20, watch.peak[1] / 2**20),
+    )
 
 
 def main() -> int:
@@ -81,31 +213,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        os.environ["CLEARML_RELAY_SPOOL_DIR"] = str(tmp / "spool")
-        collector = start_collector(endpoint, tmp / "data", tmp / "collector.log")
-        try:
-            wait_ready(endpoint, collector)
-
+        with transport_collector(tmp) as (endpoint, collector):
             # 1. Run.scalar latency and acknowledged events/s, collector on the same 2 cores.
-            # Bursts of 20,000 calls (each far faster than any training loop) with a flush after
-            # each, so the producer's hand-off bound is never hit; only acknowledged events count.
             run = Run(project="bench", name="scalars", endpoint=endpoint, flush_timeout=600)
-            assert run.client is not None
-            before = run.client.stats()
-            started = time.perf_counter()
-            lat: list[float] = []
-            burst = 20_000
-            for b in range(n_scalar // burst):
-                lat += time_calls(
-                    lambda i, b=b, r=run: r.scalar("train", "loss", float(i), b * burst + i), burst
-                )
-                assert run.flush(timeout=600), "scalars were not acknowledged"
-            seconds = time.perf_counter() - started
-            after = run.client.stats()
-            acked = after.get("events_acked", 0) - before.get("events_acked", 0)
-            dropped = after.get("dropped_overflow", 0) - before.get("dropped_overflow", 0)
-            assert dropped == 0, f"{dropped} events dropped: the benchmark overran the hand-off bound"
+            lat, seconds, acked = scalar_bursts(run, n_scalar)
             rate = acked / seconds
             p99 = percentile(lat, 99)
             rows.append(
@@ -119,68 +230,40 @@ def main() -> int:
             rows.append(
                 ("acknowledged events/s (1 producer)", ">= 20,000", f"{rate:,.0f}", _ok(rate >= 20_000))
             )
-            paced = percentile(time_calls(lambda i, r=run: r.scalar("train", "lr", 0.1, i), 300, 0.01), 99)
+            paced = percentile(time_calls(functools.partial(_scalar, run, 0), 300, 0.01), 99)
             rows.append(("Run.scalar p99, paced 10 ms", "p99 <= 50 us", f"{paced:.1f} us", _ok(paced <= 50)))
             run.close()
 
-            # 2. Run.image / Run.model latency against file size, twice: calls back to back (every
-            # file copy and transfer competing with the caller for 2 cores, the worst case) and
-            # paced like a training loop (one call every 20 ms while earlier files still copy).
-            for size in sizes:
-                path = tmp / f"file-{size}"
-                with path.open("wb") as f:
-                    f.truncate(size)  # sparse: the call must not care how big the file is
-                calls = 5 if size >= 100_000_000 else 200
-                for pace in (0.0, 0.02):
-                    run = Run(project="bench", name=f"files-{size}", endpoint=endpoint, flush_timeout=600)
-                    img = time_calls(lambda i, p=path, r=run: r.image("Mosaic", "batch", i, p), calls, pace)
-                    mdl = time_calls(lambda i, p=path, r=run: r.model(p, name=f"m{i}.pt"), calls, pace)
-                    worst = percentile(img + mdl, 99)
-                    how = "paced 20 ms" if pace else "back to back"
-                    rows.append(
-                        (
-                            f"Run.image/Run.model p99, {size / 1e6:g} MB file, {how}",
-                            "p99 <= 100 us",
-                            f"{worst:.1f} us",
-                            _ok(worst <= 100),
-                        )
+            # 2. Run.image / Run.model latency against file size.
+            for f in file_call_latency(endpoint, tmp, sizes):
+                how = "paced 20 ms" if f.paced else "back to back"
+                rows.append(
+                    (
+                        f"Run.image/Run.model p99, {f.size / 1e6:g} MB file, {how}",
+                        "p99 <= 100 us",
+                        f"{f.p99_us:.1f} us",
+                        _ok(f.p99_us <= 100),
                     )
-                    run.close()
-                path.unlink()
+                )
 
             # 3. One large file: delivery rate and memory growth on both sides.
-            path = tmp / "big.pt"
-            with path.open("wb") as f:
-                chunk = os.urandom(1 << 20)
-                for _ in range(big // len(chunk)):
-                    f.write(chunk)
-            watch = PeakRss(os.getpid(), collector.pid)
-            run = Run(project="bench", name="big", endpoint=endpoint, flush_timeout=600)
-            started = time.perf_counter()
-            run.model(path, name="big.pt")
-            assert run.flush(timeout=600), "the large file was not acknowledged"
-            seconds = time.perf_counter() - started
-            growth = watch.growth_mb()
-            mbps = path.stat().st_size / 1e6 / seconds
+            t = big_file_transfer(endpoint, tmp, big, collector.pid)
             rows.append(
                 (
-                    f"{path.stat().st_size / 1e9:g} GB file delivered",
+                    f"{t.size / 1e9:g} GB file delivered",
                     ">= 200 MB/s",
-                    f"{mbps:,.0f} MB/s",
-                    _ok(mbps >= 200),
+                    f"{t.mb_per_s:,.0f} MB/s",
+                    _ok(t.mb_per_s >= 200),
                 )
             )
             rows.append(
                 (
                     "RSS growth producer / collector",
                     "< 100 MB each",
-                    f"{growth[0]:.0f} / {growth[1]:.0f} MB",
-                    _ok(max(growth) < 100),
+                    f"{t.growth_mb[0]:.0f} / {t.growth_mb[1]:.0f} MB",
+                    _ok(max(t.growth_mb) < 100),
                 )
             )
-            run.close()
-        finally:
-            stop(collector)
 
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"clearml-relay transport benchmark ({os.cpu_count()} cores, python {sys.version.split()[0]})")
@@ -190,6 +273,7 @@ def main() -> int:
 
 
 def _ok(flag: bool) -> str:
+    """The "meets" column: yes, or NO in capitals."""
     return "yes" if flag else "NO"
 
 
