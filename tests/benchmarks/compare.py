@@ -252,10 +252,11 @@ NOTES: Final = (
     "NOTES.md); its training process here patches `OutputModel.published` to False, as the "
     "collector does, so that its runs complete and log the model.",
     "A training process that has not exited 180 s after its start (30 s per epoch above 6 "
-    "epochs) is killed and its run counted as failed. Seen with the ClearML callback while this "
-    "benchmark was written (1 of 11 trainings): the reporting subprocess that `Task.init` forks "
-    "from the training process deadlocked at its start (a thread join after fork), and ClearML's "
-    "exit handler waits for it forever, after the training itself had finished.",
+    "epochs) is killed and its run counted as failed (listed under the table of section 1). Seen "
+    "with the ClearML callback while this benchmark was written (1 in 11 and 1 in 12 trainings in "
+    "two full runs): the reporting subprocess that `Task.init` forks from the training process "
+    "deadlocked at its start (a thread join after fork), and ClearML's exit handler waits for it "
+    "forever, after the training itself had finished.",
     "MLflow 3.17 refuses the `file://` store (maintenance mode) unless MLFLOW_ALLOW_FILE_STORE is "
     "set; its default local store, SQLite in a private directory, is used instead.",
     "Each configuration enables only its own Ultralytics integration (settings `clearml`, `comet`, "

@@ -209,6 +209,15 @@ def headline(res: Results) -> list[tuple[str, str, str, str]]:
     for load in res.throughput:
         rows.append(
             (
+                f"applied in ClearML events/s, {load.producers} producer process(es) (no target set)",
+                "-",
+                f"{load.applied_per_s:,.0f}",
+                "-",
+            )
+        )
+    for load in res.throughput:
+        rows.append(
+            (
                 f"acknowledged events/s, {load.producers} concurrent producer process(es)",
                 f">= {EVENTS_PER_S:,}",
                 f"{load.acked_per_s:,.0f}",
@@ -293,14 +302,29 @@ def _training_section(res: Results) -> list[str]:
         rows,
         "lrrrrrrrrr",
     )
-    relay = next((s for s in res.summaries if s.config == "relay"), None)
-    if relay is not None and relay.collector_cpu_s is not None:
-        lines += [
-            "",
-            f"The collector (a separate process on the same cores) used {relay.collector_cpu_s:.2f} CPU s "
-            "per clearml-relay training (median), from the training's start until it had applied the "
-            "whole run; this is the work the hooks hand off.",
-        ]
+    lines += [
+        "",
+        "**Where the CPU goes** besides the training thread: CPU seconds of the training process "
+        "outside its main thread, from its start to the end of `model.train()` (median per run), with "
+        "the busiest other threads by name (`(threads that ended)`: threads gone by then, e.g. a "
+        "logger's finished writer threads); and, for clearml-relay, its collector process.",
+        "",
+    ]
+    rows = []
+    for s in res.summaries:
+        busiest = ", ".join(f"{name} {cpu:.2f}" for name, cpu in s.busiest_threads)
+        collector = f"{s.collector_cpu_s:.2f}" if s.collector_cpu_s is not None else "-"
+        rows.append([BY_KEY[s.config].label, _num(s.off_main_cpu_s), busiest or "-", collector])
+    lines += _table(
+        [
+            "configuration",
+            "CPU s outside the main thread",
+            "busiest other threads (CPU s)",
+            "collector CPU s",
+        ],
+        rows,
+        "lrlr",
+    )
     lines += ["", "Configurations:", ""]
     lines += [f"- **{BY_KEY[s.config].label}**: {BY_KEY[s.config].note}." for s in res.summaries]
     failures = [f"- {BY_KEY[s.config].label}, {f}" for s in res.summaries for f in s.failed]
@@ -583,10 +607,10 @@ def chart(res: Results, path: Path) -> None:
         ax.plot(xs, [t.applied_per_s for t in res.throughput], "s--", label="applied in ClearML/s")
         ax.axhline(EVENTS_PER_S, color="red", lw=1, ls=":", label=f"target {EVENTS_PER_S:,}/s")
         ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
     ax.set_xlabel("concurrent producer processes")
     ax.set_ylabel("events per second")
     ax.set_title("Collector throughput (ClearML backend, offline)")
-    ax.legend(fontsize=8)
 
     ax = axes[1][1]
     if res.scaling:

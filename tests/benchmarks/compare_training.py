@@ -189,6 +189,38 @@ def _offline_model_workaround() -> None:
     OutputModel.published = property(lambda _model: False)  # type: ignore[method-assign,assignment]
 
 
+#: The key :func:`thread_cpu` gives the CPU seconds of threads that have ended.
+ENDED: Final = "(threads that ended)"
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by name; empty where /proc is missing (not Linux).
+
+    Python threads by their ``threading`` name, the others (torch's, ZeroMQ's) by their kernel
+    name; threads that have ended are summed under :data:`ENDED` (the process's total minus the
+    live ones), so the values add up to the process's own CPU time.
+    """
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return {}
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in tasks.iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            comm = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(task.name), comm)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    times = os.times()
+    out[ENDED] = max(0.0, times.user + times.system - sum(out.values()))
+    return out
+
+
 def train(
     config: str, data: Path, work: Path, epochs: int, device: str, endpoint: str | None
 ) -> dict[str, Any]:
@@ -219,6 +251,7 @@ def train(
         traceback.print_exc()
         result["error"] = f"{type(exc).__name__}: {exc}"[:300]
     result["train_s"] = time.perf_counter() - started
+    result["threads"] = thread_cpu()
     result["calls"] = calls
     result["run"] = hooks.run.id if hooks is not None and hooks.run is not None else None
     return result
@@ -253,6 +286,7 @@ class Outcome:
     cpu_s: float = 0.0
     collector_cpu_s: float | None = None
     calls: list[tuple[str, float, float, float]] = field(default_factory=list)
+    threads: dict[str, float] = field(default_factory=dict)  # CPU s by thread, at the training's end
     error: str | None = None
     run: str | None = None  # the relay run's id
 
@@ -299,6 +333,7 @@ def run_one(
         reported = json.loads(result.read_text())
         outcome.train_s = float(reported["train_s"])
         outcome.calls = [(str(e), float(a), float(b), float(c)) for e, a, b, c in reported["calls"]]
+        outcome.threads = {str(k): float(v) for k, v in reported["threads"].items()}
         outcome.error = reported["error"]
         outcome.run = reported["run"]
     if code is None:
@@ -350,6 +385,10 @@ class Summary:
     in_logger_s: float | None = None
     in_ultralytics_s: float | None = None
     collector_cpu_s: float | None = None
+    #: Medians of the training process's CPU seconds outside its main thread, and of the busiest
+    #: other threads by name (up to three).
+    off_main_cpu_s: float | None = None
+    busiest_threads: list[tuple[str, float]] = field(default_factory=list)
     hooks: list[HookStats] = field(default_factory=list)
 
 
@@ -374,6 +413,16 @@ def _ci(ratios: list[float], seed: int = 1) -> tuple[float, float] | None:
     return medians[int(0.025 * len(medians))], medians[int(0.975 * len(medians)) - 1]
 
 
+def _thread_summary(s: Summary, ok: list[Outcome]) -> None:
+    measured = [o.threads for o in ok if o.threads]
+    if not measured:
+        return
+    s.off_main_cpu_s = statistics.median(sum(v for k, v in t.items() if k != "MainThread") for t in measured)
+    names = {k for t in measured for k in t} - {"MainThread"}
+    medians = {n: statistics.median(t.get(n, 0.0) for t in measured) for n in names}
+    s.busiest_threads = sorted(medians.items(), key=lambda kv: -kv[1])[:3]
+
+
 def summarize(outcomes: list[Outcome]) -> list[Summary]:
     """Medians per configuration, paired ratios to no logging, per-event hook percentiles."""
     from bench_transport import percentile
@@ -395,6 +444,7 @@ def summarize(outcomes: list[Outcome]) -> list[Summary]:
         s.in_ultralytics_s = statistics.median(sum(c[2] for c in o.calls) for o in ok)
         collector = [o.collector_cpu_s for o in ok if o.collector_cpu_s is not None]
         s.collector_cpu_s = statistics.median(collector) if collector else None
+        _thread_summary(s, ok)
         for name, get in (("train", lambda o: o.train_s), ("process", lambda o: o.process_s)):
             ratios = _paired_ratios(outcomes, logger.key, get)
             if ratios:
