@@ -261,10 +261,12 @@ class RelayHooks:
     def _current_session(self) -> _Session | None:
         """The session of the current (or last) training, made by the starter thread if pending."""
         pending = self._pending
-        if pending is not None and not pending.is_set():
-            # Made within a millisecond of the training's start; a hook comes seconds later
-            # (only back-to-back calls, as in tests, ever wait here).
-            pending.wait(_SESSION_WAIT)
+        # Made within a millisecond of the training's start; a hook comes seconds later (only
+        # back-to-back calls, as in tests, ever wait here). A starter that never answers costs
+        # one wait, not one per hook.
+        if pending is not None and not pending.is_set() and not pending.wait(_SESSION_WAIT):
+            self._pending = None
+            log.warning("clearml-relay: this training's run was not set up in time; nothing is reported")
         return self._session
 
 

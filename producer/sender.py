@@ -516,6 +516,8 @@ class Sender:
 
     def _on_refuse(self, refuse: protocol.Refuse, now: float) -> None:
         self._client.count(f"refused_{refuse.code}")
+        if refuse.code == "too_large" and self._refused_file(refuse):
+            return  # that file's event is a gap now (logged once)
         if refuse.code == "version":
             self._version_mismatch(b"", refuse.reason, now)
         elif refuse.code == "invalid":
@@ -530,8 +532,6 @@ class Sender:
             )
         elif refuse.code in ("denied", "limit") and refuse.run is not None:
             self._refused_run(refuse, now)
-        elif refuse.code == "too_large" and refuse.run is not None and self._refused_file(refuse):
-            pass
         elif refuse.code == "backoff":
             self._paused_until = now + (refuse.retry_after if refuse.retry_after is not None else 1.0)
             self._client.once.log(

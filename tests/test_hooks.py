@@ -759,3 +759,23 @@ def test_machine_sampler_reads_cpu_and_memory_without_torch() -> None:
 def test_worker_threads_end(detect_run: Trained) -> None:
     # Every run's background thread stops once the run is closed: nothing leaks into later tests.
     assert not [t for t in threading.enumerate() if t.name == "clearml-relay-hooks"]
+
+
+def test_a_starter_that_never_answers_costs_one_bounded_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The training thread waits for a pending session at most once: later hooks go on at once."""
+    trainer = _fake_trainer(tmp_path / "run")
+    trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
+    hooks = RelayHooks(endpoint="tcp://127.0.0.1:9", stats_interval=0, late_files_timeout=0)
+    hooks._prestart()
+    monkeypatch.setattr(producer.hooks._Starter, "make", lambda *args: None)  # never sets the session up
+    monkeypatch.setattr(producer.hooks, "_SESSION_WAIT", 0.05)
+    with caplog.at_level(logging.WARNING, "producer.hooks"):
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        for _ in range(3):
+            hooks.callbacks["on_train_epoch_end"](trainer)
+        hooks.callbacks["teardown"](trainer)
+    assert hooks._pending is None
+    assert hooks.run is None
+    assert len([r for r in caplog.records if "not set up in time" in r.getMessage()]) == 1
