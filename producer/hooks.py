@@ -11,6 +11,7 @@ Use either::
     hooks = producer.attach(model)          # a handle: hooks.run, hooks.wait(), hooks.detach()
     for event, fn in producer.callbacks.items():
         model.add_callback(event, fn)       # Ultralytics' convention, a module-level dict
+                                            # (taking it starts the hooks' starter thread)
 
 What a run holds is what ``ultralytics/utils/callbacks/clearml.py`` logs, with the same titles,
 series and iterations (project ``args.project or "Ultralytics"``, task ``args.name``, tags
@@ -143,9 +144,9 @@ class RelayHooks:
         }
         self._session: _Session | None = None
         self._detached = False
-        #: Whether this process reports (rank 0): read from the environment once per training,
-        #: as Ultralytics reads ``RANK`` once at import.
-        self._main: bool | None = None
+        #: Whether this process reports (rank 0): read from the environment once, as Ultralytics
+        #: reads ``RANK`` once at import (a DDP child makes its own hooks, see :func:`_restore`).
+        self._main = _main_rank()
         self._registries: list[dict[str, list[Any]]] = []
         self._once = Once()
         self._timings = {event: collections.deque[float](maxlen=_TIMINGS_KEPT) for event in EVENTS}
@@ -153,11 +154,15 @@ class RelayHooks:
         self._starter: _Starter | None = None
         #: Set once the starter thread has made the session of the training that started last.
         self._pending: threading.Event | None = None
+        #: The next training's ``_pending``, made ahead by the starter thread (making an Event
+        #: costs the training thread 10-20 us cache-cold).
+        self._spare: threading.Event | None = None
 
     def _prestart(self) -> None:
         """Start the thread that starts each training's background thread (see :class:`_Starter`)."""
         if self._starter is None or not self._starter.usable():
             self._starter = _Starter()
+        self._spare = threading.Event()
 
     @property
     def callbacks(self) -> dict[str, Callable[[Trainer], None]]:
@@ -207,9 +212,11 @@ class RelayHooks:
             model.add_callback(event, hook)
         self._registries.append(model.callbacks)
 
-    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], RelayHooks], tuple[dict[str, Any]]]:
+    def __reduce__(self) -> tuple[Callable[..., RelayHooks], tuple[Any, ...]]:
         # DDP children get the trainer's callbacks pickled: only the options travel, each process
         # makes its own sessions, threads and run.
+        if self is _DEFAULT:
+            return _restore_default, ()
         return _restore, (self._options,)
 
     def __repr__(self) -> str:
@@ -221,10 +228,7 @@ class RelayHooks:
         """Run one hook: timed, rank 0 only, and whatever happens, nothing raised."""
         start = time.perf_counter()
         try:
-            main = self._main
-            if main is None or event == "on_pretrain_routine_start":
-                main = self._main = _main_rank()
-            if main and not self._detached:
+            if self._main and not self._detached:
                 if event == "on_pretrain_routine_start":
                     self._start(target, caller)
                 else:
@@ -244,15 +248,16 @@ class RelayHooks:
             self._timings[event].append(time.perf_counter() - start)
 
     def _start(self, trainer: Trainer, caller: object) -> None:
-        remove_builtin_callbacks(trainer, caller)  # first: even if the run cannot open
+        removed = remove_builtin_callbacks(trainer, caller)  # first: even if the run cannot open
         previous = self._current_session()
         if previous is not None and not previous.ending:
             previous.end("failed", "the training ended without its teardown (another training started)")
         # What only the training thread knows, and the arguments as the training starts.
-        context = _Context(sys.exc_info()[1], threading.current_thread(), dict(vars(trainer.args)))
+        context = _Context(sys.exc_info()[1], threading.current_thread(), dict(vars(trainer.args)), removed)
         starter = self._starter
         if starter is not None and starter.usable():
-            self._session, self._pending = None, threading.Event()
+            pending, self._spare = self._spare or threading.Event(), None
+            self._session, self._pending = None, pending
             starter.make(self, trainer, context, self._pending)
         else:
             self._pending = None
@@ -276,6 +281,8 @@ class _Context(NamedTuple):
     outer_exc: BaseException | None
     training_thread: threading.Thread
     hyperparams: dict[str, Any]
+    #: How many of Ultralytics' ClearML callbacks were removed (logged off the training thread).
+    builtin_removed: int = 0
 
 
 _Job = tuple[RelayHooks, Trainer, _Context, threading.Event]
@@ -287,10 +294,11 @@ class _Starter:
     Setting up a session (events, weak references, the console handler) and starting a thread
     (40-120 us: more with ``Thread.start``, which waits for the thread to run) would cost the
     training thread a few hundred microseconds, cache-cold; handing the trainer to an existing
-    thread costs a queue put. ``attach()`` and a DDP child's unpickled hooks start one ahead of
-    the training; without one (the module-level callbacks, which must start no thread at import)
-    the hook makes the session and starts a raw thread itself. It is a daemon: the threads it
-    starts are not, so a started run is still delivered at exit.
+    thread costs a queue put (the wake-up of a parked thread: 2-35 us here, most of the hook).
+    ``attach()``, taking the module-level ``callbacks`` and a DDP child's unpickled hooks start
+    one ahead of the training; without one (a process that forked after it started, or hooks
+    made directly) the hook makes the session and starts a raw thread itself, about 100 us more.
+    It is a daemon: the threads it starts are not, so a started run is still delivered at exit.
     """
 
     def __init__(self) -> None:
@@ -317,6 +325,7 @@ class _Starter:
                     "clearml-relay: cannot set up the run of a training, nothing is reported: %r", exc
                 )
             finally:
+                hooks._spare = threading.Event()  # for the next training of these hooks
                 ready.set()
             del hooks, trainer, context, ready  # hold no trainer while parked
 
@@ -333,11 +342,16 @@ class _Hook:
     def __call__(self, target: Trainer) -> None:
         self.hooks._dispatch(self.event, target, self)
 
-    def __reduce__(self) -> tuple[type[_Hook], tuple[RelayHooks, str]]:
-        return _Hook, (self.hooks, self.event)
+    def __reduce__(self) -> tuple[Callable[[RelayHooks, str], _Hook], tuple[RelayHooks, str]]:
+        return _hook_of, (self.hooks, self.event)
 
     def __repr__(self) -> str:
         return f"<clearml-relay {self.event} hook>"
+
+
+def _hook_of(hooks: RelayHooks, event: str) -> _Hook:
+    """An unpickled hook: the one its (unpickled) hooks hold, so callbacks compare equal."""
+    return hooks._callbacks[event]
 
 
 def _restore(options: dict[str, Any]) -> RelayHooks:
@@ -385,26 +399,28 @@ def attach(
 def remove_builtin_callbacks(trainer: Trainer, caller: object = None) -> int:
     """Remove Ultralytics' ClearML callbacks from a trainer's callback lists, in place.
 
-    Called from inside ``on_pretrain_routine_start`` (``caller`` is the running callback): in
-    that event's list only the entries after ``caller`` are removed, so the trainer's loop over
-    the list neither skips nor repeats a callback.
+    The callbacks are those of the built-in module's ``callbacks`` dict, which the trainer
+    appended (nothing to remove when the trainer did not load that module). Called from inside
+    ``on_pretrain_routine_start`` (``caller`` is the running callback): in a list that holds
+    ``caller`` only the entries after it are removed, so the trainer's loop over that list
+    neither skips nor repeats a callback. A handful of list operations: no logging here (it
+    runs on the training thread), the caller logs the count.
 
     Returns:
         How many callbacks were removed.
 
     """
+    builtin: Mapping[str, Any] = getattr(sys.modules.get(BUILTIN_MODULE), "callbacks", None) or {}
+    lists = trainer.callbacks
     removed = 0
-    for event, entries in trainer.callbacks.items():
-        if not any(getattr(fn, "__module__", None) == BUILTIN_MODULE for fn in entries):
-            continue  # most lists: one pass, nothing rebuilt
+    for event, fn in builtin.items():
+        entries = lists.get(event)
+        if not entries or fn not in entries:
+            continue
         first = entries.index(caller) + 1 if caller is not None and caller in entries else 0
-        kept = [fn for fn in entries[first:] if getattr(fn, "__module__", None) != BUILTIN_MODULE]
-        removed += len(entries) - first - len(kept)
-        entries[first:] = kept  # in place: the trainer iterates over this very list
-        if event == "on_pretrain_routine_start" and first == 0 and caller is not None:
-            log.debug("clearml-relay: the running callback is not in on_pretrain_routine_start's list")
-    if removed:
-        log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
+        while fn in entries[first:]:
+            del entries[entries.index(fn, first)]  # in place: the trainer iterates over this list
+            removed += 1
     return removed
 
 
@@ -436,6 +452,7 @@ class _Session:
         # Either gone without the teardown hook (an exception in the trainer's __init__, the
         # process exiting) ends the run as failed.
         self._training_thread = context.training_thread
+        self._builtin_removed = context.builtin_removed
         try:
             self._trainer: Callable[[], object] = weakref.ref(trainer)
         except TypeError:  # not weak-referenceable: only the training thread's end counts
@@ -466,6 +483,8 @@ class _Session:
         That thread is not a daemon: the interpreter waits for it. All this happens within a
         millisecond of the training's start.
         """
+        if self._builtin_removed:
+            log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
         try:
             self._save_dir = Path(save_dir)
             self._state_path = self._save_dir / STATE_FILE
@@ -851,48 +870,26 @@ def _current_clearml_task() -> str | None:
 _DEFAULT: Final = RelayHooks()
 
 
-def on_pretrain_routine_start(trainer: Trainer) -> None:
-    """Open the run (see :class:`RelayHooks`)."""
-    _DEFAULT._dispatch("on_pretrain_routine_start", trainer, on_pretrain_routine_start)
-
-
-def on_train_epoch_end(trainer: Trainer) -> None:
-    """Training losses and learning rates of the epoch."""
-    _DEFAULT._dispatch("on_train_epoch_end", trainer, on_train_epoch_end)
-
-
-def on_val_end(validator: Trainer) -> None:
-    """Watch the validator's directory for its mosaics."""
-    _DEFAULT._dispatch("on_val_end", validator, on_val_end)
-
-
-def on_fit_epoch_end(trainer: Trainer) -> None:
-    """Epoch time, validation metrics, model information."""
-    _DEFAULT._dispatch("on_fit_epoch_end", trainer, on_fit_epoch_end)
-
-
-def on_train_end(trainer: Trainer) -> None:
-    """Plots, final metrics, the best model."""
-    _DEFAULT._dispatch("on_train_end", trainer, on_train_end)
-
-
-def teardown(trainer: Trainer) -> None:
-    """End the run: completed, failed or aborted."""
-    _DEFAULT._dispatch("teardown", trainer, teardown)
-
-
-#: Ultralytics' convention: ``for event, fn in callbacks.items(): model.add_callback(event, fn)``.
-#: They share one :class:`RelayHooks` (``default_hooks()``), one training at a time.
-callbacks: Final[dict[str, Callable[[Trainer], None]]] = {
-    "on_pretrain_routine_start": on_pretrain_routine_start,
-    "on_train_epoch_end": on_train_epoch_end,
-    "on_val_end": on_val_end,
-    "on_fit_epoch_end": on_fit_epoch_end,
-    "on_train_end": on_train_end,
-    "teardown": teardown,
-}
+def _restore_default() -> RelayHooks:
+    """The module-level hooks in a process that unpickled them (a DDP child): started ahead."""
+    _DEFAULT._prestart()
+    return _DEFAULT
 
 
 def default_hooks() -> RelayHooks:
-    """The hooks behind the module-level :data:`callbacks` (for ``.run``, ``.wait()``...)."""
+    """The hooks behind the module-level ``callbacks`` (for ``.run``, ``.wait()``...)."""
+    _DEFAULT._prestart()
     return _DEFAULT
+
+
+def __getattr__(name: str) -> dict[str, Callable[[Trainer], None]]:
+    """``callbacks``, in Ultralytics' convention: ``model.add_callback(event, fn)`` for each item.
+
+    A module attribute made on access (PEP 562) so that taking the callbacks starts the starter
+    thread of the hooks behind them, ahead of the training (as ``attach()`` does), while importing
+    this module starts no thread. One :class:`RelayHooks` (``default_hooks()``), one training at a
+    time; its callbacks pickle as themselves (a DDP child's unpickled ones start its starter).
+    """
+    if name == "callbacks":
+        return default_hooks().callbacks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -639,25 +640,63 @@ def _builtin(name: str) -> Callable[[Any], None]:
     return fn
 
 
-def test_builtin_callbacks_are_removed_in_place_without_disturbing_the_running_loop() -> None:
+def test_builtin_callbacks_are_removed_in_place_without_disturbing_the_running_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     ran: list[str] = []
 
     def ours(trainer: Any) -> None:
         ran.append("ours")
-        remove_builtin_callbacks(trainer, ours)
+        ran.append(f"removed {remove_builtin_callbacks(trainer, ours)}")
 
     def other(trainer: Any) -> None:
         ran.append("other")
 
-    start = [ours, _builtin("start"), other, _builtin("start2")]
+    events = ("on_pretrain_routine_start", "on_val_end", "on_train_end")
+    builtin = {event: _builtin(event) for event in events}
+    monkeypatch.setitem(sys.modules, BUILTIN_MODULE, SimpleNamespace(callbacks=builtin))
+    start = [other, ours, builtin["on_pretrain_routine_start"], other]
     trainer = SimpleNamespace(
-        callbacks={"on_pretrain_routine_start": start, "on_val_end": [_builtin("val"), other]}
+        callbacks={
+            "on_pretrain_routine_start": start,
+            "on_val_end": [builtin["on_val_end"], other, builtin["on_val_end"]],
+            "on_fit_epoch_end": [other],  # on_train_end: no list at all
+        }
     )
     for callback in trainer.callbacks["on_pretrain_routine_start"]:  # what run_callbacks does
         callback(trainer)
-    assert ran == ["ours", "other"]
+    assert ran == ["other", "ours", "removed 3", "other"]
     assert trainer.callbacks["on_pretrain_routine_start"] is start
+    assert start == [other, ours, other]
     assert trainer.callbacks["on_val_end"] == [other]
+    assert trainer.callbacks["on_fit_epoch_end"] == [other]
+
+
+def test_a_builtin_that_already_ran_is_left_in_the_running_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removing an entry before the running one would make the trainer's loop skip a callback."""
+    ran: list[str] = []
+    builtin = {"on_pretrain_routine_start": lambda trainer: ran.append("builtin")}
+    monkeypatch.setitem(sys.modules, BUILTIN_MODULE, SimpleNamespace(callbacks=builtin))
+
+    def ours(trainer: Any) -> None:
+        ran.append(f"ours removed {remove_builtin_callbacks(trainer, ours)}")
+
+    def last(trainer: Any) -> None:
+        ran.clear()
+
+    entries = [builtin["on_pretrain_routine_start"], ours, last]
+    trainer = SimpleNamespace(callbacks={"on_pretrain_routine_start": entries})
+    for callback in trainer.callbacks["on_pretrain_routine_start"]:
+        callback(trainer)
+    assert ran == [], "the last callback was skipped"
+    assert len(entries) == 3
+
+
+def test_nothing_is_removed_when_the_builtin_was_not_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, BUILTIN_MODULE, raising=False)
+    entries = [_builtin("start")]
+    assert remove_builtin_callbacks(SimpleNamespace(callbacks={"on_pretrain_routine_start": entries})) == 0
+    assert len(entries) == 1
 
 
 def test_hooks_pickle_as_their_options_for_ddp_children() -> None:
@@ -672,6 +711,48 @@ def test_hooks_pickle_as_their_options_for_ddp_children() -> None:
     assert clone._starter is not None  # started in the child, ahead of its training
     assert clone._starter.usable()
     assert pickle.loads(pickle.dumps(producer.callbacks)) == producer.callbacks
+
+
+_STARTERS = "sum(t.name == 'clearml-relay-starter' for t in threading.enumerate())"
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not() -> None:
+    """``producer.callbacks`` hooks get the starter thread ``attach()`` gets; ``import`` starts none."""
+    out = _python(f"""
+        import base64, pickle, threading
+        import producer
+        print({_STARTERS})
+        callbacks = producer.callbacks
+        print({_STARTERS})
+        assert producer.callbacks == callbacks and producer.hooks.callbacks == callbacks
+        print(len(callbacks))
+        print(base64.b64encode(pickle.dumps(callbacks)).decode())
+    """)
+    before, after, count, pickled = out.split()
+    assert (before, after, count) == ("0", "1", "6")
+    # A DDP child: it unpickles the trainer's callbacks, it never takes producer.callbacks.
+    child = _python(f"""
+        import base64, pickle, threading
+        callbacks = pickle.loads(base64.b64decode({pickled!r}))
+        print({_STARTERS})
+        from producer.hooks import default_hooks
+        print(all(fn.hooks is default_hooks() for fn in callbacks.values()))
+    """)
+    assert child.split() == ["1", "True"]
 
 
 def test_detach_removes_the_callbacks_from_the_model() -> None:
