@@ -14,6 +14,9 @@ then 50 tasks (create + console logger + a scalar + flush) added 7.8 MiB in all 
 task) and took 2.9 ms each (median; 250 ms for the very first). A process per run pays the
 import again: ``Task.init`` in a fresh process took 0.85 s and 80 MiB peak RSS, and 12 s until
 the process had exited (its reporting subprocess). So: one process, and isolation by threads.
+The SDK is not made for tasks created in parallel threads: its shared upload pools are created
+lazily without a lock, and creating tasks at once crashed the process until the backend started
+those pools itself, before any applier thread (see ``_SHARED_POOLS``).
 
 Per-run isolation and our own timeouts
 ======================================
@@ -91,6 +94,7 @@ process-global (``Task.set_offline``), so one collector is either.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -148,6 +152,27 @@ def _configure_clearml() -> None:
 
 
 _configure_clearml()
+
+# ---------------------------------------------------------------------------- pinned work-around
+#: The SDK's process-wide thread pools: ``Metrics`` (events and file uploads, started by every
+#: task's reporter and console log) and ``StorageHelper`` (asynchronous uploads). Each is made
+#: on first use with a check-then-set and no lock, so tasks made at the same time in several
+#: threads each make one and all but the last are dropped with their threads running. That
+#: crashes the interpreter: with 10 tasks made at once, the collector died with a segmentation
+#: fault (or ``AttributeError: mro``, or an abort) in about one burst in four, anywhere in the
+#: SDK (found by the collector benchmark; tests/test_clearml_backend.py reproduces it). Made
+#: once, before any applier thread runs, the pools are never made again (only closing the
+#: process's main task drops them, and the collector has none).
+_SHARED_POOLS: Final = (
+    ("clearml.backend_interface.metrics.interface", "Metrics", "_initialize_upload_pools"),
+    ("clearml.storage.helper", "_StorageHelper", "_initialize_upload_pool"),
+)
+
+
+def _start_shared_pools() -> None:
+    for module, owner, method in _SHARED_POOLS:
+        getattr(getattr(importlib.import_module(module), owner), method)()
+
 
 # ---------------------------------------------------------------------------- pinned work-around
 #: ``OutputModel.published`` as clearml ships it. Offline, the model's base object is a
@@ -331,6 +356,7 @@ class ClearMLBackend:
         self.call_timeout = call_timeout
         self.fsync = fsync
         Task.set_offline(offline)
+        _start_shared_pools()  # before any applier thread makes a task (see _SHARED_POOLS)
         directory.mkdir(parents=True, exist_ok=True)
         # Guards the two dicts only; never held across a ClearML call.
         self._lock = threading.Lock()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import env
 
 from collector import clearml_state
 from collector.clearml_backend import MONITOR_GPU, MONITOR_MACHINE, ORIGINAL_PUBLISHED, ClearMLBackend
@@ -329,6 +332,83 @@ def test_fifty_concurrent_runs_each_get_their_own_complete_session(state_dir: Pa
         assert task_json(session)["name"] == f"train-{run}"
         with zipfile.ZipFile(state.zip) as archive:
             assert {"task.json", "metrics.jsonl", "log.jsonl"} <= set(archive.namelist())
+    backend.close()
+
+
+_BURSTS = """
+import sys, threading
+from pathlib import Path
+from collector.clearml_backend import ClearMLBackend
+from collector.files import FileStore
+from producer import protocol as p
+
+rounds, width, root = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+backend = ClearMLBackend(root / "state", offline=True, call_timeout=30, fsync=False)
+files = FileStore(root / "files")
+for r in range(rounds):
+    barrier = threading.Barrier(width)
+
+    def drive(run):
+        barrier.wait()  # every run's task is made at the same instant
+        backend.apply(run, p.RunOpen(run=run, seq=1, project="proj", name=run), files)
+        backend.apply(run, p.Scalar(run=run, seq=2, title="a", series="b", value=1.0, iteration=1), files)
+        backend.apply(run, p.RunClose(run=run, seq=3), files)
+
+    threads = [threading.Thread(target=drive, args=(f"r{r}-{i}",)) for i in range(width)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+print(len(list((root / "state").glob("*.json"))))
+"""
+
+
+def test_tasks_made_at_the_same_instant_do_not_crash_the_process(tmp_path: Path) -> None:
+    """A regression test: bursts of runs opening at once used to crash the collector.
+
+    Without ``_start_shared_pools`` this process died (segmentation fault, abort or a corrupted
+    type) in three runs of four with 60 bursts (100 here); it runs in a child so that a crash
+    fails only this test.
+    """
+    script = tmp_path / "bursts.py"
+    script.write_text(_BURSTS)
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", str(script), "100", "10", str(tmp_path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.split()[-1] == "1000"  # every run's state: each task was made and closed
+
+
+def test_the_sdk_pools_exist_before_any_task_and_stay(state_dir: Path, files: FileStore) -> None:
+    from clearml.backend_interface.metrics.interface import Metrics
+    from clearml.storage.helper import _StorageHelper
+
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=30)
+
+    def pools() -> tuple[object, ...]:
+        return Metrics._upload_pool, Metrics._file_upload_pool, _StorageHelper._upload_pool
+
+    before = pools()
+    assert None not in before
+    barrier = threading.Barrier(8)
+
+    def drive(run: str) -> None:
+        barrier.wait()
+        backend.apply(run, opening(run), files)
+        backend.apply(run, p.RunClose(run=run, seq=2), files)
+
+    threads = [threading.Thread(target=drive, args=(f"pool{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(clearml_state.load(state_dir, f"pool{i}") is not None for i in range(8))
+    assert pools() == before
     backend.close()
 
 
