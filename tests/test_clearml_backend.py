@@ -281,6 +281,37 @@ def test_resume_run_continues_the_earlier_runs_task(state_dir: Path, files: File
     backend.close()
 
 
+def test_a_checkpoint_rewrites_task_json_only_if_the_task_changed(state_dir: Path, files: FileStore) -> None:
+    """Rewriting task.json was three quarters of a checkpoint's CPU; reports leave it alone."""
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
+    backend.apply("t", opening("t"), files)  # checkpointed at once
+    task_file = session_of(state_dir, "t") / "task.json"
+    written = (task_file.stat().st_mtime_ns, task_file.read_text())
+    for seq in range(2, 6):
+        backend.apply("t", scalar("t", seq), files)
+        backend.checkpoint("t")
+    assert (task_file.stat().st_mtime_ns, task_file.read_text()) == written
+    state = clearml_state.load(state_dir, "t")
+    assert state is not None
+    assert (state.applied, state.task_json) == (5, written[1])
+    backend.apply("t", p.Hyperparams(run="t", seq=6, section="Args", values={"lr0": 0.25}), files)
+    backend.apply("t", scalar("t", 7), files)
+    backend.checkpoint("t")
+    state = clearml_state.load(state_dir, "t")
+    assert state is not None
+    assert state.task_json == task_file.read_text() != written[1]
+    assert json.loads(state.task_json)["hyperparams"]["Args"]["lr0"]["value"] == "0.25"
+    weights = put(files, "t", b"w" * 64, "best.pt")
+    backend.apply("t", scalar("t", 8), files)
+    backend.apply("t", p.Model(run="t", seq=9, name="best", file=weights), files)  # checkpointed at once
+    state = clearml_state.load(state_dir, "t")
+    assert state is not None
+    assert state.applied == 9
+    assert len(json.loads(state.task_json)["offline_output_models"]) == 1
+    assert scalars(session_of(state_dir, "t")) == [(seq, float(seq)) for seq in (2, 3, 4, 5, 7, 8)]
+    backend.close()
+
+
 def test_offline_model_work_around_is_still_needed(state_dir: Path, files: FileStore) -> None:
     from clearml import OutputModel
 
