@@ -395,8 +395,11 @@ class Ingest:
             return
         if self._authorized(peer, run, seq, batch) and self._next_in_order(peer, run, seq, batch):
             self._accept(batch, peer, run=run, seq=seq, body=body, event=event, error=error)
-            if isinstance(event, protocol.RunClose) and self.owners is not None:
-                self.owners.closed(run)
+            if self.owners is not None:
+                if isinstance(event, protocol.RunClose):
+                    self.owners.closed(run)
+                elif self.owners.is_closed(run):  # an aborted run goes on (saved before the ack)
+                    self.owners.reopened(run)
 
     def _next_in_order(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
         """Whether the event is the run's next; answers duplicates, gaps and backoff itself.

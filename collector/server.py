@@ -380,6 +380,9 @@ class Collector:
                 self.counters.incr("runs_aborted")
                 journal.set_state(run, "aborted")
                 appliers.abort(run, reason)
+                if ingest.owners is not None:  # it no longer counts against its key's open runs
+                    ingest.owners.closed(run)
+                    ingest.owners.save()
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         fd = os.open(data_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)

@@ -190,6 +190,30 @@ def test_open_runs_per_key_are_limited_and_a_close_frees_one(
         assert collector.counters.get("refused_limit") == 1
 
 
+def test_an_aborted_run_frees_its_keys_slot_and_holds_one_again_if_it_goes_on(
+    tmp_path: Path, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    keys = _client(pki["collector"][0], pki["alice"][1])
+    public = keys.public.decode()
+    with _curve_collector(tmp_path, pki, max_runs_per_key=1, heartbeat_timeout=3.0) as collector:
+        with Producer(collector.bound_endpoint, keys) as alice:
+            alice.submit([open_event("gone")])  # then its producer vanishes: no heartbeat
+            alice.until_acked("gone", 1)
+            wait_until(
+                lambda: collector.counters.get("runs_aborted") == 1, DEADLINE, "the silent run to be aborted"
+            )
+            assert Owners(tmp_path / "data").open_runs(public) == 0  # saved as it was aborted
+            alice.submit([open_event("next")])
+            alice.until_acked("next", 1)
+            alice.submit([scalar("gone", 2)])  # the aborted run goes on: it counts again
+            alice.until_acked("gone", 2)
+            assert Owners(tmp_path / "data").open_runs(public) == 2
+            alice.submit([close_event("next", 2), close_event("gone", 3)])
+            alice.until_acked("gone", 3)
+            assert Owners(tmp_path / "data").open_runs(public) == 0
+        assert collector.counters.get("refused_limit") == 0
+
+
 def test_a_real_producer_with_keys_from_the_environment_delivers_and_a_refused_run_is_logged_once(
     tmp_path: Path,
     pki: dict[str, tuple[Path, Path]],
