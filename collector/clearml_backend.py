@@ -361,6 +361,10 @@ class ClearMLBackend:
 
     """
 
+    #: A run's files are copied into its session (offline) or uploaded (online) by the time
+    #: its events are durable: the collector may delete its own copies (see ``collector.server``).
+    copies_files: Final = True
+
     def __init__(
         self, directory: Path, *, offline: bool, call_timeout: float = 60.0, fsync: bool = True
     ) -> None:

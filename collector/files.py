@@ -115,6 +115,36 @@ class FileStore:
 
     # --------------------------------------------------------------------------------- internal
 
+    def remove_run(self, run: str) -> int:
+        """Delete every file of ``run`` (complete and partial); returns the bytes freed.
+
+        For a finished run whose events the backend holds durably, when the backend keeps its
+        own copy of each file (the ClearML backend: the session's copy, or the upload). A late
+        file offer for the run starts from zero again. Called from the ingest thread.
+        """
+        with self._lock:
+            for key in [key for key in self._partials if key[0] == run]:
+                del self._partials[key]
+        directory = paths.run_dir(self.directory, run)
+        freed = 0
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                freed += entry.stat(follow_symlinks=False).st_size
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:  # nothing the store writes; leave it
+                continue
+        try:
+            directory.rmdir()
+        except OSError as exc:  # something besides the store's files is in there
+            log.warning("run %s: file store folder %s not removed: %s", run, directory, exc)
+        return freed
+
     def _resume(self, run: str, sha256: str, size: int) -> _Partial:
         """Start or resume receiving a file: rebuild the hash of a ``.part`` left on disk."""
         final = self.path(run, sha256)

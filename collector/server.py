@@ -11,7 +11,9 @@ Running as a service: with ``metrics_port`` set, an HTTP server (:mod:`collector
 serves ``/metrics`` and ``/healthz`` from its own thread, until the very end of a shutdown (a
 drain shows in the metrics, and ``/healthz`` answers 503 meanwhile). The ingest thread's
 housekeeping tick, besides aborting runs whose producer vanished, retires the journal of every
-finished run once the backend holds it durably (:meth:`Journal.retire`). With a retention policy
+finished run once the backend holds it durably (:meth:`Journal.retire`) and, when the backend
+keeps its own copies of files (``copies_files``: the ClearML backend), deletes the run's stored
+files (images, plots, models: halving the disk a run holds). With a retention policy
 for offline sessions, a thread applies it every :data:`RETENTION_SECONDS` and whenever a run
 was retired (:mod:`collector.retention`).
 """
@@ -274,6 +276,10 @@ class Collector:
             if self._backend is None:
                 self._backend = make_backend(config)
             self._appliers = Appliers(self._journal, self._backend, self._files, self.counters)
+            for run in self._journal.runs():  # retired before this version released files
+                meta = self._journal.meta(run)
+                if meta.state in FINISHED and meta.position >= self._journal.position(run):
+                    self._release_files(run)
             self._journal.add_listener(self._appliers.notify)
             self._appliers.start()
             self._started = time.monotonic()
@@ -343,7 +349,22 @@ class Collector:
                 continue
             if journal.retire(run, appliers.durable(run), open_too=over_cap) and finished:
                 self.counters.incr("runs_retired")
+                self._release_files(run)
                 self._retention_wake.set()  # one more finished session: the count policy may apply
+
+    def _release_files(self, run: str) -> None:
+        """Delete a retired run's stored files when the backend keeps copies of its own.
+
+        Every event of the run is durable in the backend by then (``retire``), so no event is
+        applied again that would need them.
+        """
+        files = self._files
+        if files is None or not getattr(self._backend, "copies_files", False):
+            return
+        freed = files.remove_run(run)
+        if freed:
+            self.counters.incr("file_bytes_released", freed)
+            log.info("run %s: %d bytes of stored files released", run, freed, extra={"run": run})
 
     def _retain(self, policy: retention.Policy) -> None:
         """Apply the offline-session retention policy now, then periodically, until shutdown."""

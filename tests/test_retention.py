@@ -154,3 +154,46 @@ def test_the_collector_deletes_finished_offline_sessions_beyond_its_policy(tmp_p
     assert Path(str(second).removesuffix(".zip")).is_dir()
     table = runs_table(data)
     assert {table[run]["state"] for run in runs} == {"completed"}
+
+
+def test_a_retired_runs_stored_files_are_released_once_clearml_holds_its_copies(tmp_path: Path) -> None:
+    """The ClearML backend copies images and models into the session: the store's copies go."""
+    data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
+    args = ("--backend", "clearml", "--offline")
+    with running_service(tmp_path, *args) as service:
+        proc = produce(
+            service.endpoint,
+            spool,
+            work,
+            "files",
+            20,
+            "--file-every",
+            "5",
+            "--model-bytes",
+            "100000",
+            "--flush-timeout",
+            "30",
+        )
+        output = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode == 0, output
+        run = json.loads((work / "files.json").read_text())["run"]
+        stored = data / "files" / run
+        wait_for(lambda: not stored.exists(), DEADLINE, "the run's stored files to be released")
+        reply = status(service.endpoint)
+        assert reply is not None
+        assert reply.counters["runs_retired"] == 1
+        assert reply.counters["file_bytes_released"] >= 100000
+    state = clearml_state.load(data / "clearml", run)
+    assert state is not None
+    session = Path(state.session)
+    metrics = [e for line in (session / "metrics.jsonl").read_text().splitlines() for e in json.loads(line)]
+    images = [e for e in metrics if e["type"] == "training_debug_image"]
+    assert len(images) == 4
+    assert all((session / "data").rglob(Path(e["url"]).name) for e in images), "the session's copies stay"
+    assert [m.stat().st_size for m in (session / "models").iterdir()] == [100000]
+    # Files left by a collector that did not release them yet go at the next start.
+    leftover = data / "files" / run / ("0" * 64)
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"x" * 10)
+    with running_service(tmp_path, *args):
+        assert not leftover.parent.exists()
