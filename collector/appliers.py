@@ -112,13 +112,29 @@ class Appliers:
     def start(self) -> None:
         """Resume every journaled run from the backend's applied position + 1."""
         for run in self.journal.runs():
-            state = _Run(run, self._lock, self.backend.applied(run), self.journal.position(run))
+            state = self._new_run(run, self.journal.position(run))
             with self._lock:
                 self._runs[run] = state
-                if state.journaled > state.applied:
+                if state.journaled > state.applied or state.rewind:
                     self._spawn(state)
-            if state.applied >= state.journaled:
+            if state.applied >= state.journaled and not state.rewind:
                 self.journal.reclaim(run, state.applied)
+
+    def _new_run(self, run: str, journaled: int) -> _Run:
+        """A run's positions, from the backend; if it cannot tell, the run's thread asks again.
+
+        A backend that fails to report one run's position (say, its state file is damaged) must
+        not stop the collector's start or the ingest thread: that run's thread retries with
+        backoff (the rewind path), the other runs go on.
+        """
+        try:
+            return _Run(run, self._lock, self.backend.applied(run), journaled)
+        except Exception:
+            self.counters.incr("applier_error")
+            log.exception("run %s: the backend cannot tell its applied position", run, extra={"run": run})
+            state = _Run(run, self._lock, 0, journaled)
+            state.rewind = True  # the run's thread asks the backend (and retries) before applying
+            return state
 
     def notify(self, run: str, position: int) -> None:
         """The journal of ``run`` now reaches ``position`` (a journal listener)."""
@@ -129,12 +145,10 @@ class Appliers:
             if state is None:
                 # A new run; its backend position is normally 0, but a backend may have
                 # outlived the journal (a wiped data dir), so ask.
-                state = _Run(run, self._lock, 0, position)
-                self._runs[run] = state
-                state.applied = self.backend.applied(run)
+                state = self._runs[run] = self._new_run(run, position)
             state.journaled = max(state.journaled, position)
             if state.thread is None:
-                if state.journaled > state.applied:
+                if state.journaled > state.applied or state.rewind:
                     self._spawn(state)
             else:
                 state.wake.notify()
@@ -146,8 +160,7 @@ class Appliers:
         with self._lock:
             state = self._runs.get(run)
             if state is None:
-                state = _Run(run, self._lock, self.backend.applied(run), self.journal.position(run))
-                self._runs[run] = state
+                state = self._runs[run] = self._new_run(run, self.journal.position(run))
             state.abort_reason = reason
             if state.thread is None:
                 self._spawn(state)

@@ -162,3 +162,38 @@ def test_a_rewind_applies_everything_since_the_durable_position_again(tmp_path: 
     assert again[:restart] == list(range(11, 11 + restart)), "the pass that was lost"
     assert again[restart:] == list(range(11, 21)), "re-applied in order, from the durable position"
     assert [line["seq"] for line in backend.records("r")] == list(range(1, 21))
+
+
+class Unsure(JsonlBackend):
+    """A JSONL backend that cannot tell the position of runs in ``broken`` (a damaged state file)."""
+
+    def __init__(self, directory: Path, broken: set[str]) -> None:
+        super().__init__(directory)
+        self.broken = broken
+
+    def applied(self, run: str) -> int:
+        if run in self.broken:
+            raise ValueError(f"state of run {run} is damaged")
+        return super().applied(run)
+
+
+def test_a_run_whose_position_the_backend_cannot_tell_does_not_stop_the_others(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    backend = Unsure(data / "records", {"bad"})
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        producer.submit(run_events("bad", 3) + run_events("good", 3))  # one group commit, both runs
+        producer.recv_until(  # both acked (one Ack): journaled, whatever the backend says
+            lambda r: isinstance(r, protocol.Ack) and r.runs.get("bad") == r.runs.get("good") == 3
+        )
+        wait_until(lambda: len(backend.records("good")) == 3, what="the good run to be applied")
+        assert backend.records("bad") == []
+        assert collector.counters.get("applier_error") >= 2  # asked on ingest, then by its thread
+        backend.broken.clear()  # repaired: the run's thread, retrying, applies it
+        wait_until(lambda: len(backend.records("bad")) == 3, what="the repaired run to be applied")
+    # A restart with a run the backend cannot tell: the collector still starts and serves.
+    backend = Unsure(data / "records", {"good"})
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        producer.submit([scalar("bad", 4), close_event("bad", 5)])
+        producer.until_acked("bad", 5)
+        wait_until(lambda: len(backend.records("bad")) == 5, what="the other run to go on")
+        assert [r["seq"] for r in backend.records("good")] == [1, 2, 3]
