@@ -463,6 +463,20 @@ class ClearMLBackend:
 
     def _open(self, run: str, event: protocol.Event) -> _Live:
         state = clearml_state.load(self.directory, run)
+        if state is not None and self.offline and state.state != "open" and not Path(state.session).is_dir():
+            # A late event for a finished run whose session retention deleted: that task is
+            # gone, so the event (and any after it) goes to a new task of the same name.
+            log.warning(
+                "run %s: session %s was deleted (retention); seq %d on goes to a new task",
+                run,
+                state.session,
+                event.seq,
+                extra={"run": run},
+            )
+            opener = protocol.RunOpen(run=run, seq=event.seq, project=state.project, name=state.name)
+            live = self._create(opener)
+            live.applied = state.applied  # the new task's position continues the run's
+            return live
         if state is not None:
             return self._reattach(state)
         if isinstance(event, protocol.RunOpen):

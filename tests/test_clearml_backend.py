@@ -268,6 +268,29 @@ def test_a_closed_or_aborted_run_takes_a_late_event(state_dir: Path, files: File
     backend.close()
 
 
+def test_a_late_event_after_retention_deleted_the_session_goes_to_a_new_task(
+    state_dir: Path, files: FileStore
+) -> None:
+    import shutil
+
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
+    backend.apply("late", opening("late"), files)
+    backend.apply("late", scalar("late", 2), files)
+    backend.apply("late", p.RunClose(run="late", seq=3), files)
+    first = clearml_state.load(state_dir, "late")
+    assert first is not None
+    shutil.rmtree(first.session)  # what retention deletes
+    Path(first.zip).unlink()
+    backend.apply("late", scalar("late", 4), files)
+    backend.checkpoint("late")
+    state = clearml_state.load(state_dir, "late")
+    assert state is not None
+    assert state.task_id != first.task_id
+    assert (state.applied, state.name, state.project) == (4, "train-late", "proj")
+    assert scalars(Path(state.session)) == [(4, 4.0)]
+    backend.close()
+
+
 def test_resume_run_continues_the_earlier_runs_task(state_dir: Path, files: FileStore) -> None:
     backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
     backend.apply("a", opening("a"), files)
