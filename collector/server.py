@@ -398,12 +398,12 @@ class Collector:
             if silent > timeout:
                 reason = f"no heartbeat or event from its producer for {silent:.0f} s"
                 log.warning("run %s: aborted: %s", run, reason, extra={"run": run})
-                self.counters.incr("runs_aborted")
                 journal.set_state(run, "aborted")
                 appliers.abort(run, reason)
                 if ingest.owners is not None:  # it no longer counts against its key's open runs
                     ingest.owners.closed(run)
                     ingest.owners.save()
+                self.counters.incr("runs_aborted")
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         fd = os.open(data_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)

@@ -202,7 +202,9 @@ def test_an_aborted_run_frees_its_keys_slot_and_holds_one_again_if_it_goes_on(
             wait_until(
                 lambda: collector.counters.get("runs_aborted") == 1, DEADLINE, "the silent run to be aborted"
             )
-            assert Owners(tmp_path / "data").open_runs(public) == 0  # saved as it was aborted
+            wait_until(  # saved as it is aborted
+                lambda: Owners(tmp_path / "data").open_runs(public) == 0, DEADLINE, "the slot to be freed"
+            )
             alice.submit([open_event("next")])
             alice.until_acked("next", 1)
             alice.submit([scalar("gone", 2)])  # the aborted run goes on: it counts again
