@@ -38,8 +38,8 @@ thread.
 Ultralytics' own ClearML callback is switched off for the trainings these hooks handle, without
 touching the user's settings file: our ``on_pretrain_routine_start`` runs before the integration
 callbacks that the trainer appends to its callback lists (they are added in the trainer's
-``__init__``, after the model's callbacks, ours included, were copied in), and removes every
-callback of the built-in's module from the trainer's lists.
+``__init__``, after the model's callbacks, ours included, were copied in), and removes the
+built-in module's callbacks (its ``callbacks`` dict) from the trainer's lists.
 
 Only rank 0 reports (``RANK``, or ``LOCAL_RANK`` when ``RANK`` is unset, in {-1, 0}); the hooks of
 other ranks return at once. DDP children receive the hooks pickled with the trainer's callbacks: a
