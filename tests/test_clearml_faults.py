@@ -75,8 +75,10 @@ def test_a_faulty_server_costs_delay_never_events(tmp_path: Path, fault: str, wh
                 str(EVERY),
                 "--model-bytes",
                 str(300_000),
+                # 6 s of events: the run spans several checkpoints (one every 2 s), so the
+                # fault strikes after the first events reached the server and before the end.
                 "--rate",
-                "60",
+                "20",
                 "--flush-timeout",
                 "60",
             )
