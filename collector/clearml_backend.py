@@ -16,7 +16,7 @@ import again: ``Task.init`` in a fresh process took 0.85 s and 80 MiB peak RSS, 
 the process had exited (its reporting subprocess). So: one process, and isolation by threads.
 The SDK is not made for tasks created in parallel threads: its shared upload pools are created
 lazily without a lock, and creating tasks at once crashed the process until the backend started
-those pools itself, before any applier thread (see ``_SHARED_POOLS``).
+those pools itself, before any applier thread (see ``_start_shared_pools``).
 
 Per-run isolation and our own timeouts
 ======================================
@@ -94,7 +94,6 @@ process-global (``Task.set_offline``), so one collector is either.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -109,7 +108,9 @@ from typing import Any, Final, TypeVar
 from clearml import OutputModel, Task
 from clearml.backend_api.services import tasks as api_tasks
 from clearml.backend_interface.metrics.events import ImageEvent, UploadEvent
+from clearml.backend_interface.metrics.interface import Metrics
 from clearml.config import ConfigWrapper, get_offline_dir
+from clearml.storage.helper import _StorageHelper
 from clearml.utilities.plotly_reporter import create_image_plot
 from PIL import Image
 
@@ -163,6 +164,7 @@ def _configure_clearml() -> None:
 
 _configure_clearml()
 
+
 # ---------------------------------------------------------------------------- pinned work-around
 #: The SDK's process-wide thread pools: ``Metrics`` (events and file uploads, started by every
 #: task's reporter and console log) and ``StorageHelper`` (asynchronous uploads). Each is made
@@ -173,15 +175,9 @@ _configure_clearml()
 #: SDK (found by the collector benchmark; tests/test_clearml_backend.py reproduces it). Made
 #: once, before any applier thread runs, the pools are never made again (only closing the
 #: process's main task drops them, and the collector has none).
-_SHARED_POOLS: Final = (
-    ("clearml.backend_interface.metrics.interface", "Metrics", "_initialize_upload_pools"),
-    ("clearml.storage.helper", "_StorageHelper", "_initialize_upload_pool"),
-)
-
-
 def _start_shared_pools() -> None:
-    for module, owner, method in _SHARED_POOLS:
-        getattr(getattr(importlib.import_module(module), owner), method)()
+    Metrics._initialize_upload_pools()
+    _StorageHelper._initialize_upload_pool()
 
 
 # ---------------------------------------------------------------------------- pinned work-around
@@ -373,7 +369,7 @@ class ClearMLBackend:
         self.call_timeout = call_timeout
         self.fsync = fsync
         Task.set_offline(offline)
-        _start_shared_pools()  # before any applier thread makes a task (see _SHARED_POOLS)
+        _start_shared_pools()  # before any applier thread makes a task
         directory.mkdir(parents=True, exist_ok=True)
         # Guards the two dicts only; never held across a ClearML call.
         self._lock = threading.Lock()

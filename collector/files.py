@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Final
@@ -126,23 +127,11 @@ class FileStore:
             for key in [key for key in self._partials if key[0] == run]:
                 del self._partials[key]
         directory = paths.run_dir(self.directory, run)
-        freed = 0
         try:
-            entries = list(os.scandir(directory))
+            freed = sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
         except FileNotFoundError:
             return 0
-        for entry in entries:
-            try:
-                freed += entry.stat(follow_symlinks=False).st_size
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            except IsADirectoryError:  # nothing the store writes; leave it
-                continue
-        try:
-            directory.rmdir()
-        except OSError as exc:  # something besides the store's files is in there
-            log.warning("run %s: file store folder %s not removed: %s", run, directory, exc)
+        shutil.rmtree(directory, ignore_errors=True)
         return freed
 
     def _resume(self, run: str, sha256: str, size: int) -> _Partial:

@@ -398,7 +398,7 @@ class Ingest:
             if self.owners is not None:
                 if isinstance(event, protocol.RunClose):
                     self.owners.closed(run)
-                elif self.owners.is_closed(run):  # an aborted run goes on (saved before the ack)
+                else:  # an aborted run that goes on holds a slot again (saved before the ack)
                     self.owners.reopened(run)
 
     def _next_in_order(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:

@@ -187,15 +187,12 @@ class Owners:
             self._dirty = True
 
     def reopened(self, run: str) -> None:
-        """An aborted run's producer came back with new events: it holds a slot again."""
+        """An event for ``run``: if it was aborted, its producer came back and it holds a slot again."""
         key = self._owner.get(run)
         if key is not None and run in self._closed:
             self._closed.discard(run)
             self._open_per_key[key] = self._open_per_key.get(key, 0) + 1
             self._dirty = True
-
-    def is_closed(self, run: str) -> bool:
-        return run in self._closed
 
     def save(self) -> None:
         """Write the map if it changed (atomically, fsynced)."""

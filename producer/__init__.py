@@ -19,7 +19,7 @@ from producer.sync import SyncProgress, SyncResult
 def __getattr__(name: str) -> dict[str, Callable[[Any], None]]:
     """``callbacks``, made on access: taking them starts their starter thread (see hooks)."""
     if name == "callbacks":
-        return hooks.default_hooks().callbacks
+        return hooks.callbacks  # producer.hooks makes it (and its starter thread)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
