@@ -17,6 +17,8 @@ Level = Literal["debug", "info", "warning", "error"]
 
 #: Lines kept between two drains; beyond it lines are dropped and counted.
 MAX_LINES: Final = 10_000
+#: The level of a capture that is not capturing: above every level, so loggers skip it.
+_OFF: Final = logging.CRITICAL + 100
 
 
 def level_name(levelno: int) -> Level:
@@ -31,17 +33,29 @@ def level_name(levelno: int) -> Level:
 class ConsoleCapture(logging.Handler):
     """Collects formatted log lines for a background sender.
 
+    It is switched on and off by its level (a logger compares each record's level with it before
+    calling it): cheaper than adding and removing the handler, which takes the logging lock.
+
     Args:
         max_lines: lines kept until the next :meth:`drain`; more are dropped and counted.
+        started: capture at once (else from :meth:`start` on).
 
     """
 
-    def __init__(self, max_lines: int = MAX_LINES) -> None:
-        super().__init__(logging.NOTSET)
+    def __init__(self, max_lines: int = MAX_LINES, *, started: bool = True) -> None:
+        super().__init__(logging.NOTSET if started else _OFF)
         self.setFormatter(logging.Formatter("%(message)s"))
         self._lines: collections.deque[tuple[Level, str]] = collections.deque()
         self._max_lines = max_lines
         self._dropped = 0
+
+    def start(self) -> None:
+        """Capture every line from now on."""
+        self.level = logging.NOTSET
+
+    def stop(self) -> None:
+        """Capture no more lines."""
+        self.level = _OFF
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -58,7 +58,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -97,6 +96,10 @@ EVENTS: Final = (
 )
 _TIMINGS_KEPT: Final = 10_000
 _SESSION_WAIT: Final = 1.0  # seconds a hook waits at most for the starter thread's session
+#: After ``attach()`` (or a run's end) the starter thread looks for a training's start every
+#: ``_POLL`` seconds for ``_ARMED`` seconds, so that the training thread need not wake it.
+_POLL: Final = 0.02
+_ARMED: Final = 60.0
 _PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
 _PLOT_THREAD_SUFFIX: Final = "(plot_images)"  # Ultralytics' @threaded mosaic writer
 
@@ -154,15 +157,16 @@ class RelayHooks:
         self._starter: _Starter | None = None
         #: Set once the starter thread has made the session of the training that started last.
         self._pending: threading.Event | None = None
-        #: The next training's ``_pending``, made ahead by the starter thread (making an Event
-        #: costs the training thread 10-20 us cache-cold).
+        #: The next training's ``_pending``, made ahead (an Event costs the training thread
+        #: 4-10 us cache-cold).
         self._spare: threading.Event | None = None
 
     def _prestart(self) -> None:
-        """Start the thread that starts each training's background thread (see :class:`_Starter`)."""
-        if self._starter is None or not self._starter.usable():
-            self._starter = _Starter()
-        self._spare = threading.Event()
+        """Have the process's starter thread (see :class:`_Starter`) look for this training's start."""
+        self._starter = _starter()
+        if self._spare is None:
+            self._spare = threading.Event()
+        self._starter.arm()
 
     @property
     def callbacks(self) -> dict[str, Callable[[Trainer], None]]:
@@ -253,25 +257,30 @@ class RelayHooks:
         if previous is not None and not previous.ending:
             previous.end("failed", "the training ended without its teardown (another training started)")
         # What only the training thread knows, and the arguments as the training starts.
-        context = _Context(sys.exc_info()[1], threading.current_thread(), dict(vars(trainer.args)), removed)
+        outer, here, hyperparams = sys.exc_info()[1], threading.current_thread(), dict(vars(trainer.args))
         starter = self._starter
         if starter is not None and starter.usable():
             pending, self._spare = self._spare or threading.Event(), None
             self._session, self._pending = None, pending
-            starter.make(self, trainer, context, self._pending)
+            context = _Context(outer, here, hyperparams, removed, starter.capture())
+            starter.make((self, trainer, context, pending))
         else:
             self._pending = None
-            self._session = _Session(trainer, self._options, context)
+            self._session = _Session(trainer, self._options, _Context(outer, here, hyperparams, removed))
 
     def _current_session(self) -> _Session | None:
         """The session of the current (or last) training, made by the starter thread if pending."""
         pending = self._pending
-        # Made within a millisecond of the training's start; a hook comes seconds later (only
-        # back-to-back calls, as in tests, ever wait here). A starter that never answers costs
-        # one wait, not one per hook.
-        if pending is not None and not pending.is_set() and not pending.wait(_SESSION_WAIT):
-            self._pending = None
-            log.warning("clearml-relay: this training's run was not set up in time; nothing is reported")
+        # Made within ``_POLL`` of the training's start; a hook comes seconds later (only a
+        # training that fails at once, or back-to-back calls as in tests, wait here, and hurry
+        # the starter). A starter that never answers costs one wait, not one per hook.
+        if pending is not None and not pending.is_set():
+            starter = self._starter
+            if starter is not None:
+                starter.hurry()
+            if not pending.wait(_SESSION_WAIT):
+                self._pending = None
+                log.warning("clearml-relay: this training's run was not set up in time; nothing is reported")
         return self._session
 
 
@@ -283,51 +292,140 @@ class _Context(NamedTuple):
     hyperparams: dict[str, Any]
     #: How many of Ultralytics' ClearML callbacks were removed (logged off the training thread).
     builtin_removed: int = 0
+    #: The console capture the hook installed (None: the session installs one).
+    console: ConsoleCapture | None = None
 
 
-_Job = tuple[RelayHooks, Trainer, _Context, threading.Event]
+_Job = tuple["RelayHooks", Trainer, _Context, threading.Event]
 
 
 class _Starter:
-    """A parked daemon thread that makes each training's session and starts its thread.
+    """The process's daemon thread that makes each training's session and starts its thread.
 
-    Setting up a session (events, weak references, the console handler) and starting a thread
-    (40-120 us: more with ``Thread.start``, which waits for the thread to run) would cost the
-    training thread a few hundred microseconds, cache-cold; handing the trainer to an existing
-    thread costs a queue put (the wake-up of a parked thread: 2-35 us here, most of the hook).
-    ``attach()``, taking the module-level ``callbacks`` and a DDP child's unpickled hooks start
-    one ahead of the training; without one (a process that forked after it started, or hooks
-    made directly) the hook makes the session and starts a raw thread itself, about 100 us more.
-    It is a daemon: the threads it starts are not, so a started run is still delivered at exit.
+    Setting up a session (events, weak references, the background thread) would cost the
+    training thread a few hundred microseconds cache-cold: ``Thread.start`` alone waits for the
+    new thread to run. Handing the trainer to a thread that is parked costs the wake-up of that
+    thread (a futex and, on a VM, an interrupt to another CPU: 15-35 us here, most of the hook).
+    So after ``attach()``, taking the module-level ``callbacks``, a DDP child's unpickling and the
+    end of each run (none of them on the training thread), the thread *polls* a deque every
+    ``_POLL`` seconds for ``_ARMED`` seconds: the training's first hook appends to it, wakes
+    nothing, and the session is made within ``_POLL``. Past ``_ARMED``, or once a training
+    started, the thread parks and a hook wakes it (about 20 us more, once per training).
+
+    The training's console lines are not missed while the session is being made: the thread
+    keeps a console capture installed ahead on Ultralytics' logger, switched off by its level,
+    and the hook switches it on (``logger.addHandler`` would cost it 8-14 us: a lock).
+
+    Without a starter (a process that forked after it started, or hooks made directly) the hook
+    makes the session and starts a raw thread itself, about 100 us more. The thread is a daemon:
+    the threads it starts are not, so a started run is still delivered at exit.
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._jobs: queue.SimpleQueue[tuple[RelayHooks, Trainer, _Context, threading.Event]] = (
-            queue.SimpleQueue()
-        )
+        self.forked = False  # set in a forked child, where the thread does not run
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._captures: collections.deque[ConsoleCapture] = collections.deque()  # one, installed
+        self._wake = threading.Event()
+        self._parked = False  # blocked on _wake: a job must set it
+        self._armed_until = 0.0
         threading.Thread(target=self._serve, name="clearml-relay-starter", daemon=True).start()
 
     def usable(self) -> bool:
-        """Whether the thread runs in this process (not in a forked child: threads stay behind)."""
-        return os.getpid() == self.pid
+        """Whether the thread runs in this process (an attribute: ``os.getpid`` is a syscall)."""
+        return not self.forked
 
-    def make(self, hooks: RelayHooks, trainer: Trainer, context: _Context, ready: threading.Event) -> None:
-        self._jobs.put((hooks, trainer, context, ready))
+    def arm(self) -> None:
+        """Poll for trainings' starts for the next ``_ARMED`` seconds (never on the training thread)."""
+        self._armed_until = time.monotonic() + _ARMED
+        self._wake.set()
+
+    def capture(self) -> ConsoleCapture:
+        """(Training thread.) The capture installed ahead, switched on; made here if none is."""
+        try:
+            console = self._captures.pop()  # atomic: two trainings starting at once get one each
+        except IndexError:
+            console = ConsoleCapture()
+            logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
+        console.start()
+        return console
+
+    def make(self, job: _Job) -> None:
+        """(Training thread.) Have a training's session made: within ``_POLL`` when armed."""
+        self._jobs.append(job)
+        if self._parked:  # read after the append: see _serve
+            self._wake.set()
+
+    def hurry(self) -> None:
+        """(Training thread.) A hook needs the session now: stop polling's wait."""
+        self._wake.set()
 
     def _serve(self) -> None:
         while True:
-            hooks, trainer, context, ready = self._jobs.get()
-            try:
-                hooks._session = _Session(trainer, hooks._options, context, on_starter=True)
-            except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
-                log.warning(
-                    "clearml-relay: cannot set up the run of a training, nothing is reported: %r", exc
-                )
-            finally:
-                hooks._spare = threading.Event()  # for the next training of these hooks
-                ready.set()
-            del hooks, trainer, context, ready  # hold no trainer while parked
+            while self._jobs:
+                self._armed_until = 0.0  # a training started: park until the next arm()
+                self._build(*self._jobs.popleft())
+            if not self._captures:  # for the next training
+                console = ConsoleCapture(started=False)
+                logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
+                self._captures.append(console)
+            self._wake.clear()
+            if self._jobs:  # appended before the clear
+                continue
+            left = self._armed_until - time.monotonic()
+            if left > 0:
+                self._wake.wait(min(_POLL, left))
+                continue
+            # make() appends, then reads _parked; here _parked is set, then the deque read: a job
+            # appended after that read finds _parked set and wakes the thread.
+            self._parked = True
+            if not self._jobs:
+                self._wake.wait()
+            self._parked = False
+
+    @staticmethod
+    def _build(hooks: RelayHooks, trainer: Trainer, context: _Context, ready: threading.Event) -> None:
+        try:
+            hooks._session = _Session(trainer, hooks._options, context, on_starter=True)
+        except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
+            if context.console is not None:
+                logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(context.console)
+            log.warning("clearml-relay: cannot set up the run of a training, nothing is reported: %r", exc)
+        finally:
+            hooks._spare = threading.Event()  # for the next training of these hooks
+            ready.set()
+
+
+_STARTER: _Starter | None = None
+_STARTER_LOCK = threading.Lock()
+
+
+def _forked_child() -> None:
+    """(In a forked child.) The starter thread stayed in the parent; the lock may be held there."""
+    global _STARTER, _STARTER_LOCK  # noqa: PLW0603 - the process's
+    if _STARTER is not None:
+        _STARTER.forked = True
+        _STARTER = None
+    _STARTER_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forked_child)
+
+
+def _starter() -> _Starter:
+    """The process's starter thread, started on first use (and again in a forked child)."""
+    global _STARTER  # noqa: PLW0603 - one per process
+    with _STARTER_LOCK:
+        if _STARTER is None:
+            _STARTER = _Starter()
+        return _STARTER
+
+
+def _arm_starter() -> None:
+    """(Off the training thread.) Have the process's starter, if any, poll for the next training."""
+    starter = _STARTER
+    if starter is not None:
+        starter.arm()
 
 
 class _Hook:
@@ -462,6 +560,11 @@ class _Session:
         self._late_files_timeout = float(options["late_files_timeout"])
         self._inbox: collections.deque[Callable[[FileWatcher], None]] = collections.deque()
         self._kick = threading.Event()  # the background thread looks at the inbox now, not at its tick
+        #: The trainer's ``stop`` was set at an epoch's end: the training is in its final phase.
+        self._final = False
+        #: Set by the background thread once it polls (``_POLL``) for the training's end, so
+        #: that ``on_train_end`` and ``teardown`` need not wake it (see :meth:`_work`).
+        self._polling = False
         self._once = Once()
         self._validation_dirs: set[object] = set()  # as given (str or Path) and as Path
         self._model_info_sent = False
@@ -471,7 +574,7 @@ class _Session:
         self._started = threading.Event()  # the background thread was started (or could not be)
         self._open_args = (options, context.hyperparams)
         self._validation_dirs.add(save_dir)  # the on_val_end of a training validates into it
-        self._console: ConsoleCapture | None = None  # made off the training thread too
+        self._console = context.console  # or made off the training thread, see _start_thread
         if on_starter:
             self._start_thread(save_dir)
         else:
@@ -491,8 +594,9 @@ class _Session:
             mosaics = self._save_dir
             self._inbox.appendleft(lambda watcher: watcher.watch(mosaics, "train_batch*.jpg", "Mosaic"))
             self._watch_validation(self._save_dir)
-            self._console = ConsoleCapture()
-            logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)  # removed when the run closes
+            if self._console is None:
+                self._console = ConsoleCapture()
+                logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)  # removed when the run closes
             thread = threading.Thread(target=self._work, name="clearml-relay-hooks", daemon=False)
             thread.start()
             self._thread = thread
@@ -562,6 +666,8 @@ class _Session:
         self._inbox.append(
             functools.partial(self._report_fit_epoch, trainer.epoch_time, dict(trainer.metrics), epoch)
         )
+        if getattr(trainer, "stop", False):  # the last epoch (or early stopping): final validation next
+            self._final = True
         if epoch == 0 and not self._model_info_sent:
             self._model_info_sent = True
             # The built-in callback counts the FLOPs here, on the training thread (a profiled
@@ -618,7 +724,8 @@ class _Session:
             trainer.validator.metrics,
         )
         self._inbox.append(request)
-        self._kick.set()
+        if not self._polling:
+            self._kick.set()
         self.trained = True
 
     def _report_train_end(
@@ -651,14 +758,18 @@ class _Session:
             return
         self._status, self._error = status, error
         self.ending = True
-        self._stop_capture()
-        self._kick.set()
+        console = self._console
+        if console is not None:
+            console.stop()  # later lines are not the run's; the background thread removes it
+        if not self._polling:
+            self._kick.set()
         if not self._started.is_set():
             # A training that ends within a millisecond of its start: the background thread
             # must be registered before the interpreter's exit stops waiting for threads.
             self._started.wait(1.0)
 
     def _stop_capture(self) -> None:
+        """Remove the console capture (not on the training thread: it takes the logging lock)."""
         console = self._console
         if console is not None:
             logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(console)
@@ -687,9 +798,13 @@ class _Session:
             return
         sampler = MachineSampler() if self._stats_interval > 0 else None
         next_stats = time.monotonic() + self._stats_interval
+        next_step = 0.0
         try:
             while True:
-                self._kick.wait(TICK)
+                # Woken by on_train_end and teardown, or every TICK. Once the training is in its
+                # final phase (validation of best.pt, plots) the thread looks every _POLL seconds
+                # instead and they wake nothing: a wake-up is most of their cost.
+                self._kick.wait(_POLL if self._polling else TICK)
                 self._kick.clear()
                 if self.ending:
                     break
@@ -697,10 +812,15 @@ class _Session:
                     self._status = "failed"
                     self._error = "the training ended without its teardown (process exit or trainer lost)"
                     break
-                self._step()
+                self._polling = self._final
+                now = time.monotonic()
+                if self._inbox or now >= next_step:  # files and console: every TICK, not every poll
+                    next_step = now + TICK
+                    self._step()
                 if sampler is not None and time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + self._stats_interval
                     self._send_stats(sampler)
+            _arm_starter()  # the training is over: the next one may start soon (a sweep)
             self._final_pickup()
             if sampler is not None:
                 self._send_stats(sampler)

@@ -699,6 +699,105 @@ def test_nothing_is_removed_when_the_builtin_was_not_loaded(monkeypatch: pytest.
     assert len(entries) == 1
 
 
+@pytest.mark.parametrize("armed", [True, False], ids=["armed", "parked"])
+def test_the_first_hook_wakes_the_starter_only_when_it_is_parked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, armed: bool
+) -> None:
+    """After attach() the starter thread polls: the training's first hook hands it the trainer
+    without waking it (a wake-up is most of the hook's cost). Once that arming has expired the
+    thread is parked and the hook wakes it. Either way the session is made with no later hook
+    asking for it, a line logged right after the hook (before the session exists) is the run's,
+    and the run's end arms the starter again for the next training."""
+    if not armed:
+        monkeypatch.setattr(producer.hooks, "_ARMED", 0.0)
+    trainer = _fake_trainer(tmp_path / "run")
+    trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
+    with running(tmp_path / "collector") as collector:
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
+        hooks._prestart()
+        starter = hooks._starter
+        assert starter is not None
+        wait_until(
+            lambda: starter._parked is not armed and not starter._wake.is_set() and bool(starter._captures),
+            DEADLINE,
+            "the starter to poll" if armed else "the starter to park",
+        )
+        (ahead,) = starter._captures  # installed, switched off
+        woken_by: list[str] = []
+        wake = starter._wake.set
+
+        def spy_set() -> None:
+            woken_by.append(threading.current_thread().name)
+            wake()
+
+        monkeypatch.setattr(starter._wake, "set", spy_set)
+        logging.getLogger("ultralytics").warning("a line before the training")
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        logging.getLogger("ultralytics").warning("the training's first line")
+        pending = hooks._pending
+        assert pending is not None
+        wait_until(pending.is_set, DEADLINE, "the starter to make the session")  # nothing hurries it
+        assert hooks._current_session()._console is ahead  # type: ignore[union-attr]
+        assert woken_by == ([] if armed else [threading.current_thread().name])
+        wait_until(lambda: starter._parked, DEADLINE, "the starter to stop polling once the training started")
+        hooks.callbacks["on_train_end"](trainer)
+        hooks.callbacks["teardown"](trainer)
+        done = _finished(hooks, collector, trainer.save_dir)
+    console = "\n".join(e["text"] for e in done.events("text"))
+    assert "the training's first line" in console
+    assert "a line before the training" not in console
+    if armed:  # the run's end armed it (not the training thread: teardown wakes nothing)
+        assert starter._armed_until > time.monotonic()
+        assert woken_by == ["clearml-relay-hooks"]
+
+
+@pytest.mark.parametrize("final", [True, False], ids=["stop-set", "no-stop"])
+def test_the_end_of_a_training_wakes_nothing_once_its_final_phase_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final: bool
+) -> None:
+    """An epoch's end with the trainer's ``stop`` set (its last epoch, or early stopping) has the
+    background thread poll for the training's end: on_train_end and teardown then hand over and
+    set flags without waking it, and the run still gets its model and closes. Without ``stop``
+    (a custom trainer) they wake it. The capture stops at teardown: a later line is not the
+    run's, and the handler is gone once the run closed."""
+    trainer = _fake_trainer(tmp_path / "run")
+    trainer.tloss, trainer.lr, trainer.epoch = None, {"lr/pg0": 0.01}, 1  # epoch 1: no model info
+    trainer.epoch_time, trainer.metrics, trainer.stop = 1.0, {"metrics/mAP50(B)": 0.5}, final
+    ultralytics_logger = logging.getLogger("ultralytics")
+    with running(tmp_path / "collector") as collector:
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
+        hooks._prestart()
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        hooks.callbacks["on_train_epoch_end"](trainer)
+        hooks.callbacks["on_fit_epoch_end"](trainer)
+        session = hooks._current_session()
+        assert session is not None
+        if final:
+            wait_until(lambda: session._polling, DEADLINE, "the background thread to poll")
+        else:  # a tick (and the epoch's data) went by: it still only ticks
+            wait_until(lambda: not session._inbox, DEADLINE, "the epoch's data to be taken")
+            assert not session._polling
+        kicks: list[str] = []
+        kick = session._kick.set
+
+        def spy_kick() -> None:
+            kicks.append(threading.current_thread().name)
+            kick()
+
+        monkeypatch.setattr(session._kick, "set", spy_kick)
+        hooks.callbacks["on_train_end"](trainer)
+        hooks.callbacks["teardown"](trainer)
+        ultralytics_logger.warning("a line after the training")
+        done = _finished(hooks, collector, trainer.save_dir)
+        capture = session._console
+    assert kicks == ([] if final else [threading.current_thread().name] * 2)
+    assert done.status() == ("completed", "")
+    assert [e["name"] for e in done.events("model")] == ["fake"]
+    assert "a line after the training" not in "\n".join(e["text"] for e in done.events("text"))
+    assert capture is not None
+    assert capture not in ultralytics_logger.handlers
+
+
 def test_hooks_pickle_as_their_options_for_ddp_children() -> None:
     hooks = producer.attach(
         SimpleNamespace(callbacks={}, add_callback=lambda event, fn: None), project="p", stats_interval=2
@@ -740,10 +839,14 @@ def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not
         print({_STARTERS})
         assert producer.callbacks == callbacks and producer.hooks.callbacks == callbacks
         print(len(callbacks))
+        from types import SimpleNamespace
+        for _ in range(3):  # one starter thread per process, however many models
+            producer.attach(SimpleNamespace(callbacks={{}}, add_callback=lambda event, fn: None))
+        print({_STARTERS})
         print(base64.b64encode(pickle.dumps(callbacks)).decode())
     """)
-    before, after, count, pickled = out.split()
-    assert (before, after, count) == ("0", "1", "6")
+    before, after, count, attached, pickled = out.split()
+    assert (before, after, count, attached) == ("0", "1", "6", "1")
     # A DDP child: it unpickles the trainer's callbacks, it never takes producer.callbacks.
     child = _python(f"""
         import base64, pickle, threading
@@ -753,6 +856,26 @@ def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not
         print(all(fn.hooks is default_hooks() for fn in callbacks.values()))
     """)
     assert child.split() == ["1", "True"]
+
+
+def test_a_forked_child_starts_its_own_starter() -> None:
+    """The starter thread stays in the parent: in a forked child the hooks do not hand it work
+    (they set the session up themselves) until the child's own starter is started."""
+    out = _python(f"""
+        import os, threading
+        import producer
+        from producer.hooks import _DEFAULT, _starter, default_hooks
+        callbacks = producer.callbacks
+        parent = _DEFAULT._starter
+        pid = os.fork()
+        if pid == 0:
+            ok = not parent.usable() and _DEFAULT._starter is parent
+            ok = ok and default_hooks()._starter is _starter() and _starter() is not parent
+            os._exit(0 if ok and _starter().usable() and {_STARTERS} == 1 else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), parent.usable(), _starter() is parent)
+    """)
+    assert out.split() == ["0", "True", "True"]
 
 
 def test_detach_removes_the_callbacks_from_the_model() -> None:
@@ -823,6 +946,26 @@ def test_console_capture_batches_lines_by_level() -> None:
         ("warning", "clearml-relay: 1 console lines were dropped"),
     ]
     assert capture.drain() == []
+
+
+def test_a_console_capture_is_switched_on_and_off_without_the_logging_lock() -> None:
+    """Installed ahead switched off, a capture keeps the lines logged between start() and stop()
+    only, at every level; switching is its level, which loggers check before calling it."""
+    capture = ConsoleCapture(started=False)
+    logger = logging.getLogger("test_hooks.console-switch")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(capture)
+    try:
+        logger.critical("before")
+        capture.start()
+        logger.debug("during")
+        logger.critical("also during")
+        capture.stop()
+        logger.critical("after")
+    finally:
+        logger.removeHandler(capture)
+    assert capture.drain() == [("debug", "during"), ("error", "also during")]
 
 
 def test_machine_sampler_reads_cpu_and_memory_without_torch() -> None:
