@@ -699,6 +699,19 @@ def test_nothing_is_removed_when_the_builtin_was_not_loaded(monkeypatch: pytest.
     assert len(entries) == 1
 
 
+def _threads_setting(event: threading.Event, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that set ``event`` from now on (one entry per set())."""
+    names: list[str] = []
+    original = event.set
+
+    def spy() -> None:
+        names.append(threading.current_thread().name)
+        original()
+
+    monkeypatch.setattr(event, "set", spy)
+    return names
+
+
 @pytest.mark.parametrize("armed", [True, False], ids=["armed", "parked"])
 def test_the_first_hook_wakes_the_starter_only_when_it_is_parked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, armed: bool
@@ -723,14 +736,7 @@ def test_the_first_hook_wakes_the_starter_only_when_it_is_parked(
             "the starter to poll" if armed else "the starter to park",
         )
         (ahead,) = starter._captures  # installed, switched off
-        woken_by: list[str] = []
-        wake = starter._wake.set
-
-        def spy_set() -> None:
-            woken_by.append(threading.current_thread().name)
-            wake()
-
-        monkeypatch.setattr(starter._wake, "set", spy_set)
+        woken_by = _threads_setting(starter._wake, monkeypatch)
         logging.getLogger("ultralytics").warning("a line before the training")
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         logging.getLogger("ultralytics").warning("the training's first line")
@@ -777,14 +783,7 @@ def test_the_end_of_a_training_wakes_nothing_once_its_final_phase_began(
         else:  # a tick (and the epoch's data) went by: it still only ticks
             wait_until(lambda: not session._inbox, DEADLINE, "the epoch's data to be taken")
             assert not session._polling
-        kicks: list[str] = []
-        kick = session._kick.set
-
-        def spy_kick() -> None:
-            kicks.append(threading.current_thread().name)
-            kick()
-
-        monkeypatch.setattr(session._kick, "set", spy_kick)
+        kicks = _threads_setting(session._kick, monkeypatch)
         hooks.callbacks["on_train_end"](trainer)
         hooks.callbacks["teardown"](trainer)
         ultralytics_logger.warning("a line after the training")
