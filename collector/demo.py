@@ -100,7 +100,10 @@ def _landed(session: Path) -> dict[str, int]:
             ] += 1
     log = session / "log.jsonl"
     if log.exists():
-        kinds["console lines"] = sum(len(json.loads(line)) for line in log.read_text().splitlines())
+        reports = [r for line in log.read_text().splitlines() for r in json.loads(line)]
+        # A report holds the lines the run's thread gathered between two sends (its batching
+        # varies from run to run): count the lines.
+        kinds["console lines"] = sum(len(str(r.get("msg", "")).splitlines()) for r in reports)
     task = json.loads((session / "task.json").read_text())
     kinds["output models"] = len(task.get("offline_output_models") or [])
     kinds["hyperparameters"] = len(task.get("hyperparams", {}).get("General", {}))

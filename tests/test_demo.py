@@ -47,6 +47,7 @@ def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path:
     assert landed["debug images"] >= 3
     assert landed["scalars"] > 20
     assert landed["single values"] >= 4
+    assert landed["console lines"] > 20  # lines, however the run's thread batched them
     assert re.search(r"the hooks took [0-9.]+ ms of it", out)
     session = out.split("session    ")[1].splitlines()[0]
     assert session.endswith(".zip")
