@@ -269,7 +269,8 @@ class RelayHooks:
             starter.make((self, trainer, context, pending))
         else:
             self._pending = None
-            self._session = _Session(trainer, self._options, _Context(outer, here, hyperparams, removed))
+            context = _Context(outer, here, hyperparams, removed, _install_capture(started=True))
+            self._session = _new_session(trainer, self._options, context)
 
     def _current_session(self) -> _Session | None:
         """The session of the current (or last) training, made by the starter thread if pending."""
@@ -294,12 +295,35 @@ class _Context(NamedTuple):
     training_thread: threading.Thread
     hyperparams: dict[str, Any]
     #: How many of Ultralytics' ClearML callbacks were removed (logged off the training thread).
-    builtin_removed: int = 0
-    #: The console capture the hook installed (None: the session installs one).
-    console: ConsoleCapture | None = None
+    builtin_removed: int
+    #: The console capture the hook switched on (the run's console from the training's start).
+    console: ConsoleCapture
 
 
 _Job = tuple["RelayHooks", Trainer, _Context, threading.Event]
+
+
+def _install_capture(*, started: bool) -> ConsoleCapture:
+    """A console capture on Ultralytics' logger (``addHandler`` takes the logging lock)."""
+    console = ConsoleCapture(started=started)
+    logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
+    return console
+
+
+def _remove_capture(console: ConsoleCapture) -> None:
+    """Take a capture off Ultralytics' logger (the logging lock: never on the training thread)."""
+    logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(console)
+
+
+def _new_session(
+    trainer: Trainer, options: Mapping[str, Any], context: _Context, *, on_starter: bool = False
+) -> _Session:
+    """A training's session; if it cannot be made, its capture is taken off the logger."""
+    try:
+        return _Session(trainer, options, context, on_starter=on_starter)
+    except BaseException:
+        _remove_capture(context.console)
+        raise
 
 
 class _Starter:
@@ -347,8 +371,7 @@ class _Starter:
         try:
             console = self._captures.pop()  # atomic: two trainings starting at once get one each
         except IndexError:
-            console = ConsoleCapture()
-            logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
+            return _install_capture(started=True)
         console.start()
         return console
 
@@ -368,9 +391,7 @@ class _Starter:
                 self._armed_until = 0.0  # a training started: park until the next arm()
                 self._build(*self._jobs.popleft())
             if not self._captures:  # for the next training
-                console = ConsoleCapture(started=False)
-                logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
-                self._captures.append(console)
+                self._captures.append(_install_capture(started=False))
             self._wake.clear()
             if self._jobs:  # appended before the clear
                 continue
@@ -388,10 +409,8 @@ class _Starter:
     @staticmethod
     def _build(hooks: RelayHooks, trainer: Trainer, context: _Context, ready: threading.Event) -> None:
         try:
-            hooks._session = _Session(trainer, hooks._options, context, on_starter=True)
+            hooks._session = _new_session(trainer, hooks._options, context, on_starter=True)
         except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
-            if context.console is not None:
-                logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(context.console)
             log.warning("clearml-relay: cannot set up the run of a training, nothing is reported: %r", exc)
         finally:
             hooks._spare = threading.Event()  # for the next training of these hooks
@@ -577,7 +596,7 @@ class _Session:
         self._started = threading.Event()  # the background thread was started (or could not be)
         self._open_args = (options, context.hyperparams)
         self._validation_dirs.add(save_dir)  # the on_val_end of a training validates into it
-        self._console = context.console  # or made off the training thread, see _start_thread
+        self._console = context.console
         if on_starter:
             self._start_thread(save_dir)
         else:
@@ -597,9 +616,6 @@ class _Session:
             mosaics = self._save_dir
             self._inbox.appendleft(lambda watcher: watcher.watch(mosaics, "train_batch*.jpg", "Mosaic"))
             self._watch_validation(self._save_dir)
-            if self._console is None:
-                self._console = ConsoleCapture()
-                logging.getLogger(ULTRALYTICS_LOGGER).addHandler(self._console)  # removed when the run closes
             thread = threading.Thread(target=self._work, name="clearml-relay-hooks", daemon=False)
             thread.start()
             self._thread = thread
@@ -761,9 +777,7 @@ class _Session:
             return
         self._status, self._error = status, error
         self.ending = True
-        console = self._console
-        if console is not None:
-            console.stop()  # later lines are not the run's; the background thread removes it
+        self._console.stop()  # later lines are not the run's; the background thread removes it
         if not self._polling:
             self._kick.set()
         if not self._started.is_set():
@@ -773,9 +787,7 @@ class _Session:
 
     def _stop_capture(self) -> None:
         """Remove the console capture (not on the training thread: it takes the logging lock)."""
-        console = self._console
-        if console is not None:
-            logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(console)
+        _remove_capture(self._console)
 
     def _watch_validation(self, directory: Path) -> None:
         self._validation_dirs.add(directory)
@@ -820,8 +832,8 @@ class _Session:
                 if self._inbox or now >= next_step:  # files and console: every TICK, not every poll
                     next_step = now + TICK
                     self._step()
-                if sampler is not None and time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + self._stats_interval
+                if sampler is not None and now >= next_stats:
+                    next_stats = now + self._stats_interval
                     self._send_stats(sampler)
             _arm_starter()  # the training is over: the next one may start soon (a sweep)
             self._final_pickup()
@@ -893,8 +905,7 @@ class _Session:
             self._opened.stats(values)
 
     def _send_console(self) -> None:
-        console = self._console
-        for level, text in console.drain() if console is not None else ():
+        for level, text in self._console.drain():
             self._opened.text(text, level)
 
     def _save_state(self) -> None:

@@ -857,6 +857,31 @@ def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not
     assert child.split() == ["1", "True"]
 
 
+@pytest.mark.parametrize("prestarted", [True, False], ids=["starter", "no-starter"])
+def test_a_training_whose_run_cannot_be_set_up_leaves_no_capture_behind(
+    tmp_path: Path, prestarted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook switches a console capture on before the session is made: a session that cannot
+    be made (here a trainer without ``save_dir``) takes it off the logger again."""
+    trainer = _fake_trainer(tmp_path / "run")
+    del trainer.save_dir
+    hooks = RelayHooks(endpoint="tcp://127.0.0.1:9", stats_interval=0, late_files_timeout=0)
+    if prestarted:
+        hooks._prestart()
+    logger = logging.getLogger("ultralytics")
+
+    def capturing() -> set[logging.Handler]:
+        return {h for h in logger.handlers if isinstance(h, ConsoleCapture) and h.level == logging.NOTSET}
+
+    before = capturing()
+    with caplog.at_level(logging.WARNING, "producer.hooks"):
+        hooks.callbacks["on_pretrain_routine_start"](trainer)
+        hooks.callbacks["teardown"](trainer)  # waits for (and hurries) the session being made
+    assert hooks.run is None
+    assert not capturing() - before
+    assert any("save_dir" in r.getMessage() for r in caplog.records)
+
+
 def test_a_forked_child_starts_its_own_starter() -> None:
     """The starter thread stays in the parent: in a forked child the hooks do not hand it work
     (they set the session up themselves) until the child's own starter is started."""
