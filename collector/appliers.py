@@ -266,6 +266,7 @@ class Appliers:
         while self._wait_for_work(state):
             with self._lock:
                 behind = state.applied < state.journaled
+                journaled = state.journaled
                 reason = state.abort_reason
             if not behind and reason is None:  # _wait_for_work returned: a checkpoint is due
                 if not self._maybe_checkpoint(state):
@@ -280,7 +281,8 @@ class Appliers:
                     if state.abort_reason == reason:
                         state.abort_reason = None
                 continue
-            records = reader.read(max_records=_READ_RECORDS)
+            # Only what the journal committed: a failed append's tail is cut back, never applied.
+            records = reader.read(max_records=_READ_RECORDS, max_seq=journaled)
             if not records:
                 # The position moved before the bytes became readable (or the tail is damaged).
                 self._stop.wait(_REREAD_SECONDS)

@@ -77,6 +77,8 @@ class _Batch:
         self.journal = journal
         self.over_quota = over_quota
         self.positions: dict[str, int] = {}
+        #: Writer ids of the runs this batch opened (not journaled yet).
+        self.writers: dict[str, str] = {}
         self.entries: dict[str, list[Entry]] = {}
         self.replies: list[tuple[bytes, protocol.Reply]] = []
         self.acks: dict[bytes, set[str]] = {}
@@ -152,6 +154,8 @@ class Ingest:
         #: Episodes of the journal at its size cap, and of the file store's disk being full.
         self.journal_cap = Episodes("journal_cap", "the journal's size cap", counters)
         self.files_space = Episodes("files_disk", "the file store's disk", counters)
+        #: (run, writer) pairs refused as conflicting, logged once each.
+        self._conflicts: set[tuple[str, str]] = set()
         #: Last heartbeat (monotonic seconds) per run.
         self.heartbeats: dict[str, float] = {}
         #: When the serving loop last came round (monotonic seconds): a health check reads it,
@@ -286,10 +290,13 @@ class Ingest:
         request, payload = protocol.decode_request(frames, self.max_body_bytes)
         if isinstance(request, protocol.Submit):
             for raw in request.events:
-                self._event(peer, raw, batch)
+                self._event(peer, raw, batch, request.writer)
         elif isinstance(request, protocol.FileOffer):
             self._check_run(request.run)
             self._check_owner(request.run, batch.key)
+            conflict = self._conflict(request.run, request.writer, batch)
+            if conflict:
+                raise protocol.ProtocolError("conflict", conflict, run=request.run)
             if request.size > self.max_file_bytes:
                 raise protocol.ProtocolError(
                     "too_large",
@@ -373,7 +380,27 @@ class Ingest:
         self._refuse(batch, peer, "denied", f"run {run} belongs to another producer key", run=run, seq=seq)
         return False
 
-    def _event(self, peer: bytes, raw: msgspec.Raw, batch: _Batch) -> None:
+    def _conflict(self, run: str, writer: str | None, batch: _Batch) -> str:
+        """Why ``writer`` may not write to ``run`` ("" if it may): another writer opened it."""
+        owner = batch.writers.get(run) or self.journal.meta(run).writer
+        if not owner or writer is None or writer == owner:
+            return ""
+        if (run, writer) not in self._conflicts:
+            self._conflicts.add((run, writer))
+            log.warning(
+                "run %s: refusing events of writer %s, the run was opened by writer %s (run id reused)",
+                run,
+                writer,
+                owner,
+                extra={"run": run},
+            )
+        return (
+            f"run id {run} is already used by another producer (writer {owner[:8]}, this outbox is "
+            f"writer {writer[:8]}): its events are not accepted; give every run its own run id "
+            f"(to continue that run's ClearML task, start a new run id with resume_run={run!r})"
+        )
+
+    def _event(self, peer: bytes, raw: msgspec.Raw, batch: _Batch, writer: str | None = None) -> None:
         """Dedup, order and validate one event of a Submit; journal it or its Gap, or refuse."""
         body = bytes(raw)
         event: protocol.Event | None
@@ -393,7 +420,16 @@ class Ingest:
         if not paths.is_safe_run(run):
             self._refuse(batch, peer, "invalid", f"run id {run!r} is reserved", seq=seq)
             return
+        conflict = self._conflict(run, writer, batch)
+        if conflict:
+            # Checked before dedup: the other writer's seqs would pass for duplicates and be lost.
+            if (peer, run) not in batch.stalled:
+                batch.stalled.add((peer, run))
+                self._refuse(batch, peer, "conflict", conflict, run=run, seq=seq)
+            return
         if self._authorized(peer, run, seq, batch) and self._next_in_order(peer, run, seq, batch):
+            if isinstance(event, protocol.RunOpen) and writer is not None:
+                batch.writers[run] = writer  # seq 1 of a new run: this writer owns it from now on
             self._accept(batch, peer, run=run, seq=seq, body=body, event=event, error=error)
             if self.owners is not None:
                 if isinstance(event, protocol.RunClose):

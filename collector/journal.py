@@ -52,15 +52,18 @@ FINISHED: Final = frozenset({"completed", "failed"})
 class RunMeta:
     """What the collector knows about a run beyond its events.
 
-    ``position`` is set when the run's journal is retired (see :meth:`Journal.retire`): its
-    segments are gone, and this is the journaled position they carried, which keeps resends
-    of the run deduplicated.
+    ``writer`` is the writer id of the run's ``RunOpen``: events from another writer are
+    refused (see :mod:`producer.protocol`). ``position`` is set when the run's journal is
+    retired (see :meth:`Journal.retire`): its segments are gone, and this is the journaled
+    position they carried, which keeps resends of the run deduplicated.
     """
 
     project: str = ""
     name: str = ""
     state: str = "open"
     position: int = 0
+    #: The producer incarnation whose ``RunOpen`` opened the run ("": a protocol 1 producer).
+    writer: str = ""
 
 
 def through(event: protocol.Event) -> int:
@@ -75,7 +78,9 @@ def kind(event: protocol.Event) -> str:
 
 def _meta_after(meta: RunMeta, event: protocol.Event) -> RunMeta:
     if isinstance(event, protocol.RunOpen):
-        return replace(meta, project=event.project, name=event.name, state="open")
+        return replace(
+            meta, project=event.project, name=event.name, state="open", writer=event.writer or meta.writer
+        )
     if isinstance(event, protocol.RunClose):
         return replace(meta, state=event.status)
     if meta.state == "aborted":
@@ -92,6 +97,7 @@ def read_meta(directory: Path) -> RunMeta:
             name=str(data.get("name", "")),
             state=str(data.get("state", "open")),
             position=int(data.get("position", 0)),
+            writer=str(data.get("writer", "")),
         )
     except FileNotFoundError:
         return RunMeta()

@@ -21,12 +21,16 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import enum
+import errno
 import logging
+import math
 import os
+import shlex
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -36,7 +40,7 @@ from producer import protocol
 from producer.config import ProducerConfig
 from producer.context import complete_context
 from producer.once import Once
-from producer.outbox import Outbox
+from producer.outbox import Outbox, SpoolWriteError, free_bytes
 from producer.recordlog import Damage
 from producer.sender import Sender
 
@@ -61,7 +65,15 @@ class RunState:
         next_seq: the next sequence number (writer thread only).
         closing: a RunClose was handed off; the run takes no more events.
         closed: the RunClose is in the outbox.
-        failed: the outbox could not be opened; the run's events are dropped.
+        failed: the outbox could not be opened; the run's events are dropped (nothing is on
+            disk); ``problem`` says why.
+        refused: the collector will not take this run's events from this outbox (another
+            writer uses the run id); they stay in the outbox; ``problem`` says why.
+        problem: why the run failed or was refused.
+        lost: events of this run the producer could not record (its disk, its bounds); each is
+            counted under its reason in the client's stats and logged.
+        held: file events (and the RunClose after them) waiting for room in the spool (writer
+            thread only); ``held_deadline``: when the writer gives up on them (monotonic).
         removed: delivered completely and its directory deleted.
         start_acked: acked position when this client took the run over (progress reports).
 
@@ -74,15 +86,29 @@ class RunState:
     closing: bool = False
     closed: bool = False
     failed: bool = False
+    refused: bool = False
+    problem: str = ""
+    lost: int = 0
+    held: collections.deque[_Handoff] = field(default_factory=collections.deque)
+    held_deadline: float = math.inf
     removed: bool = False
     start_acked: int = 0
 
     def finished(self) -> bool:
         """Nothing more will happen to this run's events: delivered, or undeliverable."""
-        return self.failed or self.removed or self.outbox is None or self.outbox.fully_acked()
+        if self.failed or self.refused or self.removed:
+            return True
+        return not self.held and (self.outbox is None or self.outbox.fully_acked())
 
     def delivered(self) -> bool:
-        return self.finished() and not self.failed
+        """Finished, and every event the run was given reached the collector."""
+        return self.finished() and not (self.failed or self.refused or self.lost)
+
+    def unacked(self) -> int:
+        """Events of this run in its outbox that the collector has not acknowledged."""
+        if self.outbox is None or self.removed:
+            return 0
+        return max(0, self.outbox.last_seq - self.outbox.acked)
 
 
 class _Handoff(NamedTuple):
@@ -104,6 +130,19 @@ class _FlushMark:
 
 _STOP: Final = "stop"
 _Item = _Handoff | _FlushMark | str
+#: Errors that mean the spool has no room (they may pass: held files are tried again).
+_NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Retry interval of files held for room in the spool: doubles from MIN to MAX.
+HOLD_RETRY_MIN: Final = 0.2
+HOLD_RETRY_MAX: Final = 5.0
+
+
+class _Spooled(enum.Enum):
+    SPOOLED = "spooled"
+
+
+#: What :meth:`Client._spool` returns when the file is in the outbox.
+_SPOOLED: Final = _Spooled.SPOOLED
 #: Writer poll interval while events flow, and the longest one when idle.
 MIN_POLL: Final = 0.001
 MAX_POLL: Final = 0.02
@@ -123,13 +162,21 @@ class Client:
         self.config = config
         self.pid = os.getpid()
         self.once = Once()
-        self._cond = threading.Condition()
+        # Reentrant: the SIGTERM handler (producer.preemption) flushes on the main thread, which
+        # it may have interrupted inside this lock.
+        self._cond = threading.Condition(threading.RLock())
         self._runs: dict[str, RunState] = {}
+        # Delivered runs that lost events on the way (their own disk, the bounds): for the report.
+        self._incomplete: list[RunState] = []
         # Guarded by _cond; never touched on the caller's path except to count a drop.
         self._counters: collections.Counter[str] = collections.Counter()
         # deque.append and popleft are atomic: the caller's only synchronisation.
         self._queue: collections.deque[_Item] = collections.deque()
         self._writer_wake = threading.Event()
+        # Runs with files held for room in the spool (writer thread only), and when to retry.
+        self._holding: set[RunState] = set()
+        self._retry_at = math.inf
+        self._retry_delay = HOLD_RETRY_MIN
         self._closed = False
         self._stopped = False
         # A flush timed out and no ack came since: the exit handler then waits no longer, so
@@ -173,25 +220,26 @@ class Client:
 
     def submit(self, run: RunState, event: protocol.Event, source: str | None = None) -> bool:
         """Hand an event (seq unset) to the writer; False if it was dropped. Never blocks."""
-        if not self._admit(1):
+        if not self._admit(run, 1):
             return False
         self._queue.append(_Handoff(run, event, source))
         return True
 
     def submit_all(self, run: RunState, events: list[protocol.Event]) -> bool:
         """Hand several file-less events to the writer at once (one ``deque.extend``)."""
-        if not self._admit(len(events)):
+        if not self._admit(run, len(events)):
             return False
         self._queue.extend([_Handoff(run, event, None) for event in events])
         return True
 
-    def _admit(self, n: int) -> bool:
+    def _admit(self, run: RunState, n: int) -> bool:
         """Whether ``n`` more events may be queued; counts and warns (once) when not."""
         if self._closed:
             self.count("dropped_closed", n)
             return False
         if len(self._queue) >= self.config.max_pending:
             self.count("dropped_overflow", n)
+            run.lost += n  # from the caller's thread too: may undercount, never reads 0 after a drop
             self.once.log(
                 log,
                 logging.WARNING,
@@ -208,10 +256,15 @@ class Client:
             self._counters[name] += n
 
     def stats(self) -> dict[str, int]:
-        """Counters: events queued/written/acked, drops by reason, refusals by code, resends..."""
+        """Counters: events queued/written/acked, drops by reason, refusals by code, resends...
+
+        Two gauges too: ``pending`` (handed off, not yet written) and ``waiting_for_room``
+        (file events held until the spool has room for their file).
+        """
         with self._cond:
             out = dict(self._counters)
         out["pending"] = sum(isinstance(item, _Handoff) for item in list(self._queue))
+        out["waiting_for_room"] = sum(len(state.held) for state in self.run_states())
         return out
 
     def run_states(self) -> list[RunState]:
@@ -258,10 +311,12 @@ class Client:
             return True
 
     def forget(self, state: RunState) -> None:
-        """Drop a delivered and deleted run."""
+        """Drop a delivered and deleted run (one that lost events stays known to the exit report)."""
         with self._cond:
             if self._runs.get(state.run_id) is state:
                 del self._runs[state.run_id]
+                if state.lost:
+                    self._incomplete.append(state)
             self._cond.notify_all()
 
     def on_damage(self, run_id: str) -> DamageCallback:
@@ -275,6 +330,8 @@ class Client:
         poll = MIN_POLL
         try:
             while True:
+                if self._holding and time.monotonic() >= self._retry_at:
+                    self._retry_held(dirty)
                 if not self._queue:
                     self._writer_wake.wait(poll)
                     self._writer_wake.clear()
@@ -284,6 +341,7 @@ class Client:
                 while self._queue and len(batch) < WRITE_BATCH:
                     batch.append(self._queue.popleft())
                 if not self._write_batch(batch, dirty):
+                    self._give_up_held(dirty)
                     return
         finally:
             self._wake.close()
@@ -291,9 +349,10 @@ class Client:
     def _write_batch(self, batch: list[_Item], dirty: set[RunState]) -> bool:
         """Write one batch: one append per run. False when asked to stop."""
         keep_going = True
+        handled = 0
         records: dict[RunState, list[tuple[int, bytes]]] = {}
         syncs: set[RunState] = set()
-        closes: set[RunState] = set()
+        closes: dict[RunState, _Handoff] = {}
         marks: list[_FlushMark] = []
         for item in batch:
             if isinstance(item, str):
@@ -302,15 +361,16 @@ class Client:
                 marks.append(item)
                 syncs.update(item.runs)
             else:
-                self._prepare_safely(item, records, closes)
+                handled += self._prepare_safely(item, records, closes)
         for state, recs in records.items():
-            self._append(state, recs, dirty, syncs if state in closes else None)
+            if not self._append(state, recs, dirty, syncs if state in closes else None, closes.get(state)):
+                closes.pop(state, None)
         if self.config.fsync != "never":
             for state in syncs & dirty:
                 self._sync(state)
             dirty -= syncs
         with self._cond:
-            self._counters["events_handled"] += sum(isinstance(item, _Handoff) for item in batch)
+            self._counters["events_handled"] += handled
             for mark in marks:
                 mark.done = True
             for state in closes:
@@ -321,19 +381,111 @@ class Client:
         return keep_going
 
     def _prepare_safely(
-        self, item: _Handoff, records: dict[RunState, list[tuple[int, bytes]]], closes: set[RunState]
-    ) -> None:
+        self,
+        item: _Handoff,
+        records: dict[RunState, list[tuple[int, bytes]]],
+        closes: dict[RunState, _Handoff],
+    ) -> int:
+        """Prepare one hand-off into ``records``; 0 if it was held back for room in the spool."""
+        state = item.run
+        if state.held and (item.source is not None or isinstance(item.event, protocol.RunClose)):
+            self._hold(item)  # behind the run's file that waits for room: files and close keep order
+            return 0
         try:
             record = self._prepare(item)
         except Exception:  # the writer must outlive any one bad event
             self.count("writer_errors")
-            self.once.log(log, logging.ERROR, ("writer", item.run.run_id), "clearml-relay: writer failed")
+            self.once.log(log, logging.ERROR, ("writer", state.run_id), "clearml-relay: writer failed")
             log.debug("writer failure", exc_info=True)
-            return
+            return 1
+        if state.held and state.held[-1] is item:
+            return 0
         if record is not None:
-            records.setdefault(item.run, []).append(record)
+            records.setdefault(state, []).append(record)
             if isinstance(item.event, protocol.RunClose):
-                closes.add(item.run)
+                closes[state] = item
+        return 1
+
+    # ---------------------------------------------------------------- files waiting for room
+
+    def _hold(self, item: _Handoff) -> None:
+        """Keep a hand-off until the spool has room for its file (or the run's end gives up)."""
+        state = item.run
+        state.held.append(item)
+        if isinstance(item.event, protocol.RunClose):
+            # The run ends: its files wait half its flush timeout more (tried often now), and
+            # the other half delivers what follows.
+            state.held_deadline = min(state.held_deadline, time.monotonic() + self.config.flush_timeout / 2)
+            self._retry_delay = HOLD_RETRY_MIN
+            self._retry_at = min(self._retry_at, time.monotonic() + HOLD_RETRY_MIN)
+        if state not in self._holding:
+            self._holding.add(state)
+            self._retry_at = min(self._retry_at, time.monotonic() + self._retry_delay)
+
+    def _retry_held(self, dirty: set[RunState]) -> None:
+        """Hand every held event to the writer again; what still finds no room is held again."""
+        items: list[_Item] = []
+        for state in self._holding:
+            items.extend(state.held)
+            state.held.clear()
+        self._holding.clear()
+        self._retry_at = math.inf
+        self._write_batch(items, dirty)
+        if self._holding:
+            self._retry_delay = min(2 * self._retry_delay, HOLD_RETRY_MAX)
+            self._retry_at = time.monotonic() + self._retry_delay
+        else:
+            self._retry_delay = HOLD_RETRY_MIN
+
+    def _give_up_held(self, dirty: set[RunState]) -> None:
+        """At stop: one last try for every held file, then a gap in its place."""
+        for state in self._holding:
+            state.held_deadline = -math.inf
+        if self._holding:
+            self._retry_held(dirty)
+
+    def _no_room(self, item: _Handoff, seq: int, exc: OSError) -> tuple[int, bytes] | None:
+        """A file that finds no room in the spool: held, or after the deadline, a gap."""
+        state, event = item.run, item.event
+        assert item.source is not None
+        needed = _size_of(item.source)
+        free = free_bytes(self.config.spool_dir)
+        where = f"the spool {self.config.spool_dir} ({_bytes(free)} free, the file is {_bytes(needed)})"
+        name = os.path.basename(item.source)
+        if time.monotonic() < state.held_deadline:
+            self.once.log(
+                log,
+                logging.WARNING,
+                ("no-room", state.run_id),
+                "clearml-relay: no room in %s for %s of run %s (%s); it is copied once room is freed, "
+                "until the run's close has waited half its flush timeout",
+                where,
+                name,
+                state.run_id,
+                exc.strerror or exc,
+            )
+            self._hold(item)
+            return None
+        self.count("files_dropped_no_room")
+        state.lost += 1
+        kind = type(event).__name__
+        reason = f"{kind} {name} was not recorded: no room in {where}"
+        log.error(
+            "clearml-relay: run %s ends without its %s %s: no room in %s; the collector records a gap in "
+            "its place",
+            state.run_id,
+            kind.lower(),
+            name,
+            where,
+        )
+        gap = protocol.Gap(run=state.run_id, seq=seq, last=seq, ts=time.time(), reason=reason)
+        body = self._encode_checked(state, gap)
+        if body is None:
+            return None
+        state.next_seq = seq + 1
+        return seq, body
+
+    # ------------------------------------------------------------------------- appending
 
     def _append(
         self,
@@ -341,30 +493,46 @@ class Client:
         recs: list[tuple[int, bytes]],
         dirty: set[RunState],
         syncs: set[RunState] | None,
-    ) -> None:
+        close: _Handoff | None = None,
+    ) -> bool:
+        """Append one run's records; False (counted, logged) when the outbox cannot take them.
+
+        ``close``: the run's RunClose is the last of ``recs``. If the append fails, it is held
+        and tried again like a file waiting for room, so that a run whose disk recovers still
+        ends; the other records are dropped.
+        """
         assert state.outbox is not None
         try:
             state.outbox.append(recs)
         except OSError as exc:
-            # Reuse the seqs: the run must not get a hole for events that never hit the disk.
+            # The log is as it was before the append: its seqs are reused, the run gets no hole.
             state.next_seq = state.outbox.last_seq + 1
-            self.count("dropped_io", len(recs))
+            dropped = len(recs) - (close is not None)
+            self.count("dropped_io", dropped)
+            state.lost += dropped
+            if close is not None:
+                self._hold(close)
+            free = free_bytes(self.config.spool_dir)
             self.once.log(
                 log,
                 logging.ERROR,
                 ("append", state.run_id),
-                "clearml-relay: cannot write the outbox of run %s in %s (%s); events are dropped",
+                "clearml-relay: cannot write the outbox of run %s in %s (%s; %s free); %d events are "
+                "dropped, and later ones until it can be written again (counted as dropped_io)",
                 state.run_id,
                 state.outbox.directory,
-                exc,
+                exc.strerror or exc,
+                _bytes(free),
+                dropped,
             )
-            return
+            return False
         self.count("events_written", len(recs))
         dirty.add(state)
         if self.config.fsync == "always":
             self._sync(state)
         elif syncs is not None:
             syncs.add(state)  # fsync=close: a closed run's outbox is made durable now
+        return True
 
     def _sync(self, state: RunState) -> None:
         if state.outbox is None or state.removed:
@@ -387,7 +555,7 @@ class Client:
         except (OSError, ValueError) as exc:
             reason = str(exc)
         if state.outbox is None:
-            state.failed = True
+            state.failed, state.problem = True, f"its outbox could not be opened: {reason}"
             log.error(
                 "clearml-relay: cannot open the outbox of run %s in %s (%s); its events are dropped",
                 state.run_id,
@@ -406,15 +574,17 @@ class Client:
         return state.outbox
 
     def _prepare(self, item: _Handoff) -> tuple[int, bytes] | None:
-        """Number, spool and encode one event; None when it is dropped (and counted)."""
+        """Number, spool and encode one event; None when it is dropped (and counted) or held."""
         state, event = item.run, item.event
         assert event is not None
         outbox = self._open_outbox(state)
         if outbox is None:
             self.count("dropped_no_outbox")
+            state.lost += 1
             return None
         if outbox.bytes_held >= self.config.max_outbox_bytes and not isinstance(event, protocol.RunClose):
             self.count("dropped_outbox_full")
+            state.lost += 1
             self.once.log(
                 log,
                 logging.WARNING,
@@ -429,24 +599,17 @@ class Client:
             return None
         seq = state.next_seq
         event.seq = seq
+        if isinstance(event, protocol.RunOpen):
+            event.writer = outbox.writer
         if isinstance(event, protocol.RunOpen) and event.context is not None:
             try:
                 complete_context(event.context)
             except Exception as exc:  # noqa: BLE001 - optional details are never worth losing the run
                 log.debug("execution context incomplete: %s", exc)
         if item.source is not None and isinstance(event, protocol.FILE_EVENTS):
-            try:
-                event.file = outbox.spool_file(seq, item.source, fsync=self.config.fsync == "always")
-            except OSError as exc:
-                self.count("files_missing")
-                log.warning(
-                    "clearml-relay: cannot read %s for a %s event of run %s (%s); that event is dropped",
-                    item.source,
-                    type(event).__name__,
-                    state.run_id,
-                    exc.strerror or exc,
-                )
-                return None
+            instead = self._spool(item, event, outbox, seq)
+            if instead is not _SPOOLED:
+                return instead
         body = self._encode_checked(state, event)
         if body is None:
             if item.source is not None:
@@ -454,6 +617,45 @@ class Client:
             return None
         state.next_seq = seq + 1
         return seq, body
+
+    def _spool(
+        self,
+        item: _Handoff,
+        event: protocol.DebugImage | protocol.Plot | protocol.Model,
+        outbox: Outbox,
+        seq: int,
+    ) -> tuple[int, bytes] | _Spooled | None:
+        """Copy the event's file into the outbox: :data:`_SPOOLED`, or what to record instead."""
+        assert item.source is not None
+        state = item.run
+        try:
+            event.file = outbox.spool_file(seq, item.source, fsync=self.config.fsync == "always")
+        except SpoolWriteError as exc:
+            if exc.errno in _NO_ROOM:
+                return self._no_room(item, seq, exc)
+            self.count("files_dropped_io")
+            state.lost += 1
+            log.error(  # noqa: TRY400 - the message holds the reason; a traceback adds nothing
+                "clearml-relay: cannot copy %s into the outbox of run %s in %s (%s); that %s event "
+                "is dropped",
+                item.source,
+                state.run_id,
+                outbox.directory,
+                exc.strerror or exc,
+                type(event).__name__,
+            )
+            return None
+        except OSError as exc:
+            self.count("files_missing")
+            log.warning(
+                "clearml-relay: cannot read %s for a %s event of run %s (%s); that event is dropped",
+                item.source,
+                type(event).__name__,
+                state.run_id,
+                exc.strerror or exc,
+            )
+            return None
+        return _SPOOLED
 
     def _encode_checked(self, state: RunState, event: protocol.Event) -> bytes | None:
         """Encode and validate as the collector will; a RunOpen falls back to a lean context."""
@@ -521,17 +723,48 @@ class Client:
         if os.getpid() != self.pid:
             return  # a forked child inherited this handler; the parent's threads are not ours
         try:
-            if not self.close(0.0 if self._stalled else None):
-                left = sum(1 for s in self.run_states() if not s.delivered())
-                if left:
-                    log.warning(
-                        "clearml-relay: %d run(s) not fully delivered to %s at exit; they stay in %s",
-                        left,
-                        self.config.endpoint,
-                        self.config.spool_dir,
-                    )
+            self.close(0.0 if self._stalled else None)
+            for line in self.undelivered_report():
+                log.warning("%s", line)
         except Exception:  # never turn an exit into a traceback
             log.debug("clearml-relay exit handler failed", exc_info=True)
+
+    def undelivered_report(self) -> list[str]:
+        """What this client's runs left undone, as it stands on disk: one line per kind of trouble."""
+        lines = []
+        stranded = 0
+        events = 0
+        with self._cond:
+            states = [*self._incomplete, *self._runs.values()]
+        for state in states:
+            if state.failed:
+                lines.append(
+                    f"clearml-relay: run {state.run_id} recorded nothing ({state.problem}); "
+                    "none of it is on disk"
+                )
+                continue
+            if state.lost:
+                lines.append(
+                    f"clearml-relay: run {state.run_id}: {state.lost} of its events could not be recorded "
+                    "(the errors above say why)"
+                )
+            if state.refused:
+                lines.append(
+                    f"clearml-relay: run {state.run_id} was not delivered ({state.problem}); its "
+                    f"{state.unacked()} events stay in {state.outbox.directory if state.outbox else '?'}"
+                )
+            elif not state.finished() and state.unacked():
+                stranded += 1
+                events += state.unacked()
+        if stranded:
+            spool = shlex.quote(str(self.config.spool_dir))
+            lines.append(
+                f"clearml-relay: {stranded} run(s) not fully delivered to {self.config.endpoint} at exit: "
+                f"{events} events stay in {self.config.spool_dir}; deliver them with: clearml-relay sync "
+                f"--spool-dir {spool} --endpoint {shlex.quote(self.config.endpoint)} (or by starting the "
+                "next training on the same spool)"
+            )
+        return lines
 
 
 def _check(event: protocol.Event) -> tuple[bytes, str]:
@@ -604,3 +837,24 @@ def _forget_client(client: Client) -> None:
         for key, value in list(_clients.items()):
             if value is client:
                 del _clients[key]
+
+
+def _size_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _bytes(n: int | None) -> str:
+    """``n`` bytes for a message: "512 bytes", "1.5 MB", "unknown"."""
+    if n is None:
+        return "unknown"
+    if n < 10_000:
+        return f"{n} bytes"
+    value = n / 1000
+    for unit in ("kB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

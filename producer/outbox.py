@@ -6,6 +6,7 @@ Layout of ``<spool>/<run_id>/``::
     log/      a RecordLog; record seq == event seq, body == protocol.encode(event)
     blobs/N   the spooled copy of the file that event N refers to
     acked     8-byte little-endian cumulative acked seq, overwritten in place
+    writer    this outbox's writer id (32 hex digits), written once when the outbox is made
 
 The ``acked`` cursor is written without fsync: after a crash it may lag, and the events behind it
 are sent again, which the collector dedups. Segments and blobs are deleted once acked.
@@ -14,6 +15,7 @@ are sent again, which the collector dedups. Segments and blobs are deleted once 
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -22,8 +24,9 @@ import shutil
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from producer.protocol import FileRef
 from producer.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
@@ -32,6 +35,7 @@ LOCK_NAME: Final = "lock"
 LOG_NAME: Final = "log"
 BLOBS_NAME: Final = "blobs"
 ACKED_NAME: Final = "acked"
+WRITER_NAME: Final = "writer"
 COPY_BYTES: Final = 1024 * 1024
 SEGMENT_BYTES: Final = 8 * 1024 * 1024
 _ACKED: Final = struct.Struct("<Q")
@@ -64,6 +68,9 @@ class Outbox:
         self._lock_fd = lock_fd
         self._acked_fd = acked_fd
         self._io = threading.Lock()
+        #: Tells this outbox's events from another outbox's under the same run id (the wire's
+        #: writer id); None for an outbox of an older version that cannot be given one.
+        self.writer = _writer_id(directory)
         raw = os.pread(acked_fd, _ACKED.size, 0)
         self._acked = _ACKED.unpack(raw)[0] if len(raw) == _ACKED.size else 0
         # Blobs beyond the log's end are half-copied files of events that were never written.
@@ -149,8 +156,11 @@ class Outbox:
     def spool_file(self, seq: int, source: str | os.PathLike[str], *, fsync: bool = False) -> FileRef:
         """Copy ``source`` to ``blobs/<seq>`` in 1 MiB chunks, hashing it on the way.
 
+        A failed copy leaves nothing behind.
+
         Raises:
-            OSError: the source cannot be read or the copy cannot be written.
+            SpoolWriteError: the copy cannot be written into the outbox (a full spool...).
+            OSError: the source cannot be read.
 
         """
         target = self.blob_path(seq)
@@ -159,16 +169,20 @@ class Outbox:
         view = memoryview(buf)
         size = 0
         try:
-            with open(source, "rb") as src, open(target, "wb") as dst:
-                while n := src.readinto(buf):
-                    digest.update(view[:n])
-                    dst.write(view[:n])
-                    size += n
-                if fsync:
-                    dst.flush()
-                    os.fsync(dst.fileno())
+            with open(source, "rb") as src:
+                fd = _spool_call(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    while n := src.readinto(buf):
+                        digest.update(view[:n])
+                        _spool_call(_write_all, fd, view[:n])
+                        size += n
+                    if fsync:
+                        _spool_call(os.fsync, fd)
+                finally:
+                    os.close(fd)
         except BaseException:
-            target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
             raise
         with self._io:
             self._blobs.append(seq)
@@ -193,11 +207,16 @@ class Outbox:
         return LogReader(self.directory / LOG_NAME, start_seq=start_seq, on_damage=on_damage)
 
     def mark_acked(self, seq: int) -> None:
-        """Record the cumulative ack and delete the segments and blobs it covers."""
+        """Record the cumulative ack and delete the segments and blobs it covers.
+
+        A cursor that cannot be written (a failing disk) only lags: the events behind it are
+        sent again after a restart and deduplicated by the collector.
+        """
         if seq <= self._acked:
             return
         self._acked = seq
-        os.pwrite(self._acked_fd, _ACKED.pack(seq), 0)
+        with contextlib.suppress(OSError):
+            os.pwrite(self._acked_fd, _ACKED.pack(seq), 0)
         freed = self.log.drop_through(seq)
         with self._io:
             while self._blobs and self._blobs[0] <= seq:
@@ -229,6 +248,60 @@ class Outbox:
         shutil.rmtree(trash, ignore_errors=True)
         self.removed = True
         self.close()
+
+
+class SpoolWriteError(OSError):
+    """Copying a file into the outbox failed on the spool's side (its source was readable)."""
+
+
+_T = TypeVar("_T")
+
+
+def _spool_call(call: Callable[..., _T], *args: Any) -> _T:
+    try:
+        return call(*args)
+    except OSError as exc:
+        raise SpoolWriteError(exc.errno, exc.strerror) from exc
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes free for an unprivileged writer on ``directory``'s filesystem (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _writer_id(directory: Path) -> str | None:
+    """The outbox's writer id, made on first use (atomically: a crash leaves none or one)."""
+    path = directory / WRITER_NAME
+    try:
+        return _valid_writer(path.read_text())
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError):
+        return None
+    writer = uuid.uuid4().hex
+    tmp = directory / f".{WRITER_NAME}.tmp"
+    try:
+        tmp.write_text(writer)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return None
+    return writer
+
+
+def _valid_writer(text: str) -> str | None:
+    text = text.strip()
+    return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
 
 
 def _lock(fd: int, path: Path) -> bool:

@@ -43,6 +43,22 @@ An event that decodes but fails validation (or a ``Gap``) still consumes its ``s
 collector journals a ``Gap`` in its place, acks it, and answers ``Refuse`` with the reason, so a
 run never stalls behind one bad event and the producer can log exactly what was wrong.
 
+Writers: one run id, one producer incarnation
+=============================================
+A run's sequence numbers are counted by the outbox that writes them, so two outboxes that use
+the same run id (a job restarted elsewhere with ``run_id=$SLURM_JOB_ID``, the same id on two
+machines) would both count from 1, and the collector would drop the second one's events as
+duplicates. Each outbox therefore picks a *writer id* (32 hex digits) when it is created and
+keeps it on disk; the run's ``RunOpen`` carries it, and so does every ``Submit`` and
+``FileOffer``. The collector records the writer of each run's ``RunOpen`` with the run and
+refuses events and files of the run from any other writer with ``Refuse(code="conflict",
+run=...)``, before they are deduplicated: they are neither applied nor acked. The producer logs
+the refusal, keeps the events in its outbox and reports the run as not delivered
+(``close()`` returns False). The same outbox sent again (a producer restarted on the same
+spool, ``clearml-relay sync``) has the same writer id and is deduplicated as before. To continue
+a finished run's ClearML task from a new process, start a new run id with ``resume_run``.
+Runs journaled by protocol 1 peers have no writer and accept any (protocol 1 had no way to tell).
+
 Files
 =====
 Images, plots and models travel as content, never as paths. An event that refers to a file
@@ -71,7 +87,9 @@ collector's counters and per-run positions (used by tests, ``clearml-relay runs`
 ``clearml-relay status``). ``Refuse`` always names a code and a human-readable reason; ``backoff``
 carries ``retry_after`` seconds: keep spooling, send again later. ``denied`` (the run belongs to
 another CURVE key) and ``limit`` (the key's open-run limit) name the run: the producer pauses that
-run and tries again later, keeping its events in the outbox.
+run and tries again later, keeping its events in the outbox. ``conflict`` (another writer owns
+the run id) names the run too; it does not go away by waiting, so the producer stops sending
+that run and says so.
 
 Hostile input
 =============
@@ -99,7 +117,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MAGIC: Final = b"CRLY"
 HEADER: Final = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
 
@@ -114,6 +132,8 @@ _Short = Annotated[str, msgspec.Meta(max_length=255)]
 RunId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+#: Names one producer incarnation of a run: chosen when its outbox is created, kept with it.
+WriterId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
 _Iteration = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**62)]
 _Size = Annotated[int, msgspec.Meta(ge=0, le=2**50)]
 ParamValue = str | int | float | bool | None
@@ -129,6 +149,7 @@ RefuseCode = Literal[
     "internal",  # the collector failed to handle the message; it keeps serving
     "denied",  # CURVE: the run belongs to another producer key
     "limit",  # a configured limit (open runs per key) is reached
+    "conflict",  # the run id belongs to another producer incarnation (another outbox)
 ]
 RunStatus = Literal["completed", "failed", "aborted"]
 
@@ -198,6 +219,8 @@ class RunOpen(_Event, tag="open", kw_only=True):
     task_id: _Short | None = None
     #: Continue the ClearML task of this earlier run (a resumed training).
     resume_run: RunId | None = None
+    #: The producer incarnation that writes this run (see :data:`WriterId`).
+    writer: WriterId | None = None
 
 
 class Scalar(_Event, tag="scalar", kw_only=True):
@@ -294,12 +317,15 @@ class Submit(_Struct, tag="submit", kw_only=True):
     """A batch of pre-encoded events (each one a msgpack-encoded :data:`Event`)."""
 
     events: list[msgspec.Raw]
+    #: The writer of every event in this batch (one run's outbox); None from protocol 1 peers.
+    writer: WriterId | None = None
 
 
 class FileOffer(_Struct, tag="offer", kw_only=True):
     run: RunId
     sha256: Sha256
     size: _Size
+    writer: WriterId | None = None
 
 
 class FileChunk(_Struct, tag="chunk", kw_only=True):

@@ -187,23 +187,38 @@ class RecordLog:
         self.directory = directory
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
-        segments = list_segments(directory)
+        self._on_damage = on_damage
         self.last_seq = 0
         self._fd = -1
         self._size = 0
-        if segments:
-            first, path = segments[-1]
-            self.last_seq = first - 1
-            data = path.read_bytes()
-            parsed = _parse(data, 0, final=True)
+        self._recover(None)
+
+    def _recover(self, committed: int | None) -> None:
+        """Continue after the newest segment's last good record, cutting off what follows it.
+
+        ``committed``: after a failed append, the last seq whose append returned; records
+        beyond it on disk belong to the failed append and are cut off too.
+        """
+        segments = list_segments(self.directory)
+        if not segments:
+            return
+        first, path = segments[-1]
+        data = path.read_bytes()
+        parsed = _parse(data, 0, final=True)
+        if committed is None:
             for offset, length, reason in parsed.damage:
-                on_damage(Damage(path, offset, length, reason))
-            if parsed.records:
-                self.last_seq = parsed.records[-1][0].seq
-            if parsed.valid_end < len(data):
-                os.truncate(path, parsed.valid_end)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            self._size = parsed.valid_end
+                self._on_damage(Damage(path, offset, length, reason))
+        kept = [(r, end) for r, end in parsed.records if committed is None or r.seq <= committed]
+        end = kept[-1][1] if kept else (parsed.valid_end if committed is None else 0)
+        self.last_seq = kept[-1][0].seq if kept else first - 1
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            if end < len(data):
+                os.ftruncate(fd, end)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._size = fd, end
 
     def append(self, records: Iterable[tuple[int, bytes]]) -> None:
         """Write records (seq strictly above ``last_seq``, increasing) with one write call."""
@@ -216,18 +231,40 @@ class RecordLog:
             last = seq
         if not parts:
             return
+        if self._fd < 0 and self._size < 0:
+            self._recover(self.last_seq)  # an earlier failure left the tail unknown
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._rotate(self.last_seq + 1)
         buf = memoryview(b"".join(parts))
-        while buf:
-            written = os.write(self._fd, buf)
-            buf = buf[written:]
-        self._size += sum(len(p) for p in parts)
+        start = self._size
+        try:
+            while buf:
+                written = os.write(self._fd, buf)
+                buf = buf[written:]
+                self._size += written
+        except OSError:
+            self._undo(start)
+            raise
         self.last_seq = last
+
+    def _undo(self, size: int) -> None:
+        """Cut a failed append (a short write, then ENOSPC or EIO) back to ``size`` bytes.
+
+        The log is left exactly as it was before the failed append, so the caller may reuse
+        the sequence numbers. If even the truncation fails, the descriptor is dropped and the
+        next append first cuts the segment back to the last committed record.
+        """
+        try:
+            os.ftruncate(self._fd, size)
+            self._size = size
+        except OSError:
+            os.close(self._fd)
+            self._fd, self._size = -1, -1
 
     def _rotate(self, first_seq: int) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1
         path = self.directory / _segment_name(first_seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
@@ -261,7 +298,12 @@ class RecordLog:
 
 
 class LogReader:
-    """Reads a log from ``start_seq`` on, following a live writer across segments."""
+    """Reads a log from ``start_seq`` on, following a live writer across segments.
+
+    The reader keeps no bytes between reads: each read starts at the end of the last record it
+    returned. A writer that cuts a failed append back (see :meth:`RecordLog.append`) and
+    writes other records in its place is therefore read correctly.
+    """
 
     def __init__(self, directory: Path, *, start_seq: int = 1, on_damage: DamageHandler = _ignore) -> None:
         self.directory = directory
@@ -269,7 +311,6 @@ class LogReader:
         self._on_damage = on_damage
         self._path: Path | None = None
         self._offset = 0
-        self._pending = b""
 
     def _open_segment(self) -> bool:
         """Point at the segment that holds ``next_seq`` (or the first after it)."""
@@ -282,7 +323,7 @@ class LogReader:
                 break
         if chosen is None:
             return False
-        self._path, self._offset, self._pending = chosen, 0, b""
+        self._path, self._offset = chosen, 0
         return True
 
     def _next_segment(self) -> Path | None:
@@ -292,8 +333,37 @@ class LogReader:
                 return path
         return None
 
-    def read(self, max_records: int = 1000, max_bytes: int = 4 * 1024 * 1024) -> list[Record]:
-        """Up to ``max_records`` records with seq >= ``next_seq``; [] when caught up."""
+    def _read_segment(self, path: Path, size: int) -> tuple[bytes, _Parse]:
+        """About ``size`` bytes of ``path`` from the current offset, parsed (more for a big record)."""
+        with open(path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read(size)
+            parsed = _parse(chunk, self.next_seq, final=False)
+            if chunk and not parsed.consumed:
+                # A record larger than one read, or still being written: read all there is.
+                chunk += f.read()
+                parsed = _parse(chunk, self.next_seq, final=False)
+        return chunk, parsed
+
+    def _take(
+        self, parsed: _Parse, out: list[Record], max_records: int, max_seq: int | None
+    ) -> tuple[int, bool]:
+        """Move parsed records into ``out`` up to the bounds; (bytes consumed, stopped early)."""
+        for record, end in parsed.records:
+            if len(out) >= max_records or (max_seq is not None and record.seq > max_seq):
+                return end - HEADER_BYTES - len(record.body), True  # read again from this record
+            out.append(record)
+            self.next_seq = record.seq + 1
+        return parsed.consumed, False
+
+    def read(
+        self, max_records: int = 1000, max_bytes: int = 4 * 1024 * 1024, max_seq: int | None = None
+    ) -> list[Record]:
+        """Up to ``max_records`` records with ``next_seq`` <= seq <= ``max_seq``; [] when caught up.
+
+        ``max_seq``: the writer's committed position (its ``last_seq``). Records beyond it may
+        belong to an append that is still failing and will be cut back: they are not returned.
+        """
         out: list[Record] = []
         size = 0
         while len(out) < max_records and size < max_bytes:
@@ -301,37 +371,29 @@ class LogReader:
                 break
             assert self._path is not None
             try:
-                with open(self._path, "rb") as f:
-                    f.seek(self._offset + len(self._pending))
-                    chunk = f.read(max(_READ_BYTES, max_bytes - size))
+                chunk, parsed = self._read_segment(self._path, max(_READ_BYTES, max_bytes - size))
             except FileNotFoundError:
                 # Dropped under us (acked and cleaned up): start again from the segment list.
                 self._path = None
                 if not list_segments(self.directory):
                     break
                 continue
-            successor = None if chunk else self._next_segment()
-            if not chunk and not (self._pending and successor):
+            if not parsed.consumed:
+                successor = self._next_segment()
                 if successor is None:
-                    break  # caught up with the writer
-                self._path, self._offset, self._pending = successor, 0, b""
-                continue
-            buf = self._pending + chunk
-            parsed = _parse(buf, self.next_seq, final=successor is not None)
-            consumed, stopped = parsed.consumed, False
-            for record, end in parsed.records:
-                if len(out) >= max_records:
-                    stopped = True  # re-read from the first record not returned next time
-                    break
-                out.append(record)
-                size += len(record.body)
-                self.next_seq = record.seq + 1
-                consumed = end
-            if not stopped:
-                consumed = parsed.consumed
+                    break  # caught up with the writer (or it is in the middle of a write)
+                if chunk:  # a torn tail in a segment that has a successor: damage
+                    parsed = _parse(chunk, self.next_seq, final=True)
+                else:
+                    self._path, self._offset = successor, 0
+                    continue
+            taken = len(out)
+            consumed, stopped = self._take(parsed, out, max_records, max_seq)
+            size += sum(len(record.body) for record in out[taken:])
             for offset, length, reason in parsed.damage:
                 if offset < consumed:  # damage past a stop is reported when it is reached
                     self._on_damage(Damage(self._path, self._offset + offset, length, reason))
             self._offset += consumed
-            self._pending = b"" if stopped else buf[consumed:]
+            if stopped or not consumed:
+                break
         return out

@@ -13,13 +13,14 @@ import functools
 import logging
 import operator
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec
 
-from producer import protocol
+from producer import preemption, protocol
 from producer.client import Client, RunState, get_client
 from producer.config import ProducerConfig
 from producer.context import cheap_context
@@ -138,6 +139,9 @@ class Run:
             return
         self._client, self._state = client, state
         client.submit(state, opening)
+        with _open_lock:
+            _open_runs[self] = None
+        preemption.install(abort_open_runs)
 
     @property
     def id(self) -> str:
@@ -343,16 +347,21 @@ class Run:
             if os.getpid() != client.pid:
                 self._reject("close", "forked", "called in a forked child process; only the parent reports")
                 return False
-            if not self._closed:
-                closing = protocol.RunClose(
-                    run=self._id, seq=1, ts=time.time(), status=self._status(status), error=str(error)
-                )
-                client.submit(state, closing)
-                self._closed = state.closing = True
+            self._end(client, state, self._status(status), str(error))
             return self.flush()
         except Exception as exc:  # noqa: BLE001 - close runs in teardown hooks and at exit
             self._reject("close", type(exc).__name__, f"unexpected error: {exc!r}")
             return False
+
+    def _end(self, client: Client, state: RunState, status: protocol.RunStatus, error: str) -> None:
+        """Hand the RunClose to the client, once."""
+        if not self._closed:
+            client.submit(
+                state, protocol.RunClose(run=self._id, seq=1, ts=time.time(), status=status, error=error)
+            )
+            self._closed = state.closing = True
+        with _open_lock:
+            _open_runs.pop(self, None)
 
     def _status(self, status: str) -> protocol.RunStatus:
         for known in _STATUSES:
@@ -377,6 +386,37 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(id={self._id!r}, closed={self._closed})"
+
+
+# ------------------------------------------------------------------------------ preemption
+
+# Runs of this process not closed yet, in creation order (what SIGTERM ends). Reentrant: the
+# SIGTERM handler runs on the main thread, maybe while that thread is inside this lock.
+_open_lock = threading.RLock()
+_open_runs: dict[Run, None] = {}
+
+
+def abort_open_runs(reason: str) -> None:
+    """(SIGTERM handler.) End every open run of this process as aborted; flush them, bounded."""
+    with _open_lock:
+        runs = list(_open_runs)
+    pending: dict[Client, list[RunState]] = {}
+    timeout = 0.0
+    for run in runs:
+        client, state = run._client, run._state
+        if client is None or state is None or os.getpid() != client.pid:
+            continue
+        run._end(client, state, "aborted", reason)
+        pending.setdefault(client, []).append(state)
+        timeout = max(timeout, run._flush_timeout or 0.0)
+    if not pending:
+        return
+    log.warning("clearml-relay: %s: ending %d run(s) as aborted", reason, len(runs))
+    deadline = time.monotonic() + timeout
+    for client, states in pending.items():
+        if not client.flush(max(0.0, deadline - time.monotonic()), runs=states):
+            for line in client.undelivered_report():
+                log.warning("%s", line)
 
 
 # ------------------------------------------------------------------------------ conversions

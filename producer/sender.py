@@ -226,7 +226,11 @@ class Sender:
         self.scanned.set()
 
     def _heartbeat(self) -> None:
-        runs = [s.run_id for s in self._client.run_states() if s.owned and not s.closing and not s.failed]
+        runs = [
+            s.run_id
+            for s in self._client.run_states()
+            if s.owned and not (s.closing or s.failed or s.refused)  # a refused run is not ours to keep alive
+        ]
         if runs:
             self._send_message(protocol.Heartbeat(runs=runs, host=self._host, pid=os.getpid()))
 
@@ -281,7 +285,9 @@ class Sender:
         """Read events from the outbox into the window, up to its bounds."""
         while len(stream.window) < WINDOW_EVENTS and stream.window_bytes < WINDOW_BYTES:
             records = stream.reader.read(
-                max_records=min(BATCH_EVENTS, WINDOW_EVENTS - len(stream.window)), max_bytes=BATCH_BYTES
+                max_records=min(BATCH_EVENTS, WINDOW_EVENTS - len(stream.window)),
+                max_bytes=BATCH_BYTES,
+                max_seq=stream.outbox.last_seq,  # only what the writer's appends committed
             )
             if not records:
                 return
@@ -320,7 +326,7 @@ class Sender:
                 batch.append(msgspec.Raw(item.body))
                 size += len(item.body)
                 end += 1
-            if not self._send_message(protocol.Submit(events=batch)):
+            if not self._send_message(protocol.Submit(events=batch, writer=stream.outbox.writer)):
                 return
             if stream.sent == 0:
                 stream.last_progress = now  # nothing was in flight: the silence clock starts now
@@ -336,7 +342,9 @@ class Sender:
             if t is None:
                 return
         if t.offer == "due":
-            offer = protocol.FileOffer(run=stream.state.run_id, sha256=t.ref.sha256, size=t.ref.size)
+            offer = protocol.FileOffer(
+                run=stream.state.run_id, sha256=t.ref.sha256, size=t.ref.size, writer=stream.outbox.writer
+            )
             if self._send_message(offer):
                 t.offer, t.last_activity = "sent", now
             return
@@ -470,7 +478,7 @@ class Sender:
                 acked,
             )
             gap = self._gap(stream, nack.expect, acked, "collector lost acknowledged events")
-            self._send_message(protocol.Submit(events=[msgspec.Raw(gap.body)]))
+            self._send_message(protocol.Submit(events=[msgspec.Raw(gap.body)], writer=stream.outbox.writer))
             return
         for index in range(stream.sent):
             if stream.window[index].last >= nack.expect:
@@ -532,6 +540,8 @@ class Sender:
             )
         elif refuse.code in ("denied", "limit") and refuse.run is not None:
             self._refused_run(refuse, now)
+        elif refuse.code == "conflict" and refuse.run is not None:
+            self._conflicting_run(refuse)
         elif refuse.code == "backoff":
             self._paused_until = now + (refuse.retry_after if refuse.retry_after is not None else 1.0)
             self._client.once.log(
@@ -570,6 +580,30 @@ class Sender:
             refuse.reason,
             Path(self._config.spool_dir),
         )
+
+    def _conflicting_run(self, refuse: protocol.Refuse) -> None:
+        """Another outbox owns this run id at the collector: stop sending the run, say so once.
+
+        Waiting does not help, so the run counts as finished and not delivered: ``close()`` and
+        flushes return False at once, and the events stay in the outbox.
+        """
+        stream = self._streams.get(refuse.run or "")
+        if stream is None or stream.state.refused:
+            return
+        stream.paused_until = float("inf")
+        stream.sent = 0
+        self._end_transfer(stream)
+        stream.state.problem = f"refused by the collector: {refuse.reason}"
+        stream.state.refused = True
+        log.error(
+            "clearml-relay: collector at %s refused run %s: %s; its %d events stay in the outbox %s",
+            self._config.endpoint,
+            refuse.run,
+            refuse.reason,
+            stream.state.unacked(),
+            stream.outbox.directory,
+        )
+        self._client.on_acked()  # wake flush waiters: this run will not get further
 
     def _refused_file(self, refuse: protocol.Refuse) -> bool:
         """A file above the collector's size limit: its event becomes a Gap (logged once)."""

@@ -187,16 +187,17 @@ def test_credit_window_bounds_chunks_in_flight_and_other_runs_flow(tmp_path: Pat
 
 
 def test_refuse_version_is_logged_exactly_once(caplog: pytest.LogCaptureFixture, spool: Path) -> None:
-    with FakeCollector(header=other_version_header(2)) as fake, caplog.at_level(logging.ERROR):
+    ours, theirs = protocol.PROTOCOL_VERSION, protocol.PROTOCOL_VERSION + 1
+    with FakeCollector(header=other_version_header(theirs)) as fake, caplog.at_level(logging.ERROR):
         runs = [Run("p", f"v{i}", endpoint=fake.endpoint) for i in range(3)]
         for run in runs:
             run.scalar("a", "b", 1.0, 1)
         assert fake.wait_for(lambda f: f.refusals_sent >= 3)
         assert runs[0].flush(0.2) is False
-        errors = [r.getMessage() for r in caplog.records if "speaks protocol 2" in r.getMessage()]
+        errors = [r.getMessage() for r in caplog.records if f"speaks protocol {theirs}" in r.getMessage()]
         assert errors == [
-            f"clearml-relay: collector at {fake.endpoint} speaks protocol 2, this producer speaks 1; "
-            f"events stay in the outbox at {spool}"
+            f"clearml-relay: collector at {fake.endpoint} speaks protocol {theirs}, this producer speaks "
+            f"{ours}; events stay in the outbox at {spool}"
         ]
         assert all((spool / run.id).exists() for run in runs)
 
@@ -252,8 +253,11 @@ def test_overflow_drops_and_warns_once(tmp_path: Path, caplog: pytest.LogCapture
         assert len([r for r in caplog.records if "CLEARML_RELAY_MAX_PENDING" in r.getMessage()]) == 1
         with open(fifo, "wb") as f:
             f.write(b"image bytes")
-        assert client.flush(10)
+        # Everything accepted is delivered, but the run is not whole: a flush says so.
+        assert client.flush(10) is False
         assert fake.seqs("overflow-run") == [1, 2, 3, 4]
+        assert state.finished()
+        assert state.lost == 7
         client.close(0)
 
 

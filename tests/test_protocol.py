@@ -40,8 +40,8 @@ ONE_OF_EACH: list[p.Event] = [
 
 def test_protocol_version_is_pinned() -> None:
     # Changing the version is a deliberate, breaking decision: update this test with it.
-    assert p.PROTOCOL_VERSION == 1
-    assert p.HEADER == b"CRLY\x00\x01"
+    assert p.PROTOCOL_VERSION == 2
+    assert p.HEADER == b"CRLY\x00\x02"
 
 
 def test_wire_encoding_is_pinned() -> None:
@@ -90,7 +90,7 @@ def test_chunk_needs_its_payload_frame_and_nothing_else_has_one() -> None:
         ([p.HEADER], "malformed", "got 1"),
         ([p.HEADER, b"", b"", b""], "malformed", "got 4"),
         ([b"GET / HTTP/1.1", b"x"], "version", "not a clearml-relay"),
-        ([b"CRLY\x00\x02", b"x"], "version", "protocol 2"),
+        ([b"CRLY\x00\x03", b"x"], "version", "protocol 3"),
         ([p.HEADER, b"\xc1"], "malformed", "not valid msgpack"),
         ([p.HEADER, msgspec.msgpack.encode({"t": "teleport"})], "unknown_type", "teleport"),
         ([p.HEADER, msgspec.msgpack.encode({"t": "offer", "run": "r"})], "malformed", "sha256"),
