@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -117,16 +118,16 @@ class Outbox:
         if not valid_run_dir(run_id):
             raise ValueError(f"run id {run_id!r} cannot name an outbox directory")
         directory = spool_dir / run_id
-        if create:
-            (directory / BLOBS_NAME).mkdir(parents=True, exist_ok=True)
+        fd = _create_locked(directory) if create and not directory.exists() else -1
         lock_path = directory / LOCK_NAME
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
-        except FileNotFoundError:
-            return None
-        if not _lock(fd, lock_path):
-            os.close(fd)
-            return None
+        if fd < 0:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+            except FileNotFoundError:
+                return None
+            if not _lock(fd, lock_path):
+                os.close(fd)
+                return None
         try:
             (directory / BLOBS_NAME).mkdir(exist_ok=True)
             log = RecordLog(directory / LOG_NAME, segment_bytes=segment_bytes, on_damage=on_damage)
@@ -302,6 +303,32 @@ def _writer_id(directory: Path) -> str | None:
 def _valid_writer(text: str) -> str | None:
     text = text.strip()
     return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+
+def _create_locked(directory: Path) -> int:
+    """Make a new outbox directory that appears with its lock already held; its lock's fd.
+
+    The outbox is built under a dot-name (which no adopter looks at), locked, then renamed into
+    place: another process scanning the spool for leftovers can never take a new outbox's lock
+    in the moment between its creation and its owner's lock. -1 when ``directory`` appeared
+    meanwhile (the caller opens that one).
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f".creating-{directory.name}-{uuid.uuid4().hex[:8]}")
+    (staging / BLOBS_NAME).mkdir(parents=True)
+    fd = -1
+    try:
+        fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staging, directory)
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return -1
+        raise
+    return fd
 
 
 def _lock(fd: int, path: Path) -> bool:

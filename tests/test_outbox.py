@@ -4,6 +4,8 @@ import hashlib
 import itertools
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,48 @@ def test_list_outboxes_skips_foreign_entries(tmp_path: Path) -> None:
     (tmp_path / "stray.txt").write_text("x")
     assert list_outboxes(tmp_path) == ["run-a", "run-b"]
     assert list_outboxes(tmp_path / "missing") == []
+
+
+#: Enough creations that the old race (adopted between mkdir and flock, about 1 in 300) shows.
+CREATIONS = 1500
+_SCANNER = """
+import sys, time
+from pathlib import Path
+from producer.outbox import Outbox, list_outboxes
+
+spool, deadline = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+print("scanning", flush=True)
+while time.monotonic() < deadline and not (spool / "done").exists():
+    for run in list_outboxes(spool):  # what a starting producer's sender does with leftovers
+        outbox = Outbox.open(spool, run, create=False)
+        if outbox is not None:
+            outbox.close()
+"""
+
+
+def test_a_new_outbox_is_never_adopted_before_its_owner_holds_its_lock(tmp_path: Path) -> None:
+    # Another process scans the spool for leftover outboxes without pause, as every producer's
+    # sender does when it starts: an outbox must appear with its lock already held.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with subprocess.Popen(
+        [sys.executable, "-c", _SCANNER, str(spool), "60"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ) as scanner:
+        try:
+            assert scanner.stdout is not None
+            assert scanner.stdout.readline() == b"scanning\n"
+            refused = 0
+            for i in range(CREATIONS):
+                outbox = Outbox.open(spool, f"run-{i}")
+                if outbox is None:
+                    refused += 1
+                else:
+                    outbox.remove()
+            (spool / "done").touch()
+            assert scanner.wait(timeout=30) == 0
+        finally:
+            scanner.kill()
+    assert refused == 0, f"{refused} of {CREATIONS} new outboxes were locked by the scanner first"
+    assert not [p for p in spool.iterdir() if p.name.startswith(".")], "staging directories left behind"

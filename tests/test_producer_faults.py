@@ -18,9 +18,11 @@ from typing import Any, NamedTuple
 import pytest
 from e2e import (
     applied,
+    check_exactly_once,
     env,
     free_port,
     private_tmpfs,
+    produce,
     start_collector,
     status,
     stop,
@@ -323,3 +325,30 @@ print("default kept:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
             check=False,
         )
         assert expected in out.stdout, out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------- many trainings at once
+
+
+@pytest.mark.slow
+def test_twenty_producers_started_at_once_on_one_spool_all_deliver_at_exit(
+    tmp_path: Path, collector: Collector
+) -> None:
+    # Each producer's sender scans the shared spool for leftover outboxes when it starts: it
+    # must never take the lock of an outbox another producer is creating at that moment.
+    spool, work = tmp_path / "spool", tmp_path / "work"
+    procs = {
+        name: produce(
+            collector.endpoint, spool, work, name, 200, "--file-every", "50", "--model-bytes", "1048583"
+        )
+        for name in (f"burst-{i}" for i in range(20))
+    }
+    outputs = {name: proc.communicate(timeout=120)[0].decode() for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name]
+        assert "delivered=True" in outputs[name], f"{name}: {outputs[name]}"
+        assert "cannot open the outbox" not in outputs[name], outputs[name]
+    assert not list_outboxes(spool)
+    assert not [p for p in spool.iterdir() if p.name.startswith(".creating-")], "staging left behind"
+    for name in procs:
+        check_exactly_once(collector.data, work / f"{name}.json", 200, model=True)
