@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from e2e import free_port, produce, start_collector, status, stop, wait_ready  # noqa: E402
@@ -49,6 +51,8 @@ def main() -> int:
         )
         try:
             wait_ready(endpoint, collector, timeout=60)
+            watched = psutil.Process(collector.pid)
+            cpu_before = sum(watched.cpu_times()[:2])
             started = time.monotonic()
             procs = {
                 f"burst-{i}": produce(
@@ -82,6 +86,7 @@ def main() -> int:
                 if not close or close.group(1) != "True":
                     problems.append(f"{name}: " + " | ".join(out.splitlines()[-4:]))
             wall = time.monotonic() - started
+            collector_cpu = sum(watched.cpu_times()[:2]) - cpu_before
             reply = status(endpoint, timeout=10)
         finally:
             stop(collector)
@@ -96,6 +101,7 @@ def main() -> int:
             f"{len(reached)}/{len(rows)}; all exited after {wall:.1f} s"
         )
         closes = sorted(float(row[3]) for row in rows if row[3] != "?")
+        print(f"collector CPU during the burst: {collector_cpu:.1f} s of {wall:.1f} s wall (2 cores here)")
         if closes:
             print(f"close(): median {closes[len(closes) // 2]:.2f} s, max {closes[-1]:.2f} s")
         for name, rc, ok, seconds in rows:
