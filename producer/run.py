@@ -81,7 +81,9 @@ class Run:
         endpoint: collector endpoint (default: ``CLEARML_RELAY_ENDPOINT``).
         spool_dir: outbox directory (default: ``CLEARML_RELAY_SPOOL_DIR``).
         flush_timeout: seconds ``close`` waits for acks (default: ``CLEARML_RELAY_FLUSH_TIMEOUT``).
-        run_id: the run's id (default: a new uuid4 hex); unique per run.
+        run_id: the run's id (default: a new uuid4 hex); unique per run. The same id from
+            another outbox (another spool or machine) is refused by the collector: the events
+            stay in this outbox and ``close()`` returns False (see ``producer.protocol``).
         task_id: report into this existing ClearML task.
         resume_run: continue the ClearML task of this earlier run id.
 
@@ -336,8 +338,9 @@ class Run:
             error: what went wrong, for a failed run.
 
         Returns:
-            True when every event of the run was acknowledged; False otherwise (the events
-            stay in the outbox and are delivered later).
+            True when every event of the run was acknowledged; False otherwise: not yet
+            (the events stay in the outbox and are delivered later), refused by the collector
+            (kept in the outbox), or lost on this side (its disk, its bounds; each is logged).
 
         """
         try:
