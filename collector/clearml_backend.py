@@ -2,8 +2,9 @@
 
 This is the only module of the project that imports clearml. It turns each run's events into
 what Ultralytics' built-in ClearML callback would have produced (see NOTES.md), offline (one
-session folder per run, zipped on close) or online, and it makes "applied" durable with
-:meth:`ClearMLBackend.checkpoint` so that every event lands exactly once across a ``kill -9``.
+session folder per run, the only copy kept: the zip ClearML writes at close is deleted) or
+online, and it makes "applied" durable with :meth:`ClearMLBackend.checkpoint` so that every
+event lands exactly once across a ``kill -9``.
 
 One process, many tasks
 =======================
@@ -94,13 +95,16 @@ process-global (``Task.set_offline``), so one collector is either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -117,6 +121,8 @@ from PIL import Image
 from collector import clearml_state
 from collector.backend import Rewind
 from collector.clearml_state import RunState
+from collector.config import ENV_NONFINITE, ConfigError, NonfinitePolicy
+from collector.counters import Counters
 from collector.files import FileStore
 from collector.journal import through
 from producer import protocol
@@ -128,6 +134,8 @@ T = TypeVar("T")
 #: The titles ClearML's own resource monitor reports under.
 MONITOR_MACHINE: Final = ":monitor:machine"
 MONITOR_GPU: Final = ":monitor:gpu"
+#: The title ClearML reports single values under.
+SUMMARY: Final = "Summary"
 #: A run whose first event is not a RunOpen still gets a task, here.
 FALLBACK_PROJECT: Final = "clearml-relay"
 
@@ -354,6 +362,11 @@ class ClearMLBackend:
         call_timeout: Seconds to wait for a ClearML call that may block on the network
             before raising :class:`TimeoutError` to the applier.
         fsync: Whether state files are fsynced (durable against power loss).
+        nonfinite: ``skip``: a NaN or infinite scalar, single value or machine stat is not
+            reported (ClearML would report 0), but counted in ``counters`` as
+            ``nonfinite_skipped`` and noted in the task's console once per series;
+            ``clearml``: handed to ClearML as it is.
+        counters: Where the backend counts what it skips (None: a private set).
 
     """
 
@@ -362,12 +375,21 @@ class ClearMLBackend:
     copies_files: Final = True
 
     def __init__(
-        self, directory: Path, *, offline: bool, call_timeout: float = 60.0, fsync: bool = True
+        self,
+        directory: Path,
+        *,
+        offline: bool,
+        call_timeout: float = 60.0,
+        fsync: bool = True,
+        nonfinite: NonfinitePolicy = "skip",
+        counters: Counters | None = None,
     ) -> None:
         self.directory = directory
         self.offline = offline
         self.call_timeout = call_timeout
         self.fsync = fsync
+        self.nonfinite = nonfinite
+        self.counters = counters if counters is not None else Counters()
         Task.set_offline(offline)
         _start_shared_pools()  # before any applier thread makes a task
         directory.mkdir(parents=True, exist_ok=True)
@@ -390,9 +412,10 @@ class ClearMLBackend:
 
         RunOpen (the task id must survive) and Model (it must not be registered twice) are
         checkpointed at once. A RunClose becomes durable only once the task is closed (offline:
-        zipped): a crash before that re-applies it after the session was cut back, so no run is
-        left recorded as applied but never closed. If a checkpoint or the close times out, the
-        applier retries the event: it is not applied again, only checkpointed (or closed).
+        ClearML's zip written and deleted): a crash before that re-applies it after the session
+        was cut back, so no run is left recorded as applied but never closed. If a checkpoint or
+        the close times out, the applier retries the event: it is not applied again, only
+        checkpointed (or closed).
         """
         live = self._get_live(run)
         if live is not None and through(event) <= live.applied:
@@ -552,7 +575,7 @@ class ClearMLBackend:
         with self._lock:
             self._restart.discard(state.run)
         if state.state != "open":
-            state.state, state.zip = "open", ""
+            state.state, state.closed = "open", 0.0
         live = _Live(state, task)
         with self._lock:
             self._live[state.run] = live
@@ -575,20 +598,26 @@ class ClearMLBackend:
                 os.truncate(path, size)
         if state.task_json:
             _write_atomic(session / Task._offline_filename, state.task_json)
+        # A zip here was written by a close that never became durable (the process died before
+        # _finish deleted it): it holds work after the checkpoint. The close applied again
+        # writes a new one, and deletes it.
+        clearml_state.session_zip(state.session).unlink(missing_ok=True)
 
     def _finish(self, live: _Live, status: str) -> None:
-        """Drain and close the task (offline: ClearML zips it), then make the position durable."""
+        """Drain and close the task (offline: delete the zip ClearML writes), then make it durable."""
         run = live.state.run
         if not live.closing:  # a retry after a timed-out close must not touch the closed task
             self._drain(live)
             live.closing = status
         self._call(run, "close", live.task.close)
         if self.offline:
-            zipped = Path(live.state.session + ".zip")
-            if not zipped.is_file():
-                raise RuntimeError(f"run {run}: ClearML did not write {zipped}")
-            live.state.zip = str(zipped)
+            # ClearML zips the session at close: a second copy of all of it, models included.
+            # The folder is the copy kept (upload, retention and a late event's re-attach use
+            # it). The zip goes before the state says closed: after a crash in between, the run
+            # is open at its last checkpoint and the close is applied again (see _restore_session).
+            clearml_state.session_zip(live.state.session).unlink(missing_ok=True)
         live.state.state = status
+        live.state.closed = time.time()
         self._save(live, edit=False)  # the closed task wrote task.json itself
         with self._lock:
             self._live.pop(run, None)
@@ -665,9 +694,11 @@ class ClearMLBackend:
         if isinstance(event, protocol.RunOpen):
             self._apply_open(live, event)  # a RunOpen again (a restarted producer): refresh
         elif isinstance(event, protocol.Scalar):
-            logger.report_scalar(event.title, event.series, event.value, event.iteration)
+            if self._reportable(live, event.title, event.series, event.value, event.iteration):
+                logger.report_scalar(event.title, event.series, event.value, event.iteration)
         elif isinstance(event, protocol.SingleValue):
-            logger.report_single_value(event.name, event.value)
+            if self._reportable(live, SUMMARY, event.name, event.value, None):
+                logger.report_single_value(event.name, event.value)
         elif isinstance(event, protocol.Hyperparams):
             self._set_section(live, event.section, event.values)
         elif isinstance(event, protocol.DebugImage):
@@ -684,7 +715,8 @@ class ClearMLBackend:
                 iteration = max(0, int(event.ts - live.state.opened_ts))
             for key, value in event.values.items():
                 title = MONITOR_GPU if key.startswith("gpu") else MONITOR_MACHINE
-                logger.report_scalar(title, key, value, iteration)
+                if self._reportable(live, title, key, value, iteration):
+                    logger.report_scalar(title, key, value, iteration)
         elif isinstance(event, protocol.RunClose):
             self._set_status(live, event.status, event.error)  # first: a timed-out call is retried
             if event.error:
@@ -696,6 +728,30 @@ class ClearMLBackend:
                 level=logging.WARNING,
                 print_console=False,
             )
+
+    def _reportable(self, live: _Live, title: str, series: str, value: float, iteration: int | None) -> bool:
+        """Whether ``value`` goes to ClearML; a NaN or infinity skipped is counted and noted.
+
+        ClearML reports a non-finite value as ``default_nan_value`` / ``default_inf_value``
+        (backend_interface/metrics/events.py; 0 unless ``Logger.set_reporting_nan_value`` and
+        ``set_reporting_inf_value`` changed them, process-wide), so a diverged loss would show
+        as a perfect 0: by default the point is left out, and the console says so once per series.
+        """
+        if math.isfinite(value) or self.nonfinite == "clearml":
+            return True
+        self.counters.incr("nonfinite_skipped")
+        key = (title, series)
+        if key not in live.state.nonfinite_noted:
+            live.state.nonfinite_noted.append(key)
+            where = "" if iteration is None else f" at iteration {iteration}"
+            live.logger.report_text(
+                f"clearml-relay: {title} / {series} is {value}{where}: not reported, nor any later "
+                f"NaN or infinity of this series (ClearML would show 0; {ENV_NONFINITE}=clearml "
+                "hands them to it)",
+                level=logging.WARNING,
+                print_console=False,
+            )
+        return False
 
     def _apply_open(self, live: _Live, event: protocol.RunOpen) -> None:
         task = live.task
@@ -803,6 +859,13 @@ class ClearMLBackend:
             )
 
         self._call(run, "model", register)
+        if self.offline:
+            # ClearML copied the file into the session's models/: the staged link would keep a
+            # second copy alive once the store releases the run's files. A re-applied Model
+            # event stages it again from the store, which keeps it until the run is retired.
+            shutil.rmtree(staged.parent, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staged.parent.parent.rmdir()  # the run's staging folder, once empty
 
     def _set_status(self, live: _Live, status: str, message: str) -> None:
         task, message = live.task, message[:_STATUS_MESSAGE_CHARS]
@@ -831,10 +894,23 @@ class ClearMLBackend:
 
 
 def files_host() -> str:
-    """The configured ClearML files server, where imported model weights are uploaded."""
+    """The configured ClearML files server, where imported model weights are uploaded.
+
+    Raises:
+        ConfigError: none is configured and ClearML cannot derive one from the API host (it
+            does so only for ``:8008`` and ``api.`` hosts).
+
+    """
     from clearml.backend_api import Session  # noqa: PLC0415  (only `upload` needs it)
 
-    host: str = Session.get_files_server_host()
+    try:
+        host: str = Session.get_files_server_host()
+    except ValueError as exc:  # "Could not detect ClearML web application server"
+        raise ConfigError(
+            f"no ClearML files server configured, and ClearML cannot derive one from the API server "
+            f"{Session.get_api_server_host()} (only from a :8008 or api.* host): set CLEARML_FILES_HOST "
+            "(or api.files_server in clearml.conf)"
+        ) from exc
     return host
 
 

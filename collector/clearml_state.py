@@ -2,8 +2,9 @@
 
 ``directory/<run>.json`` holds what the backend needs to continue a run's ClearML task exactly
 where its last checkpoint left it: the task id, the durable applied position, the offline
-session folder (and zip, once closed), the run's state, and for offline sessions the byte sizes
-of the session's append-only files plus a copy of ``task.json`` at that checkpoint. The file is
+session folder (the run's one copy: the zip ClearML writes at close is deleted), the run's
+state and when it was closed, and for offline sessions the byte sizes of the session's
+append-only files plus a copy of ``task.json`` at that checkpoint. The file is
 replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a
 ``kill -9`` leaves either the previous checkpoint or the new one.
 
@@ -33,8 +34,9 @@ class RunState(msgspec.Struct, kw_only=True):
     offline: bool = True
     #: The offline session folder (``.../offline/<task id>``); empty online.
     session: str = ""
-    #: The zip ClearML wrote when the task was closed (offline); empty while open.
-    zip: str = ""
+    #: When the task was last closed (seconds since the epoch); 0 while open. (State files of
+    #: earlier versions also hold ``zip``, the session's zip: ignored.)
+    closed: float = 0.0
     #: ``open``, ``completed``, ``failed`` or ``aborted``.
     state: str = "open"
     project: str = ""
@@ -45,6 +47,9 @@ class RunState(msgspec.Struct, kw_only=True):
     sizes: dict[str, int] = {}
     #: Offline: ``task.json`` as it was at the checkpoint (restored before re-attaching).
     task_json: str = ""
+    #: (title, series) of every series whose skipped NaN or infinity the task's console noted:
+    #: noted once per series, and as the console is at the checkpoint (cut back with it).
+    nonfinite_noted: list[tuple[str, str]] = []
 
 
 def state_path(directory: Path, run: str) -> Path:
@@ -75,6 +80,11 @@ def save(directory: Path, state: RunState, *, fsync: bool = True) -> None:
         paths.fsync_path(directory)
 
 
+def session_zip(session: str | Path) -> Path:
+    """Where ClearML writes the zip of an offline session folder at close (beside it)."""
+    return Path(f"{session}.zip")
+
+
 def describe(directory: Path, run: str) -> dict[str, Any]:
     """What ``clearml-relay runs`` shows for a run (empty if the backend never saw it)."""
     state = load(directory, run)
@@ -86,7 +96,7 @@ def describe(directory: Path, run: str) -> dict[str, Any]:
         "applied": state.applied,
         "state": state.state,
         "offline": state.offline,
-        "session": state.zip or state.session,
+        "session": state.session,
         "project": state.project,
         "name": state.name,
     }

@@ -41,9 +41,11 @@ from collector.config import (
     ENV_MAX_RUNS_PER_KEY,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
+    ENV_NONFINITE,
     ENV_OFFLINE,
     FSYNC_POLICIES,
     LOG_FORMATS,
+    NONFINITE_POLICIES,
     CollectorConfig,
     ConfigError,
 )
@@ -122,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"keep at most this many finished offline sessions (env {ENV_KEEP_SESSIONS}, default: all)",
     )
+    run.add_argument(
+        "--nonfinite",
+        choices=NONFINITE_POLICIES,
+        help=f"a NaN or infinite scalar: skip it (noted in the task's console) or hand it to ClearML, "
+        f"which reports 0 (env {ENV_NONFINITE}, default skip)",
+    )
     _security_options(run)
 
     _keygen_options(commands.add_parser("keygen", help="write a CurveZMQ key pair (NAME.key_secret)"))
@@ -160,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload = commands.add_parser("upload", help="import finished offline sessions into the configured server")
     upload.add_argument(
-        "sessions", nargs="+", metavar="SESSION.zip", help="offline session zips (or folders)"
+        "sessions", nargs="+", metavar="SESSION", help="offline session folders (or zips of one)"
     )
     _log_options(upload, argparse.SUPPRESS)
     upload.set_defaults(func=_upload)
@@ -252,6 +260,7 @@ def _collector(args: argparse.Namespace) -> int:
             allow_keys=args.allow_keys,
             max_file_bytes=args.max_file_bytes,
             max_runs_per_key=args.max_runs_per_key,
+            nonfinite=args.nonfinite,
         )
     except ConfigError as exc:
         return _config_error(str(exc))
@@ -415,6 +424,11 @@ def _runs(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from collector import mode  # noqa: PLC0415
 
+    sessions = [Path(s) for s in args.sessions]
+    missing = [str(s) for s in sessions if not s.exists()]
+    if missing:  # the arguments first: nothing is configured or imported for a typo
+        print(f"clearml-relay: no such session file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
     offline, reason = mode.decide(False)
     if offline:
         return _config_error(f"no ClearML server to upload to: {reason}")
@@ -422,7 +436,10 @@ def _upload(args: argparse.Namespace) -> int:
 
     from collector import clearml_backend, upload  # noqa: PLC0415  (clearml loads only here)
 
-    sessions = [Path(s) for s in args.sessions]
+    try:
+        files_host = clearml_backend.files_host()
+    except ConfigError as exc:
+        return _config_error(str(exc))
     with Progress(transient=False) as progress:
         bar = progress.add_task(f"importing {len(sessions)} sessions", total=len(sessions))
 
@@ -433,7 +450,5 @@ def _upload(args: argparse.Namespace) -> int:
                 progress.console.print(f"imported {result.source} as task {result.task_id}")
             progress.advance(bar)
 
-        results = upload.upload_sessions(
-            sessions, clearml_backend.import_session, clearml_backend.files_host(), on_result
-        )
+        results = upload.upload_sessions(sessions, clearml_backend.import_session, files_host, on_result)
     return 0 if all(not r.error for r in results) else EXIT_FAILURE

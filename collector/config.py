@@ -37,12 +37,15 @@ ENV_CURVE_SECRET_KEY: Final = PREFIX + "CURVE_SECRET_KEY"
 ENV_ALLOW_KEYS: Final = PREFIX + "ALLOW_KEYS"
 ENV_MAX_FILE_BYTES: Final = PREFIX + "MAX_FILE_BYTES"
 ENV_MAX_RUNS_PER_KEY: Final = PREFIX + "MAX_RUNS_PER_KEY"
+ENV_NONFINITE: Final = PREFIX + "NONFINITE"
 #: Read by the CLI only: a library never configures logging.
 ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
 ENV_LOG_FORMAT: Final = PREFIX + "LOG_FORMAT"
 
 FsyncPolicy = Literal["batch", "never"]
 FSYNC_POLICIES: Final = ("batch", "never")
+NonfinitePolicy = Literal["skip", "clearml"]
+NONFINITE_POLICIES: Final = ("skip", "clearml")
 BACKENDS: Final = ("clearml", "jsonl")
 LOG_FORMATS: Final = ("text", "json")
 
@@ -74,8 +77,8 @@ class CollectorConfig:
             server (the default outside the container image); 0: any free port (tests).
         metrics_host: Address that server binds: loopback by default, so that nothing is
             exposed unless asked; the container image sets ``0.0.0.0``.
-        keep_sessions_days: Delete the offline session (folder and zip) of a completed or
-            failed run this many days after it finished; None keeps them.
+        keep_sessions_days: Delete the offline session (its folder) of a completed or failed
+            run this many days after it finished; None keeps them.
         keep_sessions: Keep at most this many finished offline sessions, the newest; None
             keeps them all.
         curve_secret_key: The collector's ``.key_secret`` file: CurveZMQ encryption, and only
@@ -83,6 +86,12 @@ class CollectorConfig:
         allow_keys: Directory of the producer public keys (``*.key``) allowed to connect.
         max_file_bytes: Larger files (images, models) are refused with ``too_large``.
         max_runs_per_key: Open runs one producer key may own (CURVE only); beyond, refused.
+        nonfinite: What the ClearML backend does with a NaN or infinite scalar, single value or
+            machine stat: ``skip``: report nothing for it (ClearML would show 0, so a diverged
+            loss would look perfect), count it (``nonfinite_skipped``) and say so once per
+            series in the task's console; ``clearml``: hand it to ClearML, which reports its
+            ``Logger.set_reporting_nan_value`` / ``set_reporting_inf_value`` value (0 unless
+            changed).
 
     """
 
@@ -105,6 +114,7 @@ class CollectorConfig:
     allow_keys: Path | None = None
     max_file_bytes: int = 64 * 1024**3
     max_runs_per_key: int = 1000
+    nonfinite: NonfinitePolicy = "skip"
 
     def __post_init__(self) -> None:
         if (self.curve_secret_key is None) != (self.allow_keys is None):
@@ -249,4 +259,5 @@ _FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "allow_keys": (ENV_ALLOW_KEYS, _data_dir),
     "max_file_bytes": (ENV_MAX_FILE_BYTES, _positive_int),
     "max_runs_per_key": (ENV_MAX_RUNS_PER_KEY, _positive_int),
+    "nonfinite": (ENV_NONFINITE, _choice(*NONFINITE_POLICIES)),
 }

@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"task       {state.task_id} in project '{state.project}', task '{state.name}'")
     landed = _landed(Path(state.session))
     print("landed     " + ", ".join(f"{n} {kind}" for kind, n in sorted(landed.items())))
-    print(f"session    {state.zip or state.session}")
-    ok = state.state == "completed" and bool(state.zip) and landed.get("output models") == 1
+    print(f"session    {state.session}")
+    ok = state.state == "completed" and state.closed > 0 and landed.get("output models") == 1
     print("result     " + ("everything landed" if ok else "INCOMPLETE: see the log above"))
     return 0 if ok else 1
 

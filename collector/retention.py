@@ -1,12 +1,14 @@
 """Retention of offline sessions: which finished runs' ClearML sessions to delete, and deleting them.
 
-Offline, every run leaves a ClearML session folder and its zip (``$CLEARML_CACHE_DIR/offline``),
+Offline, every run leaves a ClearML session folder (``$CLEARML_CACHE_DIR/offline/<task id>``),
 which is all there is of the run until someone imports it with ``clearml-relay upload``. So the
 default keeps every session; a platform that uploads them (or does not need them) sets an age
 (``keep_sessions_days``) and/or a count (``keep_sessions``). Only sessions of runs that are
 ``completed`` or ``failed`` are candidates: an ``aborted`` run's producer may come back and
-continue the same session. Age is counted from the zip's modification time, the moment the run
-was closed. What is deleted: the zip, the session folder and the model files staged for it.
+continue the same session. Age is counted from the moment the run was closed (its state's
+``closed``; for a state written by an earlier version, which kept ClearML's zip beside the
+folder, the folder's ``task.json``, which the close rewrote last). What is deleted: the session
+folder, a zip beside it (earlier versions kept one) and any model files still staged for it.
 The backend's state file stays (``clearml-relay runs`` still lists the run, and its session path
 shows where the session was).
 
@@ -47,9 +49,8 @@ class Policy:
 @dataclass(frozen=True)
 class Session:
     run: str
-    zip: Path
     folder: Path
-    finished: float  # the zip's mtime (seconds since the epoch)
+    finished: float  # when the run was closed (seconds since the epoch)
 
 
 def finished_sessions(clearml_dir: Path) -> list[Session]:
@@ -67,16 +68,23 @@ def finished_sessions(clearml_dir: Path) -> list[Session]:
         except (OSError, ValueError, msgspec.MsgspecError):
             log.warning("retention: unreadable run state %s, skipped", clearml_dir / name)
             continue
-        if state is None or state.state not in _FINISHED or not state.offline or not state.zip:
+        if state is None or state.state not in _FINISHED or not state.offline or not state.session:
             continue
-        zipped = Path(state.zip)
-        try:
-            finished = zipped.stat().st_mtime
-        except FileNotFoundError:
+        folder = Path(state.session)
+        if not folder.is_dir():
             continue  # deleted already (or moved away by someone)
-        found.append(Session(state.run, zipped, Path(state.session), finished))
+        finished = state.closed or _mtime(folder / "task.json")
+        found.append(Session(state.run, folder, finished))
     found.sort(key=lambda s: s.finished, reverse=True)
     return found
+
+
+def _mtime(path: Path) -> float:
+    """A file's modification time; 0 (the oldest) for one that is gone (a half-deleted folder)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def expired(sessions: list[Session], policy: Policy, now: float) -> list[Session]:
@@ -97,18 +105,17 @@ def sweep(clearml_dir: Path, policy: Policy, now: float) -> list[Session]:
     deleted = []
     for session in expired(finished_sessions(clearml_dir), policy, now):
         try:
-            if session.folder.is_dir():
-                shutil.rmtree(session.folder)
+            clearml_state.session_zip(session.folder).unlink(missing_ok=True)
             shutil.rmtree(clearml_dir / f"{session.run}.models", ignore_errors=True)
-            # The zip last: while it exists, a sweep that failed half way finds the session again.
-            session.zip.unlink(missing_ok=True)
+            # The folder last: while it exists, a sweep that failed half way finds the session again.
+            shutil.rmtree(session.folder)
         except OSError as exc:
             log.warning("retention: cannot delete the session of run %s: %s", session.run, exc)
             continue
         log.info(
             "retention: deleted the offline session of run %s (%s), finished %.1f days ago",
             session.run,
-            session.zip,
+            session.folder,
             (now - session.finished) / _DAY,
             extra={"run": session.run},
         )

@@ -68,7 +68,7 @@ def _backend_view(data_dir: Path, run: str) -> tuple[int, str, str]:
     """(applied, task id, offline session) from whichever backend wrote about this run."""
     state = clearml_state.load(data_dir / paths.CLEARML, run)
     if state is not None:
-        return state.applied, state.task_id, state.zip or state.session
+        return state.applied, state.task_id, state.session
     return read_applied(JsonlBackend.path_in(data_dir / paths.RECORDS, run)), "", ""
 
 

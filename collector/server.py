@@ -80,7 +80,7 @@ class Snapshot:
     health: Health
 
 
-def make_backend(config: CollectorConfig) -> Backend:
+def make_backend(config: CollectorConfig, counters: Counters | None = None) -> Backend:
     """The backend ``config.backend`` names (backends with heavy imports load them here)."""
     if config.backend == "jsonl":
         return JsonlBackend(config.data_dir / paths.RECORDS)
@@ -90,7 +90,11 @@ def make_backend(config: CollectorConfig) -> Backend:
         offline, reason = mode.decide(config.offline)
         log.info("ClearML %s mode: %s", "offline" if offline else "online", reason)
         return clearml_backend.ClearMLBackend(
-            config.data_dir / paths.CLEARML, offline=offline, call_timeout=config.call_timeout
+            config.data_dir / paths.CLEARML,
+            offline=offline,
+            call_timeout=config.call_timeout,
+            nonfinite=config.nonfinite,
+            counters=counters,
         )
     raise ValueError(f"unknown backend {config.backend!r}")
 
@@ -274,7 +278,7 @@ class Collector:
             )
             self._files = FileStore(config.data_dir / paths.FILES, fsync=fsync, counters=self.counters)
             if self._backend is None:
-                self._backend = make_backend(config)
+                self._backend = make_backend(config, self.counters)
             self._appliers = Appliers(self._journal, self._backend, self._files, self.counters)
             for run in self._journal.runs():  # retired before this version released files
                 meta = self._journal.meta(run)

@@ -2,9 +2,10 @@
 
 ClearML's own importer registers an offline session's models as ``file://`` paths of the folder
 the session was recorded in (NOTES.md), which exists only on the collector's machine, and only
-until its retention removes it. So each session is extracted here, every output model is pointed
-at its extracted weights file and given the server's files host as upload destination, and only
-then imported: the weights are uploaded like any other model's.
+until its retention removes it. So each session (the folder the collector keeps, or a zip of
+one) is copied or extracted here, every output model is pointed at its weights file in that copy
+and given the server's files host as upload destination, and only then imported: the weights are
+uploaded like any other model's. The session itself is never changed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class UploadResult:
 
 
 def prepare_session(source: Path, workdir: Path, files_host: str) -> Path:
-    """Extract ``source`` (a session zip or folder) under ``workdir`` and fix its model paths.
+    """Copy ``source`` (a session folder or zip) under ``workdir`` and fix its model paths.
 
     Returns:
         The folder to import.

@@ -104,10 +104,14 @@ by run id and sha256, and the ClearML backend reduces a name to a safe basename
 is buffered. Decoding raises :class:`ProtocolError` and nothing else (hypothesis property tests
 and an atheris fuzz target pin this).
 
-Non-finite numbers: NaN and +/-infinity are valid scalar and single values (a diverging loss must
-show) and travel unchanged through the wire and the journal; ClearML then stores them its way
-(NaN as its ``default_nan_value``, 0 unless ``Logger.set_reporting_nan_value`` changed it;
-infinities as its ``default_inf_value``).
+Non-finite numbers: NaN and +/-infinity are valid scalar, single and machine-stat values (a
+diverging loss must show) and travel unchanged through the wire and the journal. ClearML cannot
+store them: its reporter replaces them with ``default_nan_value`` / ``default_inf_value`` (0
+unless ``Logger.set_reporting_nan_value`` / ``set_reporting_inf_value`` changed them,
+process-wide), so a diverged loss would read as a perfect 0. The collector decides
+(``CLEARML_RELAY_NONFINITE``): ``skip`` (default) reports no point, counts it
+(``nonfinite_skipped``) and writes one line per series in the task's console naming the series,
+the iteration and the value; ``clearml`` hands the value to ClearML as it is.
 """
 
 from __future__ import annotations

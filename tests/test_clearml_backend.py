@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from collector_helpers import DEADLINE
 from e2e import env
 
 from collector import clearml_state
 from collector.clearml_backend import MONITOR_GPU, MONITOR_MACHINE, ORIGINAL_PUBLISHED, ClearMLBackend
+from collector.config import ENV_NONFINITE, CollectorConfig
+from collector.counters import Counters
 from collector.files import FileStore
+from collector.server import make_backend
 from producer import protocol as p
 
 # A tiny valid PNG (1x1, RGB), so PIL can read its size.
@@ -54,6 +59,11 @@ def log_lines(session: Path) -> list[dict[str, Any]]:
     return [event for line in path.read_text().splitlines() for event in json.loads(line)]
 
 
+def console(session: Path) -> list[tuple[str, str]]:
+    """(level, line) of every console line (ClearML joins lines reported together in one event)."""
+    return [(e["level"], line) for e in log_lines(session) for line in e["msg"].splitlines()]
+
+
 def task_json(session: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((session / "task.json").read_text())
     return data
@@ -72,8 +82,6 @@ def scalar(run: str, seq: int) -> p.Scalar:
 
 
 def offline_sessions() -> list[Path]:
-    import os
-
     return sorted(p for p in (Path(os.environ["CLEARML_CACHE_DIR"]) / "offline").iterdir() if p.is_dir())
 
 
@@ -139,8 +147,8 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
     state = clearml_state.load(state_dir, run)
     assert state is not None
     assert state.state == "failed"
-    assert clearml_state.describe(state_dir, run)["session"] == state.zip
     session = Path(state.session)
+    assert clearml_state.describe(state_dir, run)["session"] == str(session)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for event in metrics(session):
         by_type.setdefault(event["type"], []).append(event)
@@ -200,10 +208,8 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
     assert Path(model["weights"]["weights_filename"]) == session / "models" / "best.pt"
     assert (session / "models" / "best.pt").read_bytes() == b"weights" * 100
 
-    with zipfile.ZipFile(state.zip) as archive:
-        names = set(archive.namelist())
-        assert {"task.json", "metrics.jsonl", "log.jsonl", "models/best.pt"} <= names
-        assert json.loads(archive.read("task.json"))["status_message"] == "failed: CUDA out of memory"
+    assert state.closed > 0
+    assert not Path(f"{session}.zip").exists(), "the folder is the session's one copy"
     backend.close()
 
 
@@ -255,16 +261,14 @@ def test_a_closed_or_aborted_run_takes_a_late_event(state_dir: Path, files: File
     state = clearml_state.load(state_dir, run)
     assert state is not None
     assert (state.state, state.applied) == ("aborted", 2)
-    assert Path(state.zip).is_file()
+    assert state.closed > 0
     backend.apply(run, scalar(run, 3), files)  # the producer came back
     backend.apply(run, p.RunClose(run=run, seq=4), files)
     session = Path(state.session)
     assert scalars(session) == [(2, 2.0), (3, 3.0)]
     assert "run aborted: no heartbeat" in log_lines(session)[0]["msg"]
-    with zipfile.ZipFile(state.zip) as archive:
-        lines = archive.read("metrics.jsonl").decode().splitlines()
-    assert sum(len(json.loads(line)) for line in lines) == 2
     assert clearml_state.describe(state_dir, run)["state"] == "completed"
+    assert not Path(f"{session}.zip").exists()
     backend.close()
 
 
@@ -280,7 +284,6 @@ def test_a_late_event_after_retention_deleted_the_session_goes_to_a_new_task(
     first = clearml_state.load(state_dir, "late")
     assert first is not None
     shutil.rmtree(first.session)  # what retention deletes
-    Path(first.zip).unlink()
     backend.apply("late", scalar("late", 4), files)
     backend.checkpoint("late")
     state = clearml_state.load(state_dir, "late")
@@ -384,8 +387,7 @@ def test_fifty_concurrent_runs_each_get_their_own_complete_session(state_dir: Pa
         assert scalars(session) == [(seq, float(seq)) for seq in range(2, 12)]
         assert [e["msg"] for e in log_lines(session)] == [f"I am {run}"]
         assert task_json(session)["name"] == f"train-{run}"
-        with zipfile.ZipFile(state.zip) as archive:
-            assert {"task.json", "metrics.jsonl", "log.jsonl"} <= set(archive.namelist())
+        assert not Path(f"{session}.zip").exists()
     backend.close()
 
 
@@ -535,7 +537,7 @@ def test_a_close_that_timed_out_completes_when_the_event_is_retried(
     state = clearml_state.load(state_dir, run)
     assert state is not None
     assert (state.state, state.applied) == ("failed", 2)
-    assert Path(state.zip).is_file()
+    assert state.closed > 0
     assert [e["msg"] for e in log_lines(Path(state.session))] == ["killed"]
     backend.close()
 
@@ -561,11 +563,132 @@ def test_a_crash_inside_the_close_leaves_the_close_to_be_applied_again(
         state = clearml_state.load(state_dir, run)
         assert state is not None
         assert (state.state, state.applied) == ("completed", 3)
-        assert Path(state.zip).is_file()
+        assert state.closed > 0
         assert scalars(Path(state.session)) == [(2, 2.0)]
         restarted.close()
     finally:
         dying.set()
+
+
+def _bytes_on_disk(*roots: Path) -> int:
+    """Bytes of the files under ``roots``, a file with several hard links counted once."""
+    sizes = {}
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                info = path.stat()
+                sizes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(sizes.values())
+
+
+def test_a_closed_run_keeps_one_copy_of_its_session_and_model(
+    tmp_path: Path, state_dir: Path, files: FileStore
+) -> None:
+    """ClearML zips a session at close and the model was staged for it: only the folder stays."""
+    weights = os.urandom(5 * 2**20)  # incompressible, as model weights are: a zip is as big
+    run = "big"
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=30)
+    model = p.Model(run=run, seq=3, name="best", file=put(files, run, weights, "best.pt"))
+    for event in [opening(run), scalar(run, 2), model, p.RunClose(run=run, seq=4)]:
+        backend.apply(run, event, files)
+    backend.close()
+    files.remove_run(run)  # what the collector does once the run is retired
+    (session,) = offline_sessions()
+    (registered,) = task_json(session)["offline_output_models"]
+    assert Path(registered["weights"]["weights_filename"]).read_bytes() == weights
+    assert list(session.parent.iterdir()) == [session], "no zip beside the session folder"
+    assert not (state_dir / f"{run}.models").exists(), "no staged copy of the model"
+    assert _bytes_on_disk(tmp_path, session.parent) < 1.2 * len(weights)
+
+
+def test_a_crash_after_clearml_zipped_the_session_closes_it_again_at_restart(
+    state_dir: Path, files: FileStore
+) -> None:
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=0.3)
+    run = "zipped"
+    backend.apply(run, opening(run), files)
+    backend.apply(run, scalar(run, 2), files)
+    backend.checkpoint(run)
+    task = backend._live[run].task
+    real_close, zipped, dying = task.close, threading.Event(), threading.Event()
+
+    def close_then_die() -> None:  # ClearML wrote the zip; the process dies before the backend goes on
+        real_close()
+        zipped.set()
+        dying.wait()
+
+    task.close = close_then_die
+    with pytest.raises(TimeoutError):
+        backend.apply(run, p.RunClose(run=run, seq=3), files)
+    session = session_of(state_dir, run)
+    try:
+        assert zipped.wait(DEADLINE)
+        assert Path(f"{session}.zip").is_file()
+        restarted = ClearMLBackend(state_dir, offline=True)  # what a new collector process sees
+        assert restarted.applied(run) == 2
+        restarted.apply(run, p.RunClose(run=run, seq=3), files)  # the appliers re-apply the close
+        state = clearml_state.load(state_dir, run)
+        assert state is not None
+        assert (state.state, state.applied) == ("completed", 3)
+        assert list(session.parent.iterdir()) == [session], "the zip is gone, the folder stays"
+        assert scalars(session) == [(2, 2.0)]
+        restarted.close()
+    finally:
+        dying.set()
+
+
+@pytest.mark.parametrize("policy", ["skip", "clearml"])
+def test_nan_and_infinity_are_skipped_and_noted_or_handed_to_clearml(
+    tmp_path: Path, files: FileStore, policy: str
+) -> None:
+    """ClearML reports a NaN or an infinity as 0: a diverged loss would look perfect."""
+    config = CollectorConfig.from_env({ENV_NONFINITE: policy}, data_dir=tmp_path, offline=True)
+    counters = Counters()
+    backend = make_backend(config, counters)
+    assert isinstance(backend, ClearMLBackend)
+    run = "nan"
+
+    def loss(seq: int, series: str, value: float, iteration: int) -> p.Scalar:
+        return p.Scalar(run=run, seq=seq, title="loss", series=series, value=value, iteration=iteration)
+
+    events: list[p.Event] = [
+        opening(run),
+        loss(2, "train", math.nan, 2),
+        loss(3, "train", math.inf, 3),
+        loss(4, "val", -math.inf, 3),
+        loss(5, "train", 0.5, 4),
+        p.SingleValue(run=run, seq=6, name="fitness", value=math.nan),
+    ]
+    for event in events:
+        backend.apply(run, event, files)
+    backend.close()
+    session = session_of(tmp_path / "clearml", run)
+    summary = [(e["variant"], e["value"]) for e in metrics(session) if e["metric"] == "Summary"]
+    notes = console(session)
+    if policy == "clearml":
+        assert scalars(session) == [(2, 0.0), (3, 0.0), (3, 0.0), (4, 0.5)]  # ClearML's way
+        assert summary == [("fitness", 0.0)]
+        assert notes == []
+        assert counters.get("nonfinite_skipped") == 0
+        return
+    assert scalars(session) == [(4, 0.5)]
+    assert summary == []
+    assert counters.get("nonfinite_skipped") == 4
+    tail = ": not reported, nor any later NaN or infinity of this series (ClearML would show 0; "
+    tail += f"{ENV_NONFINITE}=clearml hands them to it)"
+    expected = [
+        ("warning", f"clearml-relay: loss / train is nan at iteration 2{tail}"),
+        ("warning", f"clearml-relay: loss / val is -inf at iteration 3{tail}"),
+        ("warning", f"clearml-relay: Summary / fitness is nan{tail}"),
+    ]
+    assert notes == expected, "one line per series"
+    restarted = make_backend(config, counters)  # the series noted stay noted across a restart
+    restarted.apply(run, loss(7, "train", math.nan, 5), files)
+    restarted.apply(run, p.RunClose(run=run, seq=8), files)
+    assert console(session) == expected
+    assert scalars(session) == [(4, 0.5)]
+    assert counters.get("nonfinite_skipped") == 5
+    restarted.close()
 
 
 def test_the_sdk_internals_that_reveal_dropped_events_are_still_there() -> None:

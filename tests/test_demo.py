@@ -50,6 +50,6 @@ def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path:
     assert landed["console lines"] > 20  # lines, however the run's thread batched them
     assert re.search(r"the hooks took [0-9.]+ ms of it", out)
     session = out.split("session    ")[1].splitlines()[0]
-    assert session.endswith(".zip")
-    assert Path(session).is_file()
+    assert Path(session).is_dir()
+    assert not Path(session + ".zip").exists(), "one copy of the session: the folder"
     assert Path(session).is_relative_to(tmp_path), "the demo keeps everything in its work folder"

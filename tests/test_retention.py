@@ -66,19 +66,24 @@ def test_a_finished_runs_journal_is_retired_and_resends_stay_duplicates(tmp_path
     assert runs_table(data)["done"]["received"] == 12
 
 
-def _state(clearml_dir: Path, run: str, status_: str, zipped: Path | None, age_days: float) -> Path:
-    """A run's backend state with a real session folder and zip, finished ``age_days`` ago."""
+def _state(clearml_dir: Path, run: str, status_: str, age_days: float, *, legacy: bool = False) -> Path:
+    """A run's backend state with a real session folder, closed ``age_days`` ago (if not open).
+
+    ``legacy``: as an earlier version left a closed run: no ``closed`` in the state (its
+    ``task.json`` was written last), and ClearML's zip kept beside the folder.
+    """
     folder = clearml_dir.parent / "offline" / f"offline-{run}"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "image.png").write_bytes(b"\x89PNG" + bytes(100))
-    if zipped is not None:
-        zipped.write_bytes(b"PK zip of " + run.encode())
-        finished = time.time() - age_days * 86400
-        os.utime(zipped, (finished, finished))
+    (folder / "task.json").write_text("{}")
+    closed = 0.0 if status_ == "open" else time.time() - age_days * 86400
+    if legacy:
+        Path(f"{folder}.zip").write_bytes(b"PK zip of " + run.encode())
+        os.utime(folder / "task.json", (closed, closed))
     (clearml_dir / f"{run}.models").mkdir(parents=True)
     clearml_state.save(
         clearml_dir,
-        RunState(run=run, task_id=run, state=status_, session=str(folder), zip=str(zipped or "")),
+        RunState(run=run, task_id=run, state=status_, session=str(folder), closed=0.0 if legacy else closed),
         fsync=False,
     )
     return folder
@@ -88,13 +93,12 @@ def test_the_session_policy_keeps_the_newest_and_young_finished_sessions_only(tm
     clearml_dir = tmp_path / "clearml"
     clearml_dir.mkdir()
     offline = tmp_path / "offline"
-    offline.mkdir()
     ages = {"new": 0.5, "mid": 3.0, "old": 10.0, "older": 20.0}
     for run, age in ages.items():
-        _state(clearml_dir, run, "completed" if run != "mid" else "failed", offline / f"{run}.zip", age)
+        _state(clearml_dir, run, "completed" if run != "mid" else "failed", age, legacy=run == "old")
     kept = {
-        "open": _state(clearml_dir, "open", "open", None, 0),
-        "aborted": _state(clearml_dir, "aborted", "aborted", offline / "aborted.zip", 30.0),
+        "open": _state(clearml_dir, "open", "open", 0),
+        "aborted": _state(clearml_dir, "aborted", "aborted", 30.0),
     }
     sessions = retention.finished_sessions(clearml_dir)
     assert [s.run for s in sessions] == ["new", "mid", "old", "older"]  # newest first
@@ -113,11 +117,10 @@ def test_the_session_policy_keeps_the_newest_and_young_finished_sessions_only(tm
     deleted = retention.sweep(clearml_dir, retention.Policy(max_age_days=2.5, max_count=3), now)
     assert [s.run for s in deleted] == ["mid", "old", "older"]
     for run in ("mid", "old", "older"):
-        assert not (offline / f"{run}.zip").exists()
         assert not (offline / f"offline-{run}").exists()
+        assert not (offline / f"offline-{run}.zip").exists()  # an earlier version's zip goes too
         assert not (clearml_dir / f"{run}.models").exists()
         assert clearml_state.load(clearml_dir, run) is not None  # `runs` still lists it
-    assert (offline / "new.zip").is_file()
     assert (offline / "offline-new" / "data" / "image.png").is_file()
     for run, folder in kept.items():
         assert folder.is_dir(), f"the {run} run's session must stay"
@@ -136,22 +139,21 @@ def test_the_collector_deletes_finished_offline_sessions_beyond_its_policy(tmp_p
             assert proc.returncode == 0, output
             runs.append(json.loads((work / f"{name}.json").read_text())["run"])
 
-        def zipped(run: str) -> Path | None:
+        def closed(run: str) -> Path | None:
             state = clearml_state.load(data / "clearml", run)
-            return Path(state.zip) if state is not None and state.zip else None
+            return Path(state.session) if state is not None and state.closed else None
 
-        def both_zipped() -> list[Path] | None:
-            found = [zipped(run) for run in runs]
-            return [z for z in found if z is not None] if all(found) else None
+        def both_closed() -> list[Path] | None:
+            found = [closed(run) for run in runs]
+            return [s for s in found if s is not None] if all(found) else None
 
-        first, second = wait_for(both_zipped, 60, "both runs to be closed and zipped")
+        first, second = wait_for(both_closed, 60, "both runs to be closed")
         wait_for(lambda: not first.exists(), DEADLINE, "the older session to be deleted")
         reply = status(service.endpoint)
         assert reply is not None
         assert reply.counters["sessions_deleted"] == 1
-    assert not Path(str(first).removesuffix(".zip")).exists()
-    assert second.is_file()
-    assert Path(str(second).removesuffix(".zip")).is_dir()
+    assert second.is_dir()
+    assert sorted(second.parent.iterdir()) == [second], "one folder, no zip"
     table = runs_table(data)
     assert {table[run]["state"] for run in runs} == {"completed"}
 
@@ -191,6 +193,8 @@ def test_a_retired_runs_stored_files_are_released_once_clearml_holds_its_copies(
     assert len(images) == 4
     assert all((session / "data").rglob(Path(e["url"]).name) for e in images), "the session's copies stay"
     assert [m.stat().st_size for m in (session / "models").iterdir()] == [100000]
+    copies = [f for f in (*data.rglob("*"), *session.parent.rglob("*")) if f.stat().st_size == 100000]
+    assert len(copies) == 1, f"the model is kept once, in the session (no zip, no staged copy): {copies}"
     # Files left by a collector that did not release them yet go at the next start.
     leftover = data / "files" / run / ("0" * 64)
     leftover.parent.mkdir(parents=True)

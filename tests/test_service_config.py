@@ -16,6 +16,7 @@ from collector.config import (
     ENV_KEEP_SESSIONS_DAYS,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
+    ENV_NONFINITE,
     CollectorConfig,
     ConfigError,
 )
@@ -39,13 +40,19 @@ def test_service_settings_come_from_the_environment_and_flags_beat_it() -> None:
         ENV_KEEP_SESSIONS_DAYS: "7.5",
         ENV_KEEP_SESSIONS: "100",
         ENV_DRAIN_TIMEOUT: "30",
+        ENV_NONFINITE: "ClearML",
     }
     config = CollectorConfig.from_env(environ)
     assert (config.metrics_port, config.metrics_host) == (9555, "0.0.0.0")
     assert (config.keep_sessions_days, config.keep_sessions, config.drain_timeout) == (7.5, 100, 30.0)
-    flagged = CollectorConfig.from_env(environ, metrics_port=0, drain_timeout=2.0, keep_sessions=0)
+    assert config.nonfinite == "clearml"
+    flagged = CollectorConfig.from_env(
+        environ, metrics_port=0, drain_timeout=2.0, keep_sessions=0, nonfinite="skip"
+    )
     assert (flagged.metrics_port, flagged.drain_timeout, flagged.keep_sessions) == (0, 2.0, 0)
+    assert flagged.nonfinite == "skip"
     default = CollectorConfig.from_env({})
+    assert default.nonfinite == "skip", "a NaN or infinity is not shown as a 0"
     assert default.metrics_port is None, "no HTTP server unless asked for"
     assert default.metrics_host == "127.0.0.1"
     assert (default.keep_sessions_days, default.keep_sessions) == (None, None), "keep every session"
@@ -62,6 +69,7 @@ def test_service_settings_come_from_the_environment_and_flags_beat_it() -> None:
         (ENV_KEEP_SESSIONS_DAYS, "forever"),
         (ENV_KEEP_SESSIONS, "-3"),
         (ENV_DRAIN_TIMEOUT, "0"),
+        (ENV_NONFINITE, "zero"),
     ],
 )
 def test_a_bad_service_setting_names_the_variable_and_the_value(var: str, value: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,7 @@ from producer import protocol as p
 
 
 def _finished_session(tmp_path: Path) -> Path:
-    """A real offline session zip, made by the ClearML backend: a run with a model, closed."""
+    """A real offline session folder, made by the ClearML backend: a run with a model, closed."""
     files = FileStore(tmp_path / "files", fsync=False)
     weights = b"weights" * 1000
     sha = hashlib.sha256(weights).hexdigest()
@@ -42,19 +43,23 @@ def _finished_session(tmp_path: Path) -> Path:
         backend.close()
     state = clearml_state.load(tmp_path / "clearml", "r")
     assert state is not None
-    assert state.zip
-    return Path(state.zip)
+    assert state.closed
+    return Path(state.session)
 
 
-def test_models_point_at_the_extracted_weights_and_upload_to_the_files_host(tmp_path: Path) -> None:
-    session_zip = _finished_session(tmp_path)
-    folder = prepare_session(session_zip, tmp_path / "work", "http://files.example:8081")
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_models_point_at_the_copied_weights_and_go_to_the_files_host(tmp_path: Path, as_zip: bool) -> None:
+    session = _finished_session(tmp_path)
+    recorded = (session / "task.json").read_text()
+    source = Path(shutil.make_archive(str(tmp_path / "moved"), "zip", session)) if as_zip else session
+    folder = prepare_session(source, tmp_path / "work", "http://files.example:8081")
     task = json.loads((folder / "task.json").read_text())
     (model,) = task["offline_output_models"]
     weights = Path(model["weights"]["weights_filename"])
     assert weights.is_relative_to(folder), "the model must not point into the recording machine's cache"
     assert weights.read_bytes() == b"weights" * 1000
     assert model["output_uri"] == "http://files.example:8081"
+    assert (session / "task.json").read_text() == recorded, "the kept session is left as it is"
 
 
 def test_a_zip_that_would_write_outside_its_folder_is_refused(tmp_path: Path) -> None:
@@ -67,7 +72,7 @@ def test_a_zip_that_would_write_outside_its_folder_is_refused(tmp_path: Path) ->
 
 
 def test_one_bad_session_does_not_stop_the_others(tmp_path: Path) -> None:
-    session_zip = _finished_session(tmp_path)
+    session = _finished_session(tmp_path)
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"not a zip")
     imported: list[Path] = []
@@ -76,33 +81,76 @@ def test_one_bad_session_does_not_stop_the_others(tmp_path: Path) -> None:
         imported.append(folder)
         return "task-1"
 
-    results = upload_sessions([junk, session_zip], importer, "http://f")
+    results = upload_sessions([junk, session], importer, "http://f")
     assert [bool(r.error) for r in results] == [True, False]
     assert "not a session zip" in results[0].error
     assert results[1].task_id == "task-1"
     assert len(imported) == 1
 
 
-def test_upload_without_a_server_says_why(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "upload", str(tmp_path / "x.zip")],
-        env={**env(), "HOME": str(tmp_path)},
+def _upload(*sessions: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``clearml-relay upload``, the console script installed beside this Python."""
+    command = Path(sys.executable).with_name("clearml-relay")
+    return subprocess.run(
+        [str(command), "upload", *map(str, sessions)],
+        env=environ,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 2
-    assert "no ClearML server to upload to" in result.stderr
+
+
+def _no_offline_mode(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without ClearML's offline switch, HOME (clearml.conf) in tmp_path."""
+    environ = {k: v for k, v in env().items() if k != "CLEARML_OFFLINE_MODE"}
+    return {**environ, "HOME": str(tmp_path), **extra}
+
+
+def test_upload_without_a_server_says_why(tmp_path: Path) -> None:
+    result = _upload(tmp_path, **_no_offline_mode(tmp_path))
+    assert (result.returncode, result.stderr) == (
+        2,
+        "clearml-relay: configuration error: no ClearML server to upload to: no ClearML server is "
+        f"configured (no CLEARML_API_HOST, no api_server in {tmp_path / 'clearml.conf'})\n",
+    )
+
+
+#: An API server on a port that is not ClearML's standard one (nothing listens: never asked),
+#: without and with API keys.
+ODD_PORT = [
+    {"CLEARML_API_HOST": "http://127.0.0.1:9"},
+    {"CLEARML_API_HOST": "http://127.0.0.1:9", "CLEARML_API_ACCESS_KEY": "a", "CLEARML_API_SECRET_KEY": "s"},
+]
+
+
+@pytest.mark.parametrize("server", ODD_PORT, ids=["no-keys", "keys"])
+def test_upload_checks_its_arguments_first(tmp_path: Path, server: dict[str, str]) -> None:
+    missing = tmp_path / "missing.zip"
+    result = _upload(tmp_path, missing, **_no_offline_mode(tmp_path, **server))
+    expected = f"clearml-relay: no such session file or folder: {missing}\n"
+    assert (result.returncode, result.stderr) == (2, expected)
+
+
+@pytest.mark.parametrize("server", ODD_PORT, ids=["no-keys", "keys"])
+def test_upload_with_no_files_host_clearml_can_derive_says_so(tmp_path: Path, server: dict[str, str]) -> None:
+    result = _upload(tmp_path, **_no_offline_mode(tmp_path, **server))
+    assert (result.returncode, result.stderr) == (
+        2,
+        "clearml-relay: configuration error: no ClearML files server configured, and ClearML cannot "
+        "derive one from the API server http://127.0.0.1:9 (only from a :8008 or api.* host): set "
+        "CLEARML_FILES_HOST (or api.files_server in clearml.conf)\n",
+    )
 
 
 def test_upload_imports_a_session_with_its_model_into_the_server(tmp_path: Path) -> None:
     from clearml_server import ClearMLServerDouble
 
-    session_zip = _finished_session(tmp_path)
+    session = _finished_session(tmp_path)
+    assert not Path(f"{session}.zip").exists(), "the collector keeps the folder only"
     with ClearMLServerDouble() as server:
         result = subprocess.run(
-            [sys.executable, "-m", "collector", "upload", str(session_zip)],
+            [sys.executable, "-m", "collector", "upload", str(session)],
             env={**server.child_env(), "PYTHONPATH": env()["PYTHONPATH"]},
             capture_output=True,
             text=True,
