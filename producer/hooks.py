@@ -69,12 +69,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from producer import preemption
 from producer.config import ENV_PROJECT, ENV_TASK_NAME
 from producer.console import ConsoleCapture
 from producer.filewatch import FileWatcher, Ready, Version
 from producer.machine import MachineSampler
 from producer.once import Once
-from producer.run import Run
+from producer.run import Run, abort_open_runs
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class RelayHooks:
     def _prestart(self) -> None:
         """Have the process's starter thread (see :class:`_Starter`) look for this training's start."""
         self._starter = _starter()
+        preemption.install(abort_open_runs)  # from the main thread (attach): its runs end on SIGTERM
         if self._spare is None:
             self._spare = threading.Event()
         self._starter.arm()
@@ -265,11 +267,12 @@ class RelayHooks:
         if starter is not None and starter.usable():
             pending, self._spare = self._spare or threading.Event(), None
             self._session, self._pending = None, pending
-            context = _Context(outer, here, hyperparams, removed, starter.capture())
+            context = _Context(outer, here, hyperparams, removed, starter.capture(here))
             starter.make((self, trainer, context, pending))
         else:
             self._pending = None
-            context = _Context(outer, here, hyperparams, removed, _install_capture(started=True))
+            capture = _install_capture(started=True, thread=here)
+            context = _Context(outer, here, hyperparams, removed, capture)
             self._session = _new_session(trainer, self._options, context)
 
     def _current_session(self) -> _Session | None:
@@ -303,15 +306,23 @@ class _Context(NamedTuple):
 _Job = tuple["RelayHooks", Trainer, _Context, threading.Event]
 
 
-def _install_capture(*, started: bool) -> ConsoleCapture:
-    """A console capture on Ultralytics' logger (``addHandler`` takes the logging lock)."""
-    console = ConsoleCapture(started=started)
+def _install_capture(*, started: bool, thread: threading.Thread | None = None) -> ConsoleCapture:
+    """A console capture on Ultralytics' logger (``addHandler`` takes the logging lock).
+
+    Started, it takes the lines of the training on ``thread`` (see ``ConsoleCapture.start``).
+    """
+    console = ConsoleCapture(started=started, thread=thread)
     logging.getLogger(ULTRALYTICS_LOGGER).addHandler(console)
     return console
 
 
 def _remove_capture(console: ConsoleCapture) -> None:
-    """Take a capture off Ultralytics' logger (the logging lock: never on the training thread)."""
+    """Take a capture off Ultralytics' logger (the logging lock: never on the training thread).
+
+    Stopped too: a run that ends without its teardown no longer counts as a training whose
+    console is being captured.
+    """
+    console.stop()
     logging.getLogger(ULTRALYTICS_LOGGER).removeHandler(console)
 
 
@@ -366,13 +377,16 @@ class _Starter:
         self._armed_until = time.monotonic() + _ARMED
         self._wake.set()
 
-    def capture(self) -> ConsoleCapture:
-        """(Training thread.) The capture installed ahead, switched on; made here if none is."""
+    def capture(self, thread: threading.Thread) -> ConsoleCapture:
+        """(Training thread.) The capture installed ahead, switched on for the training on ``thread``.
+
+        Made here if none is.
+        """
         try:
             console = self._captures.pop()  # atomic: two trainings starting at once get one each
         except IndexError:
-            return _install_capture(started=True)
-        console.start()
+            return _install_capture(started=True, thread=thread)
+        console.start(thread)
         return console
 
     def make(self, job: _Job) -> None:
