@@ -24,7 +24,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from typing import Final, Literal
 
 Level = Literal["debug", "info", "warning", "error"]
@@ -36,11 +35,11 @@ HOLD: Final = 2.0
 #: The level of a capture that is not capturing: above every level, so loggers skip it.
 _OFF: Final = logging.CRITICAL + 100
 
-#: The captures on for a training (started for its thread, not stopped), and for each thread
-#: that started a training, the capture of its last one (on or stopped: a thread whose training
-#: ended is no helper of another). An ident is another thread's once its thread ended, so each
-#: use compares the thread. Every change is one atomic operation (no lock on the training thread);
-#: an entry is only ever replaced, by the next training of a thread with that ident.
+#: The registered captures that are on, and for each thread that started a training the capture
+#: of its last one (on or stopped: a thread whose training ended is no helper of another). An
+#: ident is another thread's once its thread ended, so each use compares the thread. Each change
+#: is one atomic operation, made off the training thread (see ``ConsoleCapture.register``); an
+#: entry is only ever replaced, by the next training of a thread with that ident.
 _ON: set[ConsoleCapture] = set()
 _TRAINING_THREADS: dict[int, ConsoleCapture] = {}
 
@@ -48,7 +47,7 @@ _TRAINING_THREADS: dict[int, ConsoleCapture] = {}
 def _trained(thread: threading.Thread) -> bool:
     """Whether ``thread`` runs a training or ran one (its lines are no other training's)."""
     capture = _TRAINING_THREADS.get(thread.ident) if thread.ident is not None else None
-    return capture is not None and capture._thread is not None and capture._thread() is thread
+    return capture is not None and capture._thread is thread
 
 
 def level_name(levelno: int) -> Level:
@@ -81,7 +80,7 @@ class ConsoleCapture(logging.Handler):
         self._lines: collections.deque[tuple[Level, str]] = collections.deque()
         self._max_lines = max_lines
         self._dropped = 0
-        self._thread: weakref.ref[threading.Thread] | None = None
+        self._thread: threading.Thread | None = None
         self._unattributed = 0  # lines of threads that run no training, while others were on
         #: Lines of threads that run no training: (monotonic time, thread, level, text).
         self._held: collections.deque[tuple[float, threading.Thread, Level, str]] = collections.deque()
@@ -91,16 +90,29 @@ class ConsoleCapture(logging.Handler):
     def start(self, thread: threading.Thread | None = None) -> None:
         """Capture from now on every line, or a training's lines.
 
+        Two attribute stores, as the training thread starts the training; :meth:`register`
+        follows off that thread.
+
         Args:
-            thread: the (running) thread of the training: the lines of that thread, and those of
-                threads that never ran a training while no other capture is on (None: every line).
+            thread: the (running) thread of the training: the lines of that thread, and, once
+                registered, those of threads that never ran a training while no other registered
+                capture is on (None: every line).
 
         """
-        if thread is not None and thread.ident is not None:
-            self._thread = weakref.ref(thread)
-            _TRAINING_THREADS[thread.ident] = self  # a new training of the thread takes its lines over
-            _ON.add(self)
+        self._thread = thread
         self.level = logging.NOTSET
+
+    def register(self) -> None:
+        """(Off the training thread.) Make the training's thread known to the other captures.
+
+        They leave its lines out from now on (until then they hold them as no training's, then
+        drop them, see :meth:`drain`), and this capture counts as on.
+        """
+        thread = self._thread
+        if thread is not None and thread.ident is not None:
+            _TRAINING_THREADS[thread.ident] = self  # a new training of the thread takes its lines over
+            if self.level != _OFF:  # not stopped already; stop() after this line discards it again
+                _ON.add(self)
 
     def stop(self) -> None:
         """Capture no more lines (its thread's later lines are no other training's either)."""
@@ -113,10 +125,10 @@ class ConsoleCapture(logging.Handler):
             if self._thread is not None:
                 # logging.logThreads = False leaves record.thread None: emit runs on the logging thread.
                 ident = record.thread if record.thread is not None else threading.get_ident()
-                if _TRAINING_THREADS.get(ident) is not self:
+                if ident != self._thread.ident:
                     other = threading.current_thread()
-                    if _trained(other):
-                        return  # another training's thread (its training running or ended)
+                    if _trained(other) or self not in _ON:
+                        return  # another training's thread (running or ended), or not registered yet
                     if len(_ON) > 1:  # a helper thread's, and which training started it is unknown
                         self._unattributed += 1
                         return

@@ -622,6 +622,7 @@ class _Session:
         That thread is not a daemon: the interpreter waits for it. All this happens within a
         millisecond of the training's start.
         """
+        self._console.register()
         if self._builtin_removed:
             log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
         try:

@@ -91,11 +91,12 @@ def no_other_captures(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_capture_takes_its_training_threads_lines_and_other_threads_only_when_alone(
     logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Started for a training's thread (as the hook does), a capture keeps that thread's lines,
-    none of another training's and none of a thread whose training ended; a line of any other
-    thread goes to the capture on while it is the only one (unless that thread starts a training
-    within ``HOLD``: its lines before the training's first hook), to none (counted) while two are.
-    A capture started for no thread keeps every line, as before."""
+    """Started for a training's thread (as the hook does) and registered (as the run's set-up
+    does), a capture keeps that thread's lines, none of another training's and none of a thread
+    whose training ended; a line of any other thread goes to the capture on while it is the only
+    one (unless that thread's training registers within ``HOLD``: its lines before the training's
+    first hook, or before the registration), to none (counted) while two are. A capture started
+    for no thread keeps every line, as before."""
     monkeypatch.setattr(console, "HOLD", 0.0)  # held lines are released by the next drain
     first, second, third = _Thread(), _Thread(), _Thread()
     captures = {name: ConsoleCapture(started=False) for name in ("first", "second", "third")}
@@ -104,7 +105,10 @@ def test_a_capture_takes_its_training_threads_lines_and_other_threads_only_when_
         logger.addHandler(handler)
     try:
         first.run(lambda: captures["first"].start(threading.current_thread()))
+        _log_on_a_new_thread(logger, "a plotting thread's line before the registration")
+        captures["first"].register()
         second.run(lambda: captures["second"].start(threading.current_thread()))
+        captures["second"].register()
         first.run(lambda: logger.info("first training's line"))
         second.run(lambda: logger.info("second training's line"))
         _log_on_a_new_thread(logger, "a plotting thread's line, two trainings on")
@@ -115,6 +119,8 @@ def test_a_capture_takes_its_training_threads_lines_and_other_threads_only_when_
         _log_on_a_new_thread(logger, "a plotting thread's line, the second thread gone")
         third.run(lambda: logger.info("third thread's line before its training"))
         third.run(lambda: captures["third"].start(threading.current_thread()))
+        third.run(lambda: logger.info("third training's line before its registration"))
+        captures["third"].register()
         third.run(lambda: logger.info("third training's line"))
         third.run(captures["third"].stop)
     finally:
@@ -129,14 +135,17 @@ def test_a_capture_takes_its_training_threads_lines_and_other_threads_only_when_
         ("warning", LEFT_OUT),
     ]
     assert captures["second"].drain() == [("info", "second training's line"), ("warning", LEFT_OUT)]
-    assert captures["third"].drain() == [("info", "third training's line")]
+    assert captures["third"].drain() == [
+        ("info", "third training's line before its registration\nthird training's line")
+    ]
     assert every.drain() == [
         (
             "info",
+            "a plotting thread's line before the registration\n"
             "first training's line\nsecond training's line\na plotting thread's line, two trainings on\n"
             "a plotting thread's line, one training on\nsecond thread's line after its training\n"
             "a plotting thread's line, the second thread gone\nthird thread's line before its training\n"
-            "third training's line",
+            "third training's line before its registration\nthird training's line",
         )
     ]
     captures["first"].stop()
@@ -151,6 +160,7 @@ def test_another_threads_line_is_held_until_the_capture_stops(
     not in the next drain, but in the one after the capture stopped, in order."""
     monkeypatch.setattr(console, "HOLD", 3600.0)
     capture = ConsoleCapture(thread=threading.current_thread())
+    capture.register()
     logger.addHandler(capture)
     logger.info("the training's line")
     _log_on_a_new_thread(logger, "a plotting thread's line")
