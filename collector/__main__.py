@@ -1,5 +1,5 @@
 """``python -m collector ...``: the ``clearml-relay`` command line."""
 
-from collector.cli import main
+from collector.service.cli import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from producer import protocol
+from producer.wire import protocol
 
 PREFIX: Final = "CLEARML_RELAY_"
 ENV_BIND: Final = PREFIX + "BIND"
@@ -56,7 +56,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    """Everything a :class:`collector.server.Collector` needs to know.
+    """Everything a :class:`collector.service.server.Collector` needs to know.
 
     Attributes:
         bind: ZeroMQ endpoint of the ROUTER socket (``tcp://host:0`` picks a free port).

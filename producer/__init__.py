@@ -2,28 +2,28 @@
 
 Importing it loads only the standard library, pyzmq and msgspec: never clearml, torch,
 matplotlib or ultralytics. ``attach`` and ``callbacks`` are the Ultralytics hooks
-(:mod:`producer.hooks`).
+(:mod:`producer.integrations.ultralytics`).
 """
 
 from collections.abc import Callable
 from typing import Any
 
-from producer import hooks
-from producer.client import Client, get_client
 from producer.config import ConfigError, ProducerConfig
-from producer.hooks import RelayHooks, attach
+from producer.integrations import ultralytics as hooks
+from producer.integrations.ultralytics import RelayHooks, attach
 from producer.run import Run
-from producer.sync import SyncProgress, SyncResult
+from producer.transport.client import Client, get_client
+from producer.transport.sync import SyncProgress, SyncResult
 
 
 def __getattr__(name: str) -> dict[str, Callable[[Any], None]]:
     """``callbacks``, made on access: taking them starts their starter thread (see hooks)."""
     if name == "callbacks":
-        return hooks.callbacks  # producer.hooks makes it (and its starter thread)
+        return hooks.callbacks  # producer.integrations.ultralytics makes it (and its starter thread)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# ``sync`` (the function) is imported from ``producer.sync``: re-exporting it here would shadow
+# ``sync`` (the function) is imported from ``producer.transport.sync``: re-exporting it here would shadow
 # the submodule of the same name.
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
-from producer.curve import CurveKeys, KeySettingError, curve_from_env
+from producer.wire.curve import CurveKeys, KeySettingError, curve_from_env
 
 ENV_PREFIX: Final = "CLEARML_RELAY_"
 ENV_ENDPOINT: Final = ENV_PREFIX + "ENDPOINT"
@@ -24,7 +24,7 @@ ENV_FLUSH_TIMEOUT: Final = ENV_PREFIX + "FLUSH_TIMEOUT"
 ENV_MAX_PENDING: Final = ENV_PREFIX + "MAX_PENDING"
 ENV_FSYNC: Final = ENV_PREFIX + "FSYNC"
 ENV_MAX_OUTBOX_BYTES: Final = ENV_PREFIX + "MAX_OUTBOX_BYTES"
-# Read by the Ultralytics hooks (producer.hooks): they name the ClearML task of a training.
+# Read by the Ultralytics hooks (producer.integrations.ultralytics): they name the ClearML task of a training.
 ENV_PROJECT: Final = ENV_PREFIX + "PROJECT"
 ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
 
@@ -108,7 +108,7 @@ class ProducerConfig:
         max_outbox_bytes: disk one run's outbox may hold (events and copied files not yet
             acknowledged); beyond it new events of the run are dropped, counted and logged once.
         curve: CurveZMQ keys (``CLEARML_RELAY_SERVER_KEY`` and this producer's key pair, see
-            :mod:`producer.curve`); None: a plain connection.
+            :mod:`producer.wire.curve`); None: a plain connection.
 
     """
 

@@ -1,7 +1,7 @@
 """The ``Run`` API that a training loop calls: one ClearML task's worth of events.
 
 Every method is a hook on the training thread: it checks and converts its arguments, builds one
-event and hands it to the process's :class:`~producer.client.Client`, and returns in
+event and hands it to the process's :class:`~producer.transport.client.Client`, and returns in
 microseconds. It never raises into the caller: a bad argument, a closed run or a forked child
 is logged once per (method, reason), counted, and the call does nothing. Files are neither read
 nor stat'ed here; the writer thread copies them into the outbox.
@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec
 
-from producer import preemption, protocol
-from producer.client import Client, RunState, get_client
+from producer import preemption
 from producer.config import ProducerConfig
 from producer.context import cheap_context
 from producer.once import Once
-from producer.outbox import valid_run_dir
+from producer.transport.client import Client, RunState, get_client
+from producer.transport.outbox import valid_run_dir
+from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Run:
         flush_timeout: seconds ``close`` waits for acks (default: ``CLEARML_RELAY_FLUSH_TIMEOUT``).
         run_id: the run's id (default: a new uuid4 hex); unique per run. The same id from
             another outbox (another spool or machine) is refused by the collector: the events
-            stay in this outbox and ``close()`` returns False (see ``producer.protocol``).
+            stay in this outbox and ``close()`` returns False (see ``producer.wire.protocol``).
         task_id: report into this existing ClearML task.
         resume_run: continue the ClearML task of this earlier run id.
 

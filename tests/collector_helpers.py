@@ -13,9 +13,9 @@ import msgspec
 import zmq
 
 from collector.config import CollectorConfig
-from collector.server import Collector
-from producer import protocol
-from producer.curve import CurveKeys
+from collector.service.server import Collector
+from producer.wire import protocol
+from producer.wire.curve import CurveKeys
 
 DEADLINE = 10.0
 R = TypeVar("R", bound=protocol.Reply)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from producer import protocol
-from producer.recordlog import HEADER_BYTES, MAGIC, list_segments
+from producer.wire import protocol
+from producer.wire.recordlog import HEADER_BYTES, MAGIC, list_segments
 
 if TYPE_CHECKING:
     from clearml_server import ClearMLServerDouble

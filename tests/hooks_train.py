@@ -30,8 +30,8 @@ def main() -> int:
     from ultralytics import YOLO
 
     import producer
-    from collector.demo_data import only_clearml_integration, tiny_training
-    from producer.hooks import default_hooks
+    from collector.service.demo_data import only_clearml_integration, tiny_training
+    from producer.integrations.ultralytics import default_hooks
 
     only_clearml_integration()
     model = YOLO("yolov8n.yaml")

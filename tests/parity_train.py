@@ -31,7 +31,7 @@ def main() -> int:
 
     from ultralytics import YOLO
 
-    from collector.demo_data import only_clearml_integration, tiny_training
+    from collector.service.demo_data import only_clearml_integration, tiny_training
 
     only_clearml_integration()
     cfg = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "classify": "yolov8n-cls.yaml"}[args.task]

@@ -1,6 +1,6 @@
 """Helpers for the producer's tests: a scriptable fake collector and deadline waits.
 
-The fake collector is a real ZeroMQ ROUTER in a thread that speaks ``producer.protocol`` with
+The fake collector is a real ZeroMQ ROUTER in a thread that speaks ``producer.wire.protocol`` with
 the collector's semantics (in-order acceptance, cumulative acks, Nack on a hole, credit-based
 file transfer), plus knobs to misbehave on purpose: withhold acks, lose events in flight, answer
 with another protocol version, start a file from a partial copy, corrupt a chunk.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from producer import protocol
+from producer.wire import protocol
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:

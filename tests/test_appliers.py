@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from collector_helpers import DEADLINE, Producer, close_event, run_events, running, scalar, wait_until
 
-from collector import appliers
-from collector.backend import JsonlBackend, Rewind
-from collector.files import FileStore
-from producer import protocol
-from producer.recordlog import list_segments
+from collector.backends.base import JsonlBackend, Rewind
+from collector.pipeline import appliers
+from collector.pipeline.files import FileStore
+from producer.wire import protocol
+from producer.wire.recordlog import list_segments
 
 
 class Checkpointed(JsonlBackend):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from collector_helpers import open_event, scalar
 
-from collector.backend import Backend, JsonlBackend
-from collector.files import FileStore
-from producer import protocol
+from collector.backends.base import Backend, JsonlBackend
+from collector.pipeline.files import FileStore
+from producer.wire import protocol
 
 
 def test_applies_lines_and_reopens_at_the_last_one(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_runs_have_separate_files_and_long_run_ids_work(tmp_path: Path) -> None:
 
 
 def test_read_applied_matches_the_backend_without_repairing_anything(tmp_path: Path) -> None:
-    from collector.backend import read_applied
+    from collector.backends.base import read_applied
 
     backend = JsonlBackend(tmp_path)
     files = FileStore(tmp_path / "files", fsync=False)

@@ -17,13 +17,18 @@ import pytest
 from collector_helpers import DEADLINE
 from e2e import env
 
-from collector import clearml_state
-from collector.clearml_backend import MONITOR_GPU, MONITOR_MACHINE, ORIGINAL_PUBLISHED, ClearMLBackend
+from collector.backends.clearml import state as clearml_state
+from collector.backends.clearml.backend import (
+    MONITOR_GPU,
+    MONITOR_MACHINE,
+    ORIGINAL_PUBLISHED,
+    ClearMLBackend,
+)
 from collector.config import ENV_NONFINITE, CollectorConfig
 from collector.counters import Counters
-from collector.files import FileStore
-from collector.server import make_backend
-from producer import protocol as p
+from collector.pipeline.files import FileStore
+from collector.service.server import make_backend
+from producer.wire import protocol as p
 
 # A tiny valid PNG (1x1, RGB), so PIL can read its size.
 PNG = bytes.fromhex(
@@ -394,9 +399,9 @@ def test_fifty_concurrent_runs_each_get_their_own_complete_session(state_dir: Pa
 _BURSTS = """
 import sys, threading
 from pathlib import Path
-from collector.clearml_backend import ClearMLBackend
-from collector.files import FileStore
-from producer import protocol as p
+from collector.backends.clearml.backend import ClearMLBackend
+from collector.pipeline.files import FileStore
+from producer.wire import protocol as p
 
 rounds, width, root = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 backend = ClearMLBackend(root / "state", offline=True, call_timeout=30, fsync=False)
@@ -719,7 +724,7 @@ def test_an_event_the_sdk_drops_rewinds_the_run_to_its_last_checkpoint(
     tests/test_clearml_online.py); either way ClearML leaves the event out and raises nothing."""
     from clearml.storage.helper import StorageHelper
 
-    from collector.backend import Rewind
+    from collector.backends.base import Rewind
 
     backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
     run = "lost"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from e2e import free_port, kill_while_running, produce, start_collector, status, stop, wait_for, wait_ready
 
-from collector import clearml_state
+from collector.backends.clearml import state as clearml_state
 
 
 def _session(data: Path, run: str) -> Path:

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from producer_helpers import FakeCollector, free_endpoint, other_version_header, wait_until
 
-from producer import Run, protocol
-from producer.client import Client, close_clients
+from producer import Run
 from producer.config import ProducerConfig
-from producer.outbox import Outbox
-from producer.sender import CREDIT, RESEND_AFTER, WINDOW_EVENTS
-from producer.sync import SyncProgress, sync
+from producer.transport.client import Client, close_clients
+from producer.transport.outbox import Outbox
+from producer.transport.sender import CREDIT, RESEND_AFTER, WINDOW_EVENTS
+from producer.transport.sync import SyncProgress, sync
+from producer.wire import protocol
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import pytest
 from collector_helpers import DEADLINE, Producer, records, run_events
 
 from collector.config import ENV_BIND, ENV_FSYNC, ENV_MAX_JOURNAL_BYTES, CollectorConfig, ConfigError
-from producer import protocol
+from producer.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,10 +20,10 @@ import pytest
 from e2e import completed, free_port, start_collector, stop, wait_for, wait_ready
 
 import producer
-from collector import clearml_state
-from collector.demo_data import make_dataset, only_clearml_integration, tiny_training
-from producer import console
-from producer.console import ConsoleCapture
+from collector.backends.clearml import state as clearml_state
+from collector.service.demo_data import make_dataset, only_clearml_integration, tiny_training
+from producer.integrations import console
+from producer.integrations.console import ConsoleCapture
 
 DEADLINE = 10.0
 TRAINING_DEADLINE = 180.0

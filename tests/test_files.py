@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from collector_helpers import DEADLINE, Producer, open_event, records, running
 
-from collector.files import FileStore
-from collector.paths import UnsafeNameError
-from producer import protocol
+from collector.pipeline.files import FileStore
+from collector.storage.paths import UnsafeNameError
+from producer.wire import protocol
 
 CONTENT = bytes(range(256)) * 40  # 10 KiB
 SHA = hashlib.sha256(CONTENT).hexdigest()

@@ -31,11 +31,14 @@ from collector_helpers import running, wait_until
 from e2e import env
 
 import producer
-from collector.demo_data import only_clearml_integration, tiny_training
-from producer.console import ConsoleCapture
-from producer.filewatch import FileWatcher, debug_image_slot
-from producer.hooks import BUILTIN_MODULE, STATE_FILE, RelayHooks, remove_builtin_callbacks
-from producer.machine import MachineSampler
+import producer.integrations.ultralytics as ultralytics_hooks
+from collector.service.demo_data import only_clearml_integration, tiny_training
+from producer.integrations.console import ConsoleCapture
+from producer.integrations.filewatch import FileWatcher, debug_image_slot
+from producer.integrations.machine import MachineSampler
+from producer.integrations.ultralytics import BUILTIN_MODULE, STATE_FILE, RelayHooks, remove_builtin_callbacks
+
+HOOKS_LOGGER = "producer.integrations.ultralytics"
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "hooks_train.py"
 MODELS = {
@@ -152,7 +155,7 @@ def train_in_process(
     """Train ``task`` for one epoch with attached hooks and the oracle; wait for the run's close."""
     from ultralytics import YOLO
 
-    from collector.demo_data import make_dataset
+    from collector.service.demo_data import make_dataset
 
     data = make_dataset(root / "data", task)
     with running(root / "collector") as collector:
@@ -177,7 +180,7 @@ _TRAINED: dict[str, Trained] = {}
 def detect_script(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A detect training in a plain script with ``producer.callbacks``, configured by env only."""
     if "script" not in _TRAINED:
-        from collector.demo_data import make_dataset
+        from collector.service.demo_data import make_dataset
 
         root = tmp_path_factory.mktemp("detect-script")
         data = make_dataset(root / "data", "detect")
@@ -295,7 +298,7 @@ def test_console_and_machine_stats_land(detect_run: Trained) -> None:
 def test_hooks_take_microseconds_on_the_training_thread(detect_run: Trained) -> None:
     assert detect_run.hooks is not None
     timings = detect_run.hooks.timings()
-    for event in producer.hooks.EVENTS:  # the run's opening and the epoch-0 model information too
+    for event in ultralytics_hooks.EVENTS:  # the run's opening and the epoch-0 model information too
         assert timings[event], event
         # Generous: a file read, a wait for late images or a network call would exceed it.
         assert max(timings[event]) < 0.05, (event, timings[event])
@@ -323,7 +326,7 @@ def test_the_builtin_clearml_callback_never_runs(detect_script: Trained) -> None
     assert BUILTIN_MODULE in report["callback_modules_before_hooks"]
     # ... and the hooks took it out of the trainer before it could run: no ClearML task at all.
     assert BUILTIN_MODULE not in report["trainer_callback_modules"]
-    assert "producer.hooks" in report["trainer_callback_modules"]
+    assert "producer.integrations.ultralytics" in report["trainer_callback_modules"]
     assert not (Path(report["cache"]) / "offline").exists()
 
 
@@ -345,7 +348,7 @@ def test_a_failed_training_is_closed_failed_and_resume_continues_its_task(
 ) -> None:
     from ultralytics import YOLO
 
-    from collector.demo_data import make_dataset
+    from collector.service.demo_data import make_dataset
 
     data = make_dataset(tmp_path / "data", "detect")
     args = train_args("detect", tmp_path, "resumed", epochs=2)
@@ -474,7 +477,10 @@ def test_a_hook_that_fails_logs_once_and_never_raises(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     trainer = _fake_trainer(tmp_path / "run")
-    with running(tmp_path / "collector") as collector, caplog.at_level(logging.WARNING, "producer.hooks"):
+    with (
+        running(tmp_path / "collector") as collector,
+        caplog.at_level(logging.WARNING, HOOKS_LOGGER),
+    ):
         hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         for _ in range(3):
@@ -500,7 +506,10 @@ def test_deferred_work_that_fails_costs_only_its_own_data(
     trainer.lr = {"lr/pg0": 0.01}
     trainer.epoch_time = 1.5
     trainer.metrics = {"metrics/mAP50(B)": 0.25}
-    with running(tmp_path / "collector") as collector, caplog.at_level(logging.WARNING, "producer.hooks"):
+    with (
+        running(tmp_path / "collector") as collector,
+        caplog.at_level(logging.WARNING, HOOKS_LOGGER),
+    ):
         hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         hooks._session._model_info_sent = True  # type: ignore[union-attr]  # no model to count FLOPs of
@@ -568,7 +577,10 @@ def test_the_run_opens_off_the_training_thread(tmp_path: Path, prestarted: bool)
     trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
     opened_by: list[str] = []
     started_by: list[str] = []
-    opening, starting = producer.hooks._Session._open, producer.hooks._Session._start_thread
+    opening, starting = (
+        ultralytics_hooks._Session._open,
+        ultralytics_hooks._Session._start_thread,
+    )
 
     def spy_open(session: Any) -> Any:
         opened_by.append(threading.current_thread().name)
@@ -583,8 +595,8 @@ def test_the_run_opens_off_the_training_thread(tmp_path: Path, prestarted: bool)
         if prestarted:
             hooks._prestart()
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(producer.hooks._Session, "_open", spy_open)
-            patch.setattr(producer.hooks._Session, "_start_thread", spy_start)
+            patch.setattr(ultralytics_hooks._Session, "_open", spy_open)
+            patch.setattr(ultralytics_hooks._Session, "_start_thread", spy_start)
             hooks.callbacks["on_pretrain_routine_start"](trainer)
             hooks.callbacks["on_train_epoch_end"](trainer)
             hooks.callbacks["on_train_end"](trainer)
@@ -722,7 +734,7 @@ def test_the_first_hook_wakes_the_starter_only_when_it_is_parked(
     asking for it, a line logged right after the hook (before the session exists) is the run's,
     and the run's end arms the starter again for the next training."""
     if not armed:
-        monkeypatch.setattr(producer.hooks, "_ARMED", 0.0)
+        monkeypatch.setattr(ultralytics_hooks, "_ARMED", 0.0)
     trainer = _fake_trainer(tmp_path / "run")
     trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
     with running(tmp_path / "collector") as collector:
@@ -836,7 +848,7 @@ def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not
         print({_STARTERS})
         callbacks = producer.callbacks
         print({_STARTERS})
-        assert producer.callbacks == callbacks and producer.hooks.callbacks == callbacks
+        assert producer.callbacks == callbacks and ultralytics_hooks.callbacks == callbacks
         print(len(callbacks))
         from types import SimpleNamespace
         for _ in range(3):  # one starter thread per process, however many models
@@ -851,7 +863,7 @@ def test_taking_the_module_callbacks_starts_their_starter_and_importing_does_not
         import base64, pickle, threading
         callbacks = pickle.loads(base64.b64decode({pickled!r}))
         print({_STARTERS})
-        from producer.hooks import default_hooks
+        from producer.integrations.ultralytics import default_hooks
         print(all(fn.hooks is default_hooks() for fn in callbacks.values()))
     """)
     assert child.split() == ["1", "True"]
@@ -874,7 +886,7 @@ def test_a_training_whose_run_cannot_be_set_up_leaves_no_capture_behind(
         return {h for h in logger.handlers if isinstance(h, ConsoleCapture) and h.level == logging.NOTSET}
 
     before = capturing()
-    with caplog.at_level(logging.WARNING, "producer.hooks"):
+    with caplog.at_level(logging.WARNING, HOOKS_LOGGER):
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         hooks.callbacks["teardown"](trainer)  # waits for (and hurries) the session being made
     assert hooks.run is None
@@ -888,7 +900,7 @@ def test_a_forked_child_starts_its_own_starter() -> None:
     out = _python(f"""
         import os, threading
         import producer
-        from producer.hooks import _DEFAULT, _starter, default_hooks
+        from producer.integrations.ultralytics import _DEFAULT, _starter, default_hooks
         callbacks = producer.callbacks
         parent = _DEFAULT._starter
         pid = os.fork()
@@ -1017,9 +1029,9 @@ def test_a_starter_that_never_answers_costs_one_bounded_wait(
     trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
     hooks = RelayHooks(endpoint="tcp://127.0.0.1:9", stats_interval=0, late_files_timeout=0)
     hooks._prestart()
-    monkeypatch.setattr(producer.hooks._Starter, "make", lambda *args: None)  # never sets the session up
-    monkeypatch.setattr(producer.hooks, "_SESSION_WAIT", 0.05)
-    with caplog.at_level(logging.WARNING, "producer.hooks"):
+    monkeypatch.setattr(ultralytics_hooks._Starter, "make", lambda *args: None)  # never sets the session up
+    monkeypatch.setattr(ultralytics_hooks, "_SESSION_WAIT", 0.05)
+    with caplog.at_level(logging.WARNING, HOOKS_LOGGER):
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         for _ in range(3):
             hooks.callbacks["on_train_epoch_end"](trainer)

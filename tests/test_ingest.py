@@ -23,10 +23,10 @@ from collector_helpers import (
     wait_until,
 )
 
-from collector.backend import JsonlBackend
-from collector.files import FileStore
-from collector.server import Collector, DataDirBusyError
-from producer import protocol
+from collector.backends.base import JsonlBackend
+from collector.pipeline.files import FileStore
+from collector.service.server import Collector, DataDirBusyError
+from producer.wire import protocol
 
 
 def applied_seqs(data_dir: Path, run: str) -> list[int]:

@@ -17,9 +17,9 @@ from collector_helpers import (
     wait_until,
 )
 
-from collector.journal import Entry, Journal
-from producer import protocol
-from producer.recordlog import LogReader, list_segments
+from collector.storage.journal import Entry, Journal
+from producer.wire import protocol
+from producer.wire.recordlog import LogReader, list_segments
 
 
 def entries(events: list[protocol.Event]) -> list[Entry]:

@@ -52,7 +52,7 @@ def test_json_logs_carry_run_and_kind_and_every_line_parses(tmp_path: Path) -> N
     assert failures, records
     first = failures[0]
     assert first["kind"] == "open"  # the run's first event is the one that cannot be applied
-    assert first["logger"] == "collector.appliers"
+    assert first["logger"] == "collector.pipeline.appliers"
     assert first["message"].startswith("run stuck: applying seq 1 (open) failed, retrying in")
     assert "No space left on device" in first["exception"]
     assert all(r["kind"] == "open" for r in failures)

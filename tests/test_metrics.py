@@ -22,7 +22,7 @@ from e2e import env, fill_up, private_tmpfs, stop, wait_for
 from service_helpers import running_service, sample, stuck_backend
 
 from collector.config import ENV_METRICS_HOST, ENV_METRICS_PORT
-from producer import protocol
+from producer.wire import protocol
 
 DEADLINE = 20.0
 

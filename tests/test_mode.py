@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from collector.backends.clearml.mode import decide
 from collector.config import CollectorConfig, ConfigError
-from collector.mode import decide
 
 
 def test_no_server_configured_means_offline_and_says_where_it_looked(tmp_path: Path) -> None:

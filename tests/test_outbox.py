@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from producer import protocol
-from producer.outbox import ACKED_NAME, Outbox, list_outboxes
-from producer.recordlog import list_segments
+from producer.transport.outbox import ACKED_NAME, Outbox, list_outboxes
+from producer.wire import protocol
+from producer.wire.recordlog import list_segments
 
 
 def _scalar(run: str, seq: int) -> bytes:
@@ -160,7 +160,7 @@ CREATIONS = 1500
 _SCANNER = """
 import sys, time
 from pathlib import Path
-from producer.outbox import Outbox, list_outboxes
+from producer.transport.outbox import Outbox, list_outboxes
 
 spool, deadline = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2])
 print("scanning", flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready
 
-from collector import clearml_state
+from collector.backends.clearml import state as clearml_state
 
 TRAIN = Path(__file__).resolve().parent / "parity_train.py"
 #: Added by ClearML's ``task.connect(..., ignore_remote_overrides=True)``, not a training argument.
@@ -115,7 +115,7 @@ def _train(mode: str, task: str, data: str, workdir: Path, extra_env: dict[str, 
 def test_relay_logs_everything_the_builtin_callback_logs(
     tmp_path: Path, task: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from collector.demo_data import make_dataset
+    from collector.service.demo_data import make_dataset
 
     data = str(make_dataset(tmp_path / "data", task))
 

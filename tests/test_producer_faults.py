@@ -31,7 +31,7 @@ from e2e import (
     wait_ready,
 )
 
-from producer.outbox import Outbox, list_outboxes
+from producer.transport.outbox import Outbox, list_outboxes
 
 SCRIPT = Path(__file__).resolve().parent / "fault_producer.py"
 

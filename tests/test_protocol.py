@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer import protocol as p
+from producer.wire import protocol as p
 
 SHA = "ab" * 32
 REF = p.FileRef(sha256=SHA, size=3, name="a.png")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, encode_record, list_segments
+from producer.wire.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, encode_record, list_segments
 
 
 def _read_all(
@@ -177,7 +177,7 @@ def test_damage_anywhere_costs_only_the_damaged_records(
 
 
 def test_last_record_reads_without_repairing(tmp_path: Path) -> None:
-    from producer.recordlog import last_record
+    from producer.wire.recordlog import last_record
 
     assert last_record(tmp_path) is None
     log = _fill(tmp_path, 20)

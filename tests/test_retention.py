@@ -17,9 +17,10 @@ from collector_helpers import Producer, close_event, records, run_events, scalar
 from e2e import produce, runs_table, status, wait_for
 from service_helpers import running_service
 
-from collector import clearml_state, retention
-from collector.clearml_state import RunState
-from producer import protocol
+from collector.backends.clearml import state as clearml_state
+from collector.backends.clearml.state import RunState
+from collector.storage import retention
+from producer.wire import protocol
 
 DEADLINE = 30.0
 

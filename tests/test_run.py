@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from producer_helpers import FakeCollector, free_endpoint, wait_until
 
-from producer import Run, protocol
-from producer.client import close_clients
+from producer import Run
 from producer.context import git_info
+from producer.transport.client import close_clients
+from producer.wire import protocol
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from collector_helpers import DEADLINE, Producer, close_event, run_events, running
 from e2e import env
 
-from collector.runs import list_runs
+from collector.service.runs import list_runs
 
 
 def test_runs_lists_every_run_with_positions_and_state_read_only(tmp_path: Path) -> None:

@@ -23,13 +23,13 @@ from collector_helpers import Producer, close_event, open_event, records, runnin
 from e2e import env, free_port, sync
 
 from collector.config import CollectorConfig, ConfigError
-from collector.security import Owners, is_loopback, keygen
-from collector.server import Collector
-from producer import protocol
+from collector.pipeline.security import Owners, is_loopback, keygen
+from collector.service.server import Collector
 from producer.config import ConfigError as ProducerConfigError
 from producer.config import ProducerConfig
-from producer.curve import CurveKeys, curve_from_env
 from producer.run import Run
+from producer.wire import protocol
+from producer.wire.curve import CurveKeys, curve_from_env
 
 DEADLINE = 30.0
 

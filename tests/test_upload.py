@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from e2e import env
 
-from collector import clearml_state
-from collector.clearml_backend import ClearMLBackend
-from collector.files import FileStore
-from collector.upload import SessionError, prepare_session, upload_sessions
-from producer import protocol as p
+from collector.backends.clearml import state as clearml_state
+from collector.backends.clearml.backend import ClearMLBackend
+from collector.backends.clearml.upload import SessionError, prepare_session, upload_sessions
+from collector.pipeline.files import FileStore
+from producer.wire import protocol as p
 
 
 def _finished_session(tmp_path: Path) -> Path:

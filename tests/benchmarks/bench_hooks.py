@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from collector import demo
 from collector.config import CollectorConfig
-from collector.demo_data import make_dataset, only_clearml_integration, tiny_training
-from collector.server import Collector
+from collector.service import demo
+from collector.service.demo_data import make_dataset, only_clearml_integration, tiny_training
+from collector.service.server import Collector
 
 TARGET_US = 100.0
 MODES = ("attach", "callbacks")
@@ -37,7 +37,7 @@ def _train(endpoint: str, data: str, work: str, epochs: int, mode: str, index: i
     from ultralytics.models import YOLO
 
     import producer
-    from producer.hooks import default_hooks
+    from producer.integrations.ultralytics import default_hooks
 
     only_clearml_integration()
     model = YOLO("yolov8n.yaml")

@@ -143,7 +143,7 @@ def _training(plan: Plan, tmp: Path, device: str, loggers: list[str], res: Resul
     from compare_training import run_rounds, summarize
     from e2e import completed, wait_for
 
-    from collector.demo_data import make_dataset
+    from collector.service.demo_data import make_dataset
 
     data = make_dataset(tmp / "dataset", "detect")
     with clearml_collector(tmp / "relay-collector") as (endpoint, proc):

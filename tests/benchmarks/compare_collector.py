@@ -41,8 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks
 from bench_transport import percentile, scalar_bursts  # noqa: E402
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready  # noqa: E402
 
-from collector.files import FileStore  # noqa: E402
-from producer import protocol  # noqa: E402
+from collector.pipeline.files import FileStore  # noqa: E402
+from producer.wire import protocol  # noqa: E402
 
 PROJECT: Final = "clearml-relay-load"
 #: Above this many runs, processes hold several runs each (their runs share one connection).
@@ -94,7 +94,7 @@ class LatencyRecorder:
 def serve_recording(bind: str, data_dir: Path, out: Path) -> None:
     """Run a ClearML-offline collector whose backend is timed; write the timings on SIGTERM."""
     from collector.config import CollectorConfig
-    from collector.server import Collector, make_backend
+    from collector.service.server import Collector, make_backend
 
     config = CollectorConfig.from_env(bind=bind, data_dir=data_dir, backend="clearml", offline=True)
     recorder = LatencyRecorder(make_backend(config))

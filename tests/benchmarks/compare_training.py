@@ -19,7 +19,8 @@ and validator with a copy that times each callback it calls (what the trainer's 
 callback, and the same loop otherwise). That covers callbacks registered at any time: W&B adds
 its ``finish`` callbacks during ``on_pretrain_routine_end``, after the trainer was built. Each
 callback belongs to the logger under test (its Ultralytics integration module, or
-clearml-relay's ``producer.hooks``), to Ultralytics itself (the no-op defaults, its Platform and
+clearml-relay's ``producer.integrations.ultralytics``), to Ultralytics itself (the no-op
+defaults, its Platform and
 analytics callbacks) or to something else; one invocation of an event records the seconds of
 each group.
 """
@@ -90,7 +91,7 @@ LOGGERS: Final = (
         "relay",
         "clearml-relay hooks",
         None,
-        "producer.hooks",
+        "producer.integrations.ultralytics",
         "collector (ClearML backend, offline) on the same machine",
     ),
 )
@@ -111,12 +112,12 @@ _ULTRALYTICS_MODULES: Final = (
 def isolate(work: Path) -> None:
     """Every logger offline, in private directories under ``work``; set before anything loads.
 
-    Ultralytics and ClearML as in ``clearml-relay demo`` (``collector.demo._isolate``: offline,
+    Ultralytics and ClearML as in ``clearml-relay demo`` (``collector.service.demo._isolate``: offline,
     private config directory with a font, private ClearML cache and relay spool), plus an empty
     ClearML configuration file, W&B offline and MLflow's local SQLite store, and the working
     directory (where MLflow puts its artifacts) in ``work``. The same for every configuration.
     """
-    from collector import demo
+    from collector.service import demo
 
     work.mkdir(parents=True, exist_ok=True)
     demo._isolate(work)
@@ -146,7 +147,7 @@ def isolate(work: Path) -> None:
 
 def training_args(work: Path, name: str, epochs: int, device: str) -> dict[str, Any]:
     """``model.train`` arguments: the demo's tiny training, with the seed and device fixed."""
-    from collector.demo_data import tiny_training
+    from collector.service.demo_data import tiny_training
 
     return {**tiny_training("detect", work / "runs", name, epochs), "device": device, "seed": SEED}
 

@@ -16,7 +16,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from producer import protocol
+    from producer.wire import protocol
 
 
 def one_input(data: bytes) -> None:

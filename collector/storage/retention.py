@@ -12,7 +12,7 @@ folder, a zip beside it (earlier versions kept one) and any model files still st
 The backend's state file stays (``clearml-relay runs`` still lists the run, and its session path
 shows where the session was).
 
-This module reads :mod:`collector.clearml_state` files only, never imports clearml.
+This module reads :mod:`collector.backends.clearml.state` files only, never imports clearml.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Final
 
 import msgspec
 
-from collector import clearml_state
+from collector.backends.clearml import state as clearml_state
 
 log = logging.getLogger(__name__)
 

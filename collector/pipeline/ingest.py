@@ -7,7 +7,7 @@ reason and counted as ``refused_<code>``, and the loop keeps serving. A message 
 unexpected error is logged with its traceback, counted as ``internal_error`` and answered with
 ``Refuse("internal")``.
 
-Events of a ``Submit`` are accepted strictly in seq order per run (see :mod:`producer.protocol`)
+Events of a ``Submit`` are accepted strictly in seq order per run (see :mod:`producer.wire.protocol`)
 against the journaled position plus what this batch already accepted. All events accepted in a
 batch are journaled in one group commit, and only then does each peer get its replies: its
 refusals and nacks first, then one cumulative ``Ack`` with the journaled position of every run it
@@ -17,7 +17,7 @@ Events are counted per kind when they arrive (``received.<kind>``, resends inclu
 journaled (``journaled.<kind>``), one counter update per batch. :attr:`Ingest.last_loop` tells
 a health check when the loop last came round.
 
-With CURVE (see :mod:`collector.security`) every message carries its producer's public key: a
+With CURVE (see :mod:`collector.pipeline.security`) every message carries its producer's public key: a
 run belongs to the first key that writes to it, other keys are refused with ``denied``, a key's
 open runs are capped (``limit``), and heartbeats count only for a key's own runs.
 """
@@ -34,13 +34,13 @@ from typing import Final
 import msgspec
 import zmq
 
-from collector import paths
 from collector.counters import Counters
-from collector.files import FileStore
-from collector.journal import Entry, Journal, kind, through
-from collector.security import Owners
-from collector.space import Episodes, is_disk_full
-from producer import protocol
+from collector.pipeline.files import FileStore
+from collector.pipeline.security import Owners
+from collector.storage import paths
+from collector.storage.journal import Entry, Journal, kind, through
+from collector.storage.space import Episodes, is_disk_full
+from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from collector import clearml_state, paths
-from collector.backend import JsonlBackend, read_applied
-from collector.journal import read_meta, read_position
+from collector.backends.base import JsonlBackend, read_applied
+from collector.backends.clearml import state as clearml_state
+from collector.storage import paths
+from collector.storage.journal import read_meta, read_position
 
 
 @dataclass(frozen=True)

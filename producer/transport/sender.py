@@ -1,6 +1,6 @@
 """The sender thread: delivers outboxes to the collector over one DEALER socket, with acks.
 
-Per run it reads the outbox with a :class:`~producer.recordlog.LogReader` and keeps in memory
+Per run it reads the outbox with a :class:`~producer.wire.recordlog.LogReader` and keeps in memory
 only a bounded window of events read and not yet acknowledged (memory stays bounded when the
 collector is away for hours). Events go out in ``Submit`` batches in seq order; cumulative
 ``Ack`` releases the window and the outbox; ``Nack(expect)`` and silence (no ack progress for
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 import msgspec
 import zmq
 
-from producer import protocol
-from producer.outbox import Outbox, list_outboxes
-from producer.recordlog import LogReader
+from producer.transport.outbox import Outbox, list_outboxes
+from producer.wire import protocol
+from producer.wire.recordlog import LogReader
 
 if TYPE_CHECKING:
-    from producer.client import Client, RunState
+    from producer.transport.client import Client, RunState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``clearml-relay demo``: a collector and a tiny YOLO training that logs through it, offline.
 
-The demo owns nothing but its presentation: it starts a :class:`~collector.server.Collector`
+The demo owns nothing but its presentation: it starts a :class:`~collector.service.server.Collector`
 (ClearML backend, offline mode) on a free loopback port, trains a tiny YOLO model on a generated
 dataset in a child process with the hooks attached (:func:`producer.attach`), waits until the
 collector has applied every event, and prints what landed in the run's ClearML offline session
@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector import clearml_state, paths
+from collector.backends.clearml import state as clearml_state
 from collector.config import CollectorConfig
-from collector.demo_data import make_dataset, only_clearml_integration, tiny_training
-from collector.server import Collector
+from collector.service.demo_data import make_dataset, only_clearml_integration, tiny_training
+from collector.service.server import Collector
+from collector.storage import paths
 
 PROJECT = "clearml-relay demo"
 TASK = "yolov8n-synthetic"

@@ -70,7 +70,7 @@ server blocks the call, which our call timeout turns into a retry). A drain woul
 normally and the checkpoint would make the position of lost events durable. So each task's two
 writers are watched (see "pinned: sends the SDK drops" below): every refused batch, failed send
 or failed file upload is recorded on the run, and a checkpoint (or close) that finds one raises
-:class:`~collector.backend.Rewind` instead of persisting the position. Before raising, the
+:class:`~collector.backends.base.Rewind` instead of persisting the position. Before raising, the
 backend forgets the run's task object (with its queues), so the next event re-attaches the task
 at its last checkpoint (offline: cut back) and the appliers apply everything since then again:
 re-sent scalars, plots and images replace themselves on the server (see above); console lines
@@ -118,14 +118,14 @@ from clearml.storage.helper import _StorageHelper
 from clearml.utilities.plotly_reporter import create_image_plot
 from PIL import Image
 
-from collector import clearml_state
-from collector.backend import Rewind
-from collector.clearml_state import RunState
+from collector.backends.base import Rewind
+from collector.backends.clearml import state as clearml_state
+from collector.backends.clearml.state import RunState
 from collector.config import ENV_NONFINITE, ConfigError, NonfinitePolicy
 from collector.counters import Counters
-from collector.files import FileStore
-from collector.journal import through
-from producer import protocol
+from collector.pipeline.files import FileStore
+from collector.storage.journal import through
+from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class ClearMLBackend:
     """
 
     #: A run's files are copied into its session (offline) or uploaded (online) by the time
-    #: its events are durable: the collector may delete its own copies (see ``collector.server``).
+    #: its events are durable: the collector may delete its own copies (see ``collector.service.server``).
     copies_files: Final = True
 
     def __init__(

@@ -26,7 +26,7 @@ Where the work happens. Hooks run on the training thread: they read trainer attr
 ``Run`` methods (microseconds each), never raise into the trainer (every hook is wrapped; a
 failure is logged once per hook and exception type) and never wait. Everything slow runs on one
 background thread per training: finding image files and checking they are completely written
-(:mod:`producer.filewatch`), sending console lines, sampling machine statistics, and at the end
+(:mod:`producer.integrations.filewatch`), sending console lines, sampling machine statistics, and at the end
 picking up late files for at most ``late_files_timeout`` seconds, then closing the run. That
 thread is not a daemon, so a script that ends right after ``model.train()`` still delivers its
 last images; it stops by itself when the training thread ends (the process exits) or the trainer
@@ -71,9 +71,9 @@ from typing import Any, Final, NamedTuple
 
 from producer import preemption
 from producer.config import ENV_PROJECT, ENV_TASK_NAME
-from producer.console import ConsoleCapture
-from producer.filewatch import FileWatcher, Ready, Version
-from producer.machine import MachineSampler
+from producer.integrations.console import ConsoleCapture
+from producer.integrations.filewatch import FileWatcher, Ready, Version
+from producer.integrations.machine import MachineSampler
 from producer.once import Once
 from producer.run import Run, abort_open_runs
 

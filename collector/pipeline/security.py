@@ -30,9 +30,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from collector import paths
 from collector.counters import Counters
-from producer.curve import KeySettingError, load_key_file
+from collector.storage import paths
+from producer.wire.curve import KeySettingError, load_key_file
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
-from collector import paths
+from collector.storage import paths
 
 _SUFFIX: Final = ".json"
 

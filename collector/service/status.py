@@ -1,7 +1,7 @@
 """``clearml-relay status``: a live view of a running collector, over its own ZeroMQ socket.
 
 The collector answers a ``StatusRequest`` with its counters and every run's journaled and applied
-positions (:class:`producer.protocol.StatusReply`). Rates need two samples: the view compares the
+positions (:class:`producer.wire.protocol.StatusReply`). Rates need two samples: the view compares the
 counters of the latest sample with the one before (``--interval`` apart), so ``events/s`` is what
 the collector did in that interval, not since it started. Unlike ``clearml-relay runs`` (which
 reads a data directory), this works from any host that reaches the collector's endpoint, and it
@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import zmq
 
-from producer import protocol
-from producer.curve import KeySettingError, curve_from_env
+from producer.wire import protocol
+from producer.wire.curve import KeySettingError, curve_from_env
 
 #: How many runs the table lists (open and behind first); ``--json`` lists every run.
 TABLE_RUNS: Final = 40

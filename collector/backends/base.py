@@ -20,10 +20,10 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from collector import paths
-from collector.files import FileStore
-from collector.journal import through
-from producer import protocol
+from collector.pipeline.files import FileStore
+from collector.storage import paths
+from collector.storage.journal import through
+from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Where the collector keeps things on disk: the only place that turns wire values into paths.
 
-Run ids and sha256 digests are validated by :mod:`producer.protocol` before they get here, but
+Run ids and sha256 digests are validated by :mod:`producer.wire.protocol` before they get here, but
 the run id pattern also admits ``.`` and ``..``, which would name a parent directory; this
 module refuses them, so no value from the wire can reach outside its own directory.
 """

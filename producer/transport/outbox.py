@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from producer.protocol import FileRef
-from producer.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
+from producer.wire.protocol import FileRef
+from producer.wire.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
 LOCK_NAME: Final = "lock"
 LOG_NAME: Final = "log"

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from collector import logfmt
 from collector.config import (
     BACKENDS,
     ENV_ALLOW_KEYS,
@@ -49,7 +48,8 @@ from collector.config import (
     CollectorConfig,
     ConfigError,
 )
-from producer.curve import KeySettingError
+from collector.service import logfmt
+from producer.wire.curve import KeySettingError
 
 log = logging.getLogger("collector")
 
@@ -242,7 +242,7 @@ def _collector(args: argparse.Namespace) -> int:
     # Imported here: `clearml-relay sync` on a training node needs none of the collector.
     import zmq  # noqa: PLC0415
 
-    from collector.server import Collector, DataDirBusyError  # noqa: PLC0415
+    from collector.service.server import Collector, DataDirBusyError  # noqa: PLC0415
 
     try:
         config = CollectorConfig.from_env(
@@ -297,7 +297,7 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from collector.security import keygen  # noqa: PLC0415
+    from collector.pipeline.security import keygen  # noqa: PLC0415
 
     try:
         public, secret = keygen(Path(args.dir), args.name)
@@ -313,7 +313,7 @@ def _sync(args: argparse.Namespace) -> int:
     # Lazy: a sync needs only producer code, never the collector's.
     from producer.config import ConfigError as ProducerConfigError  # noqa: PLC0415
     from producer.config import ProducerConfig  # noqa: PLC0415
-    from producer.sync import SyncProgress, sync  # noqa: PLC0415
+    from producer.transport.sync import SyncProgress, sync  # noqa: PLC0415
 
     try:
         config = ProducerConfig.from_env(endpoint=args.endpoint, spool_dir=args.spool_dir)
@@ -340,7 +340,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     # Lazy: zmq and the producer's protocol only (rich only for a table).
-    from collector import status  # noqa: PLC0415
+    from collector.service import status  # noqa: PLC0415
     from producer.config import DEFAULT_ENDPOINT, ENV_ENDPOINT  # noqa: PLC0415
 
     endpoint = args.endpoint or os.environ.get(ENV_ENDPOINT, "").strip() or DEFAULT_ENDPOINT
@@ -402,13 +402,13 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from collector import demo  # noqa: PLC0415
+    from collector.service import demo  # noqa: PLC0415
 
     return demo.main([*(["--workdir", args.workdir] if args.workdir else []), "--epochs", str(args.epochs)])
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from collector.runs import list_runs, render  # noqa: PLC0415
+    from collector.service.runs import list_runs, render  # noqa: PLC0415
 
     try:
         config = CollectorConfig.from_env(data_dir=args.data_dir)
@@ -422,7 +422,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    from collector import mode  # noqa: PLC0415
+    from collector.backends.clearml import mode  # noqa: PLC0415
 
     sessions = [Path(s) for s in args.sessions]
     missing = [str(s) for s in sessions if not s.exists()]
@@ -434,7 +434,8 @@ def _upload(args: argparse.Namespace) -> int:
         return _config_error(f"no ClearML server to upload to: {reason}")
     from rich.progress import Progress  # noqa: PLC0415
 
-    from collector import clearml_backend, upload  # noqa: PLC0415  (clearml loads only here)
+    from collector.backends.clearml import backend as clearml_backend  # noqa: PLC0415  (clearml loads only here)
+    from collector.backends.clearml import upload  # noqa: PLC0415
 
     try:
         files_host = clearml_backend.files_host()

@@ -99,7 +99,7 @@ series and tags 1-255 characters; console text at most 1 MiB; run ids ``[A-Za-z0
 and file-store directories); hashes 64 lowercase hex digits; sizes, offsets and sequence numbers
 bounded. File names from the wire never become paths on their own: the file store is addressed
 by run id and sha256, and the ClearML backend reduces a name to a safe basename
-(``collector.clearml_backend._safe_name``). Frames above the size limits are refused
+(``collector.backends.clearml.backend._safe_name``). Frames above the size limits are refused
 (``too_large``), and ZeroMQ drops a connection whose frame exceeds twice the body limit before it
 is buffered. Decoding raises :class:`ProtocolError` and nothing else (hypothesis property tests
 and an atheris fuzz target pin this).

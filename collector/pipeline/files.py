@@ -3,7 +3,7 @@
 ``data_dir/files/<run>/<sha256>`` is a complete, verified file; ``<sha256>.part`` one being
 received and ``<sha256>.size`` the size it was offered with (so chunks still fit after a
 collector restart, when the producer resumes without offering again). Paths are built only
-from the validated run id and the sha256 digest (see :mod:`collector.paths`), never from a name
+from the validated run id and the sha256 digest (see :mod:`collector.storage.paths`), never from a name
 on the wire. The store answers every offer and chunk with the number of bytes it holds
 (``have``), so a producer always knows where to resume, and it never writes past the size the
 file was offered with.
@@ -22,9 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any, Final
 
-from collector import paths
 from collector.counters import Counters
-from producer import protocol
+from collector.storage import paths
+from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 

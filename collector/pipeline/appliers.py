@@ -14,7 +14,7 @@ the backend's applied position + 1 and applies each event in order:
   journal segments that hold nothing past the durable position reclaimed (the newest segment
   stays: it carries the journaled position). After a crash, events between the durable position
   and the journal's end are applied again, and the backend makes that harmless;
-- a :class:`~collector.backend.Rewind` from the backend (work applied since its last
+- a :class:`~collector.backends.base.Rewind` from the backend (work applied since its last
   checkpoint was lost, e.g. events the ClearML server refused) sends the run back to the
   backend's durable position: after the backoff the journal is read again from
   ``backend.applied(run) + 1`` and those events are applied again (counted as ``rewinds``;
@@ -27,7 +27,7 @@ Every applied event is counted per kind (``applied.<kind>``) and the backend's t
 recorded (``apply.<kind>``, and ``checkpoint``): for images, plots and models that is the upload.
 Log lines about one run carry ``run`` (and ``kind`` where an event is involved) as fields.
 
-Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backend`).
+Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backends.base`).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from collector.backend import Backend, Rewind
+from collector.backends.base import Backend, Rewind
 from collector.counters import Counters
-from collector.files import FileStore
-from collector.journal import Journal, kind, through
-from producer import protocol
-from producer.recordlog import Record
+from collector.pipeline.files import FileStore
+from collector.storage.journal import Journal, kind, through
+from producer.wire import protocol
+from producer.wire.recordlog import Record
 
 log = logging.getLogger(__name__)
 

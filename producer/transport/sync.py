@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from producer.client import Client, RunState
 from producer.config import ProducerConfig
+from producer.transport.client import Client, RunState
 
 #: Progress reports per second.
 PROGRESS_EVERY = 0.5

@@ -8,7 +8,7 @@ wakes the sender and the collector); instead the writer polls the deque, every m
 events flow and backing off to :data:`MAX_POLL` when idle, so an event is in the outbox within
 milliseconds. Flushes and stops wake the writer at once. The writer thread assigns sequence numbers, spools
 referenced files into the outbox, appends the encoded events in batches and wakes the sender
-thread (:mod:`producer.sender`), which delivers them.
+thread (:mod:`producer.transport.sender`), which delivers them.
 
 One :class:`Client` serves every ``Run`` of a process that uses the same endpoint and spool
 directory (:func:`get_client`). At interpreter exit it flushes for at most ``flush_timeout`` and
@@ -36,13 +36,13 @@ from typing import Final, NamedTuple
 
 import zmq
 
-from producer import protocol
 from producer.config import ProducerConfig
 from producer.context import complete_context
 from producer.once import Once
-from producer.outbox import Outbox, SpoolWriteError, free_bytes
-from producer.recordlog import Damage
-from producer.sender import Sender
+from producer.transport.outbox import Outbox, SpoolWriteError, free_bytes
+from producer.transport.sender import Sender
+from producer.wire import protocol
+from producer.wire.recordlog import Damage
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ ingest stops first (unacked producers resend later, nothing is lost), then the a
 to ``drain_timeout`` to catch up with the journal, then everything closes. A lock file keeps a
 second collector off the same data directory.
 
-Running as a service: with ``metrics_port`` set, an HTTP server (:mod:`collector.metrics`)
+Running as a service: with ``metrics_port`` set, an HTTP server (:mod:`collector.service.metrics`)
 serves ``/metrics`` and ``/healthz`` from its own thread, until the very end of a shutdown (a
 drain shows in the metrics, and ``/healthz`` answers 503 meanwhile). The ingest thread's
 housekeeping tick, besides aborting runs whose producer vanished, retires the journal of every
@@ -15,7 +15,7 @@ finished run once the backend holds it durably (:meth:`Journal.retire`) and, whe
 keeps its own copies of files (``copies_files``: the ClearML backend), deletes the run's stored
 files (images, plots, models: halving the disk a run holds). With a retention policy
 for offline sessions, a thread applies it every :data:`RETENTION_SECONDS` and whenever a run
-was retired (:mod:`collector.retention`).
+was retired (:mod:`collector.storage.retention`).
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from collector import paths, retention, security
-from collector.appliers import Appliers
-from collector.backend import Backend, JsonlBackend
+from collector.backends.base import Backend, JsonlBackend
 from collector.config import CollectorConfig
 from collector.counters import Counters, Latency
-from collector.files import FileStore
-from collector.ingest import POLL_MS, Ingest
-from collector.journal import FINISHED, Journal
-from producer import protocol
+from collector.pipeline import security
+from collector.pipeline.appliers import Appliers
+from collector.pipeline.files import FileStore
+from collector.pipeline.ingest import POLL_MS, Ingest
+from collector.storage import paths, retention
+from collector.storage.journal import FINISHED, Journal
+from producer.wire import protocol
 
 if TYPE_CHECKING:
-    from collector.metrics import MetricsServer
+    from collector.service.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def make_backend(config: CollectorConfig, counters: Counters | None = None) -> B
     if config.backend == "jsonl":
         return JsonlBackend(config.data_dir / paths.RECORDS)
     if config.backend == "clearml":
-        from collector import clearml_backend, mode  # noqa: PLC0415  (clearml loads only here)
+        from collector.backends.clearml import backend as clearml_backend  # noqa: PLC0415  (clearml loads only here)
+        from collector.backends.clearml import mode  # noqa: PLC0415
 
         offline, reason = mode.decide(config.offline)
         log.info("ClearML %s mode: %s", "offline" if offline else "online", reason)
@@ -310,7 +312,7 @@ class Collector:
             )
             security.warn_if_exposed(self._ingest.endpoint, curve is not None)
             if config.metrics_port is not None:
-                from collector.metrics import MetricsServer  # noqa: PLC0415  (prometheus loads here)
+                from collector.service.metrics import MetricsServer  # noqa: PLC0415  (prometheus loads here)
 
                 self._http = MetricsServer(
                     config.metrics_host, config.metrics_port, self.snapshot, self.health

@@ -1,6 +1,6 @@
 """The collector's journal: durability of accepted events, one record log per run.
 
-``data_dir/journal/<run>/`` holds the run's :class:`~producer.recordlog.RecordLog` (record seq ==
+``data_dir/journal/<run>/`` holds the run's :class:`~producer.wire.recordlog.RecordLog` (record seq ==
 event seq, record body == the event's bytes as they crossed the wire, or an encoded ``Gap`` that
 stands in for a refused event) and ``meta.json`` (project, name and state, from ``RunOpen`` and
 ``RunClose``). The journal owns each run's *journaled position*: the highest seq such that every
@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from collector import paths
 from collector.counters import Counters
-from collector.space import Episodes, is_disk_full
-from producer import protocol
-from producer.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record, list_segments
+from collector.storage import paths
+from collector.storage.space import Episodes, is_disk_full
+from producer.wire import protocol
+from producer.wire.recordlog import HEADER_BYTES, Damage, LogReader, RecordLog, last_record, list_segments
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RunMeta:
     """What the collector knows about a run beyond its events.
 
     ``writer`` is the writer id of the run's ``RunOpen``: events from another writer are
-    refused (see :mod:`producer.protocol`). ``position`` is set when the run's journal is
+    refused (see :mod:`producer.wire.protocol`). ``position`` is set when the run's journal is
     retired (see :meth:`Journal.retire`): its segments are gone, and this is the journaled
     position they carried, which keeps resends of the run deduplicated.
     """
@@ -159,7 +159,7 @@ class Journal:
         self._runs: dict[str, _Run] = {}
         self._listeners: list[Listener] = []
         self._bytes = 0
-        #: Episodes of the journal's filesystem being full (see :mod:`collector.space`).
+        #: Episodes of the journal's filesystem being full (see :mod:`collector.storage.space`).
         self.space = Episodes("journal_disk", "the journal's disk", self.counters)
         #: Why the last group commit failed (other than a full disk); None once one succeeds.
         self._failure: str | None = None
