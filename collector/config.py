@@ -1,14 +1,19 @@
-"""The collector's configuration: every setting, its environment variable and its default.
+"""The collector's configuration: one table of every setting, its variable, flag and default.
 
-All environment variable names of the collector live here, under one prefix
-(``CLEARML_RELAY_``). Precedence is explicit argument > environment variable > default, so
-the environment alone is enough to configure a collector (Docker, systemd) and the CLI only
-passes the flags it was given. A bad value raises :class:`ConfigError` naming the variable.
+:data:`SETTINGS` is the only place a collector setting is declared: each :class:`Setting` names
+its :class:`CollectorConfig` field, its environment variable (one prefix, ``CLEARML_RELAY_``),
+its ``clearml-relay collector`` flag, how a value is checked, its default and its help. The
+config object, the CLI flags (:mod:`collector.service.cli`), their help and the configuration
+table of ``docs/configuration.md`` (:func:`docs_table`, kept equal by a test) all come from it.
+:data:`LOG_SETTINGS` does the same for the two settings of the command line itself.
+
+Precedence is explicit argument > environment variable > default, so the environment alone is
+enough to configure a collector (Docker, systemd) and the CLI only passes the flags it was given.
+A bad value raises :class:`ConfigError` naming the variable.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +52,7 @@ FSYNC_POLICIES: Final = ("batch", "never")
 NonfinitePolicy = Literal["skip", "clearml"]
 NONFINITE_POLICIES: Final = ("skip", "clearml")
 BACKENDS: Final = ("clearml", "jsonl")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS: Final = ("text", "json")
 
 
@@ -54,98 +60,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the variable and value."""
 
 
-@dataclass(frozen=True)
-class CollectorConfig:
-    """Everything a :class:`collector.service.server.Collector` needs to know.
-
-    Attributes:
-        bind: ZeroMQ endpoint of the ROUTER socket (``tcp://host:0`` picks a free port).
-        data_dir: Root of the journal, the file store and the record backend.
-        fsync: ``batch``: fsync every touched journal once per group commit, before acking;
-            ``never``: rely on the page cache (survives ``kill -9``, not a power loss).
-        max_body_bytes: Largest message body and file chunk payload accepted.
-        max_journal_bytes: Above this many journal bytes new events are refused with
-            ``Refuse(code="backoff")``; producers keep spooling.
-        journal_segment_bytes: Size at which a run's journal starts a new segment file.
-        heartbeat_timeout: Seconds without a heartbeat after which a run counts as orphaned.
-        drain_timeout: Seconds a graceful stop waits for appliers to catch up.
-        backend: Which backend applies events: ``clearml`` (a ClearML task per run) or
-            ``jsonl`` (JSON lines, for tests and transport demos).
-        offline: Force ClearML offline mode even when a server is configured.
-        call_timeout: Longest wait for one ClearML call that can block on the network.
-        metrics_port: TCP port of the HTTP server with ``/metrics`` and ``/healthz``; None: no
-            server (the default outside the container image); 0: any free port (tests).
-        metrics_host: Address that server binds: loopback by default, so that nothing is
-            exposed unless asked; the container image sets ``0.0.0.0``.
-        keep_sessions_days: Delete the offline session (its folder) of a completed or failed
-            run this many days after it finished; None keeps them.
-        keep_sessions: Keep at most this many finished offline sessions, the newest; None
-            keeps them all.
-        curve_secret_key: The collector's ``.key_secret`` file: CurveZMQ encryption, and only
-            the producer keys in ``allow_keys`` may connect. Both or neither.
-        allow_keys: Directory of the producer public keys (``*.key``) allowed to connect.
-        max_file_bytes: Larger files (images, models) are refused with ``too_large``.
-        max_runs_per_key: Open runs one producer key may own (CURVE only); beyond, refused.
-        nonfinite: What the ClearML backend does with a NaN or infinite scalar, single value or
-            machine stat: ``skip``: report nothing for it (ClearML would show 0, so a diverged
-            loss would look perfect), count it (``nonfinite_skipped``) and say so once per
-            series in the task's console; ``clearml``: hand it to ClearML, which reports its
-            ``Logger.set_reporting_nan_value`` / ``set_reporting_inf_value`` value (0 unless
-            changed).
-
-    """
-
-    bind: str = "tcp://127.0.0.1:5555"
-    data_dir: Path = Path("./clearml-relay-data")
-    fsync: FsyncPolicy = "batch"
-    max_body_bytes: int = protocol.MAX_BODY_BYTES
-    max_journal_bytes: int = 10 * 1024**3
-    journal_segment_bytes: int = 8 * 1024 * 1024
-    heartbeat_timeout: float = 120.0
-    drain_timeout: float = 10.0
-    backend: str = "clearml"
-    offline: bool = False
-    call_timeout: float = 60.0
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    keep_sessions_days: float | None = None
-    keep_sessions: int | None = None
-    curve_secret_key: Path | None = None
-    allow_keys: Path | None = None
-    max_file_bytes: int = 64 * 1024**3
-    max_runs_per_key: int = 1000
-    nonfinite: NonfinitePolicy = "skip"
-
-    def __post_init__(self) -> None:
-        if (self.curve_secret_key is None) != (self.allow_keys is None):
-            raise ConfigError(
-                f"{ENV_CURVE_SECRET_KEY} (--curve-secret-key) and {ENV_ALLOW_KEYS} (--allow-keys) "
-                "go together: the secret key encrypts, the allow-list says who may connect"
-            )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
-        """Build a config: explicit ``overrides`` > ``environ`` (default ``os.environ``) > default.
-
-        An override of ``None`` and an empty variable count as not given, so a CLI can pass
-        every flag through.
-
-        Raises:
-            ConfigError: a value is malformed or out of range, or an override is unknown.
-
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            var, parse = _FIELDS[field.name]
-            raw = overrides.pop(field.name, None)
-            if raw is None:
-                raw = env.get(var, "").strip() or None
-            if raw is not None:
-                values[field.name] = _parse(var, raw, parse)
-        if overrides:
-            raise ConfigError(f"unknown collector settings: {', '.join(sorted(overrides))}")
-        return cls(**values)
+# ------------------------------------------------------------------------------ value checks
 
 
 def _parse(var: str, raw: Any, parse: Callable[[Any], Any]) -> Any:
@@ -162,9 +77,9 @@ def _bind(raw: Any) -> str:
     return value
 
 
-def _choice(*allowed: str) -> Callable[[Any], str]:
+def _choice(*allowed: str, case: Callable[[str], str] = str.lower) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
-        value = str(raw).strip().lower()
+        value = case(str(raw).strip())
         if value not in allowed:
             raise ValueError(f"expected one of {', '.join(allowed)}")
         return value
@@ -239,25 +154,233 @@ def _data_dir(raw: Any) -> Path:
     return Path(raw).expanduser()
 
 
-_FIELDS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
-    "bind": (ENV_BIND, _bind),
-    "data_dir": (ENV_DATA_DIR, _data_dir),
-    "fsync": (ENV_FSYNC, _choice(*FSYNC_POLICIES)),
-    "max_body_bytes": (ENV_MAX_BODY_BYTES, _positive_int),
-    "max_journal_bytes": (ENV_MAX_JOURNAL_BYTES, _positive_int),
-    "journal_segment_bytes": (ENV_SEGMENT_BYTES, _positive_int),
-    "heartbeat_timeout": (ENV_HEARTBEAT_TIMEOUT, _positive_float),
-    "drain_timeout": (ENV_DRAIN_TIMEOUT, _positive_float),
-    "backend": (ENV_BACKEND, _choice(*BACKENDS)),
-    "offline": (ENV_OFFLINE, _flag),
-    "call_timeout": (ENV_CALL_TIMEOUT, _positive_float),
-    "metrics_port": (ENV_METRICS_PORT, _port),
-    "metrics_host": (ENV_METRICS_HOST, _host),
-    "keep_sessions_days": (ENV_KEEP_SESSIONS_DAYS, _days),
-    "keep_sessions": (ENV_KEEP_SESSIONS, _non_negative_int),
-    "curve_secret_key": (ENV_CURVE_SECRET_KEY, _data_dir),
-    "allow_keys": (ENV_ALLOW_KEYS, _data_dir),
-    "max_file_bytes": (ENV_MAX_FILE_BYTES, _positive_int),
-    "max_runs_per_key": (ENV_MAX_RUNS_PER_KEY, _positive_int),
-    "nonfinite": (ENV_NONFINITE, _choice(*NONFINITE_POLICIES)),
-}
+# ------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where its value comes from, how it is checked, and how it is documented.
+
+    Attributes:
+        name: The :class:`CollectorConfig` field (for :data:`LOG_SETTINGS`: the CLI's own).
+        env: The environment variable.
+        flag: The command-line flag.
+        parse: Checks and converts a value from the flag or the variable; raises ValueError or
+            TypeError with what was expected.
+        default: The value when neither the flag nor the variable gives one.
+        help: What it does, in a few words: the flag's help and the docs' description.
+        unset: What a default of None means (``not served``, ``keep``).
+        unit: ``bytes`` or ``seconds``: how the default is written for a reader.
+        flag_type: What the command line converts the flag's text with.
+        choices: The values the flag accepts (None: any, checked by ``parse``).
+        switch: The flag takes no value and means ``True``.
+        doc: More for ``docs/configuration.md`` than a flag's help can say.
+
+    """
+
+    name: str
+    env: str
+    flag: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    unset: str = ""
+    unit: str = ""
+    flag_type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    switch: bool = False
+    doc: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The default as a reader should see it: ``64 GiB``, ``120 s``, ``batch``, ``not served``."""
+        value = self.default
+        if value is None:
+            return self.unset
+        if self.unit == "bytes":
+            return _size(value)
+        if self.unit == "seconds":
+            return f"{value:g} s"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, Path) and not value.is_absolute():
+            return f"./{value}"
+        return str(value)
+
+    @property
+    def flag_help(self) -> str:
+        """The flag's ``--help`` line: what it does, its variable and its default."""
+        default = f", default {self.shown}" if self.shown else ""
+        return f"{self.help} (env {self.env}{default})"
+
+
+def _size(value: int) -> str:
+    for size, suffix in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if value % size == 0:
+            return f"{value // size} {suffix}"
+    return f"{value} bytes"
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("bind", ENV_BIND, "--bind", _bind, "tcp://127.0.0.1:5555", "ZeroMQ endpoint to bind",
+            doc="`tcp://host:0` picks a free port; another interface than loopback without CurveZMQ "
+            "logs a `SECURITY` warning. The container image sets `tcp://0.0.0.0:5555`."),
+    Setting("data_dir", ENV_DATA_DIR, "--data-dir", _data_dir, Path("./clearml-relay-data"),
+            "journal, files and records", doc="The container image sets `/data` (its volume)."),
+    Setting("fsync", ENV_FSYNC, "--fsync", _choice(*FSYNC_POLICIES), "batch", "journal fsync policy",
+            choices=FSYNC_POLICIES,
+            doc="`batch`: fsync every touched journal once per group commit, before acknowledging; "
+            "`never`: rely on the page cache (survives `kill -9`, not a power loss)."),
+    Setting("max_body_bytes", ENV_MAX_BODY_BYTES, "--max-body-bytes", _positive_int, protocol.MAX_BODY_BYTES,
+            "largest message body and file chunk accepted", unit="bytes", flag_type=int),
+    Setting("max_journal_bytes", ENV_MAX_JOURNAL_BYTES, "--max-journal-bytes", _positive_int, 10 * 1024**3,
+            "journal size above which producers are told to back off", unit="bytes", flag_type=int,
+            doc="New events and file chunks are refused with `backoff`; producers keep spooling."),
+    Setting("journal_segment_bytes", ENV_SEGMENT_BYTES, "--journal-segment-bytes", _positive_int,
+            8 * 1024 * 1024, "size at which a run's journal starts a new segment file", unit="bytes",
+            flag_type=int),
+    Setting("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout", _positive_float, 120.0,
+            "seconds of silence after which a run is marked aborted", unit="seconds", flag_type=float,
+            doc="After everything it sent has been applied; a producer that comes back opens it again."),
+    Setting("drain_timeout", ENV_DRAIN_TIMEOUT, "--drain-timeout", _positive_float, 10.0,
+            "seconds a stop waits for journaled events to be applied", unit="seconds", flag_type=float,
+            doc="What is not applied by then stays journaled for the next start."),
+    Setting("backend", ENV_BACKEND, "--backend", _choice(*BACKENDS), "clearml", "where events go",
+            choices=BACKENDS,
+            doc="`clearml`: a ClearML task per run; `jsonl`: JSON lines (transport tests and demos)."),
+    Setting("offline", ENV_OFFLINE, "--offline", _flag, False,
+            "ClearML offline mode even if a server is configured", switch=True),
+    Setting("call_timeout", ENV_CALL_TIMEOUT, "--clearml-call-timeout", _positive_float, 60.0,
+            "longest wait for one ClearML call that can block on the network", unit="seconds",
+            flag_type=float),
+    Setting("metrics_port", ENV_METRICS_PORT, "--metrics-port", _port, None,
+            "serve /metrics and /healthz on this port", unset="not served", flag_type=int,
+            doc="`0` picks a free port. The container image sets `9555`."),
+    Setting("metrics_host", ENV_METRICS_HOST, "--metrics-host", _host, "127.0.0.1",
+            "address the metrics server binds", doc="The container image sets `0.0.0.0`."),
+    Setting("keep_sessions_days", ENV_KEEP_SESSIONS_DAYS, "--keep-sessions-days", _days, None,
+            "delete finished offline sessions older than this many days", unset="keep", flag_type=float,
+            doc="Sessions of completed and failed runs only: an aborted run's producer may come back."),
+    Setting("keep_sessions", ENV_KEEP_SESSIONS, "--keep-sessions", _non_negative_int, None,
+            "keep at most this many finished offline sessions, the newest", unset="all", flag_type=int),
+    Setting("curve_secret_key", ENV_CURVE_SECRET_KEY, "--curve-secret-key", _data_dir, None,
+            "the collector's .key_secret file: encrypt, admit --allow-keys only", unset="none: plain ZeroMQ",
+            doc="CurveZMQ; goes together with `--allow-keys`."),
+    Setting("allow_keys", ENV_ALLOW_KEYS, "--allow-keys", _data_dir, None,
+            "directory of the producer public keys (*.key) allowed to connect; SIGHUP re-reads it",
+            unset="none"),
+    Setting("max_file_bytes", ENV_MAX_FILE_BYTES, "--max-file-bytes", _positive_int, 64 * 1024**3,
+            "largest file accepted", unit="bytes", flag_type=int,
+            doc="Larger images and models are refused with `too_large` (the event becomes a gap)."),
+    Setting("max_runs_per_key", ENV_MAX_RUNS_PER_KEY, "--max-runs-per-key", _positive_int, 1000,
+            "open runs one producer key may own, with CURVE", flag_type=int),
+    Setting("nonfinite", ENV_NONFINITE, "--nonfinite", _choice(*NONFINITE_POLICIES), "skip",
+            "a NaN or infinite scalar: skip it (noted in the task's console) or hand it to ClearML, "
+            "which reports 0", choices=NONFINITE_POLICIES,
+            doc="Scalars, single values and machine stats. `skip` reports nothing for it (ClearML would "
+            "show 0, so a diverged loss would look perfect), counts it (`nonfinite_skipped`) and says "
+            "so once per series in the task's console; `clearml` hands it to ClearML, which reports "
+            "its `Logger.set_reporting_nan_value` / `set_reporting_inf_value` value (0 unless changed)."),
+)  # fmt: skip
+"""Every setting of :class:`CollectorConfig`, in the order of its fields."""
+
+#: The command line's own settings: every ``clearml-relay`` command takes them (a library never
+#: configures logging, so they are no part of :class:`CollectorConfig`).
+LOG_SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("log_level", ENV_LOG_LEVEL, "--log-level", _choice(*LOG_LEVELS, case=str.upper), "INFO",
+            "log level", flag_type=str.upper, choices=LOG_LEVELS),
+    Setting("log_format", ENV_LOG_FORMAT, "--log-format", _choice(*LOG_FORMATS), "text",
+            "log lines as text or one JSON object per line", flag_type=str.lower, choices=LOG_FORMATS),
+)  # fmt: skip
+
+#: :class:`CollectorConfig`'s field defaults: the table's.
+_DEFAULTS: Final[dict[str, Any]] = {setting.name: setting.default for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Everything a :class:`collector.service.server.Collector` needs to know.
+
+    One field per entry of :data:`SETTINGS`, which says what each means, its variable, its flag
+    and its default (``docs/configuration.md`` lists them). ``bind`` may be ``tcp://host:0``
+    (a free port); ``metrics_port`` None serves no ``/metrics``, 0 any free port;
+    ``keep_sessions_days`` and ``keep_sessions`` None keep every session; ``curve_secret_key``
+    and ``allow_keys`` go together.
+    """
+
+    bind: str = _DEFAULTS["bind"]
+    data_dir: Path = _DEFAULTS["data_dir"]
+    fsync: FsyncPolicy = _DEFAULTS["fsync"]
+    max_body_bytes: int = _DEFAULTS["max_body_bytes"]
+    max_journal_bytes: int = _DEFAULTS["max_journal_bytes"]
+    journal_segment_bytes: int = _DEFAULTS["journal_segment_bytes"]
+    heartbeat_timeout: float = _DEFAULTS["heartbeat_timeout"]
+    drain_timeout: float = _DEFAULTS["drain_timeout"]
+    backend: str = _DEFAULTS["backend"]
+    offline: bool = _DEFAULTS["offline"]
+    call_timeout: float = _DEFAULTS["call_timeout"]
+    metrics_port: int | None = _DEFAULTS["metrics_port"]
+    metrics_host: str = _DEFAULTS["metrics_host"]
+    keep_sessions_days: float | None = _DEFAULTS["keep_sessions_days"]
+    keep_sessions: int | None = _DEFAULTS["keep_sessions"]
+    curve_secret_key: Path | None = _DEFAULTS["curve_secret_key"]
+    allow_keys: Path | None = _DEFAULTS["allow_keys"]
+    max_file_bytes: int = _DEFAULTS["max_file_bytes"]
+    max_runs_per_key: int = _DEFAULTS["max_runs_per_key"]
+    nonfinite: NonfinitePolicy = _DEFAULTS["nonfinite"]
+
+    def __post_init__(self) -> None:
+        if (self.curve_secret_key is None) != (self.allow_keys is None):
+            raise ConfigError(
+                f"{ENV_CURVE_SECRET_KEY} (--curve-secret-key) and {ENV_ALLOW_KEYS} (--allow-keys) "
+                "go together: the secret key encrypts, the allow-list says who may connect"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+        """Build a config: explicit ``overrides`` > ``environ`` (default ``os.environ``) > default.
+
+        An override of ``None`` and an empty variable count as not given, so a CLI can pass
+        every flag through.
+
+        Raises:
+            ConfigError: a value is malformed or out of range, or an override is unknown.
+
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = overrides.pop(setting.name, None)
+            if raw is None:
+                raw = env.get(setting.env, "").strip() or None
+            if raw is not None:
+                values[setting.name] = _parse(setting.env, raw, setting.parse)
+        if overrides:
+            raise ConfigError(f"unknown collector settings: {', '.join(sorted(overrides))}")
+        return cls(**values)
+
+
+def read_setting(setting: Setting, given: str | None, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting outside :class:`CollectorConfig` (``LOG_SETTINGS``): ``given`` > variable > default.
+
+    The variable's text goes through ``setting.flag_type`` first, as a flag's would.
+
+    Raises:
+        ConfigError: the value is not one ``setting.parse`` accepts; the message names the variable.
+
+    """
+    env = os.environ if environ is None else environ
+    raw = given or env.get(setting.env, "").strip()
+    if not raw:
+        return setting.default
+    return _parse(setting.env, setting.flag_type(raw), setting.parse)
+
+
+def docs_table(settings: tuple[Setting, ...] = SETTINGS + LOG_SETTINGS) -> str:
+    """The Markdown table of ``docs/configuration.md`` for ``settings`` (a test keeps them equal)."""
+    rows = ["| variable | flag | default | what |", "|---|---|---|---|"]
+    for setting in settings:
+        shown = setting.shown if setting.default is None or setting.unit else f"`{setting.shown}`"
+        what = f"{setting.help}. {setting.doc}" if setting.doc else setting.help
+        rows.append(f"| `{setting.env}` | `{setting.flag}` | {shown} | {what} |")
+    return "\n".join(rows) + "\n"

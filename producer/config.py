@@ -1,8 +1,12 @@
-"""The producer's configuration: every environment variable it reads, and their validation.
+"""The producer's configuration: one table of every environment variable it reads.
 
-Precedence is explicit argument > environment variable > default. The environment alone must be
-enough (DDP children inherit the environment, not Python objects), so every setting has a
-variable, all named here with the ``CLEARML_RELAY_`` prefix.
+:data:`SETTINGS` is the only place a producer setting is declared: each :class:`Setting` names
+its variable (one prefix, ``CLEARML_RELAY_``), the :class:`ProducerConfig` field and argument it
+sets, how a value is checked, its default and what it does. :meth:`ProducerConfig.from_env` reads
+it, and so does the configuration table of ``docs/configuration.md`` (:func:`docs_table`, kept
+equal by a test). Precedence is explicit argument > environment variable > default. The
+environment alone must be enough (DDP children inherit the environment, not Python objects), so
+every setting has a variable.
 """
 
 from __future__ import annotations
@@ -13,9 +17,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-from producer.wire.curve import CurveKeys, KeySettingError, curve_from_env
+from producer.wire.curve import (
+    ENV_KEY_FILE,
+    ENV_PUBLIC_KEY,
+    ENV_SECRET_KEY,
+    ENV_SERVER_KEY,
+    CurveKeys,
+    KeySettingError,
+    curve_from_env,
+)
 
 ENV_PREFIX: Final = "CLEARML_RELAY_"
 ENV_ENDPOINT: Final = ENV_PREFIX + "ENDPOINT"
@@ -42,13 +54,6 @@ _ENDPOINT = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.*-]+):(\d{1,5})
 
 class ConfigError(ValueError):
     """A setting with a bad value; the message names the variable (or argument) and the value."""
-
-
-def default_spool_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/clearml-relay/spool``, or ``~/.cache/clearml-relay/spool``."""
-    env = os.environ if environ is None else environ
-    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "clearml-relay" / "spool"
 
 
 def _endpoint(name: str, raw: object) -> str:
@@ -90,6 +95,97 @@ def _fsync(name: str, raw: object) -> FsyncPolicy:
     if value not in FSYNC_POLICIES:
         raise ConfigError(f"{name} must be one of {', '.join(FSYNC_POLICIES)}, got {raw!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable of the producer, and what reads it.
+
+    Attributes:
+        env: The variable.
+        help: What it does, in a few words (the docs' description).
+        name: The :class:`ProducerConfig` field it sets; empty when another module reads it
+            (``reader``).
+        argument: The :meth:`ProducerConfig.from_env` argument that overrides it (``Run`` takes the
+            same for ``endpoint``, ``spool_dir`` and ``flush_timeout``); empty: none.
+        parse: Checks and converts a value; called with the variable's (or argument's) name and
+            the value, raises :class:`ConfigError` naming both.
+        default: The value when neither an argument nor the variable gives one.
+        shown: The default as the docs write it, when it is not the value itself.
+        reader: Who reads it: ``producer`` (this module), ``hooks`` (the Ultralytics hooks) or
+            ``keys`` (:func:`producer.wire.curve.curve_from_env`, all four together).
+
+    """
+
+    env: str
+    help: str
+    name: str = ""
+    argument: str = ""
+    parse: Callable[[str, object], Any] | None = None
+    default: Any = None
+    shown: str = ""
+    reader: str = "producer"
+
+    def raw(self, environ: Mapping[str, str] | None = None) -> str:
+        """The variable's text, stripped; empty when it is not set."""
+        env = os.environ if environ is None else environ
+        return env.get(self.env, "").strip()
+
+    def value(self, given: object, environ: Mapping[str, str]) -> Any:
+        """Explicit argument > environment variable > default, parsed and checked."""
+        assert self.parse is not None, f"{self.env} is read by {self.reader}"
+        if given is not None:
+            # Name the argument, not the variable: that is where the bad value came from.
+            return self.parse(self.argument or self.name, given)
+        raw = self.raw(environ)
+        return self.parse(self.env, raw) if raw else self.default
+
+
+ENDPOINT: Final = Setting(
+    ENV_ENDPOINT,
+    "where the collector listens",
+    name="endpoint",
+    argument="endpoint",
+    parse=_endpoint,
+    default=DEFAULT_ENDPOINT,
+)
+SETTINGS: Final[tuple[Setting, ...]] = (
+    ENDPOINT,
+    Setting(ENV_SPOOL_DIR, "the durable outboxes, one per run", name="spool_dir", argument="spool_dir",
+            parse=_path, shown="`$XDG_CACHE_HOME/clearml-relay/spool` (else `~/.cache/...`)"),
+    Setting(ENV_FLUSH_TIMEOUT, "longest wait for the collector's acks at close / exit", name="flush_timeout",
+            argument="flush_timeout", parse=_seconds, default=DEFAULT_FLUSH_TIMEOUT, shown="5 s"),
+    Setting(ENV_MAX_PENDING, "hand-off queue bound (overflow is dropped, counted, logged)",
+            name="max_pending", argument="max_pending", parse=_positive_int, default=DEFAULT_MAX_PENDING),
+    Setting(ENV_FSYNC, "outbox fsync policy: at `close`/`flush`, `always` (every batch) or `never`",
+            name="fsync", argument="fsync", parse=_fsync, default="close"),
+    Setting(ENV_MAX_OUTBOX_BYTES, "disk one run's outbox may hold unacknowledged; beyond, its new events are "
+            "dropped (counted, logged once)", name="max_outbox_bytes", parse=_positive_int,
+            default=DEFAULT_MAX_OUTBOX_BYTES, shown="20 GiB"),
+    Setting(ENV_PROJECT, "ClearML project of a training", reader="hooks",
+            shown="the trainer's `project`, else `Ultralytics`"),
+    Setting(ENV_TASK_NAME, "ClearML task name of a training", reader="hooks", shown="the trainer's `name`"),
+    Setting(ENV_SERVER_KEY, "the collector's public key, Z85 text or its `.key` file (set: encrypted "
+            "connections)", reader="keys", shown="none (plain)"),
+    Setting(ENV_KEY_FILE, "this producer's `.key_secret` file (its key pair)", reader="keys", shown="none"),
+    Setting(ENV_PUBLIC_KEY, "this producer's public key as Z85 text (instead of the key file)", reader="keys",
+            shown="none"),
+    Setting(ENV_SECRET_KEY, "this producer's secret key as Z85 text (instead of the key file)", reader="keys",
+            shown="none"),
+)  # fmt: skip
+"""Every variable the producer reads: :class:`ProducerConfig`'s, the hooks' and the CurveZMQ keys."""
+
+
+def setting(env: str) -> Setting:
+    """The table's entry for the variable ``env``."""
+    return next(s for s in SETTINGS if s.env == env)
+
+
+def default_spool_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/clearml-relay/spool``, or ``~/.cache/clearml-relay/spool``."""
+    env = os.environ if environ is None else environ
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "clearml-relay" / "spool"
 
 
 @dataclass(frozen=True)
@@ -150,28 +246,25 @@ class ProducerConfig:
             curve = curve_from_env(env)
         except KeySettingError as exc:
             raise ConfigError(str(exc)) from None
-        return cls(
-            endpoint=_setting(endpoint, ENV_ENDPOINT, _endpoint, DEFAULT_ENDPOINT, env),
-            spool_dir=_setting(spool_dir, ENV_SPOOL_DIR, _path, None, env) or default_spool_dir(env),
-            flush_timeout=_setting(flush_timeout, ENV_FLUSH_TIMEOUT, _seconds, DEFAULT_FLUSH_TIMEOUT, env),
-            max_pending=_setting(max_pending, ENV_MAX_PENDING, _positive_int, DEFAULT_MAX_PENDING, env),
-            fsync=_setting(fsync, ENV_FSYNC, _fsync, "close", env),
-            max_outbox_bytes=_setting(
-                None, ENV_MAX_OUTBOX_BYTES, _positive_int, DEFAULT_MAX_OUTBOX_BYTES, env
-            ),
-            curve=curve,
-        )
+        given: dict[str, object] = {
+            "endpoint": endpoint,
+            "spool_dir": spool_dir,
+            "flush_timeout": flush_timeout,
+            "max_pending": max_pending,
+            "fsync": fsync,
+        }
+        values = {s.name: s.value(given.get(s.argument), env) for s in SETTINGS if s.reader == "producer"}
+        # The spool's default depends on the environment it is read from (XDG_CACHE_HOME).
+        values["spool_dir"] = values["spool_dir"] or default_spool_dir(env)
+        return cls(**values, curve=curve)
 
 
-_T = TypeVar("_T")
-
-
-def _setting(
-    arg: object, var: str, parse: Callable[[str, object], _T], default: _T, env: Mapping[str, str]
-) -> _T:
-    """Explicit argument > environment variable > default, parsed and checked."""
-    if arg is not None:
-        # Name the argument, not the variable: that is where the bad value came from.
-        return parse(var.removeprefix(ENV_PREFIX).lower(), arg)
-    raw = env.get(var, "").strip()
-    return parse(var, raw) if raw else default
+def docs_table(settings: tuple[Setting, ...] = SETTINGS) -> str:
+    """The Markdown table of ``docs/configuration.md`` for ``settings`` (a test keeps them equal)."""
+    rows = ["| variable | argument | default | what |", "|---|---|---|---|"]
+    for setting in settings:
+        shown = setting.shown or f"`{setting.default}`"
+        argument = f"`{setting.argument}`" if setting.argument else "-"
+        what = {"hooks": "Ultralytics hooks: ", "keys": "CurveZMQ: "}.get(setting.reader, "") + setting.help
+        rows.append(f"| `{setting.env}` | {argument} | {shown} | {what} |")
+    return "\n".join(rows) + "\n"

@@ -31,12 +31,8 @@ from producer.wire import protocol
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
-_LEVELS: Final[tuple[Literal["debug", "info", "warning", "error"], ...]] = (
-    "debug",
-    "info",
-    "warning",
-    "error",
-)
+_Level = Literal["debug", "info", "warning", "error"]
+_LEVELS: Final[tuple[_Level, ...]] = ("debug", "info", "warning", "error")
 _STATUSES: Final[tuple[protocol.RunStatus, ...]] = ("completed", "failed", "aborted")
 _MAX_NAME: Final = 255
 _MAX_TEXT_BYTES: Final = 1024 * 1024

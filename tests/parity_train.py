@@ -3,7 +3,7 @@
 ``--mode builtin``: Ultralytics' own ClearML callback logs it (ClearML offline mode); it is what
 users get today and the oracle of the parity test. Ultralytics registers its integrations only
 outside pytest, hence a script. In offline mode that callback crashes the training at the very
-end (clearml issue 1243, see NOTES.md); the crash is reported, not hidden: exit status 3.
+end (clearml issue 1243, see docs/clearml-notes.md); the crash is reported, not hidden: exit status 3.
 
 ``--mode relay``: the same training with clearml-relay's hooks attached; the collector is found
 through ``CLEARML_RELAY_ENDPOINT``.

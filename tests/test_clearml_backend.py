@@ -17,13 +17,11 @@ import pytest
 from collector_helpers import DEADLINE
 from e2e import env
 
+from collector.backends.clearml import compat
 from collector.backends.clearml import state as clearml_state
-from collector.backends.clearml.backend import (
-    MONITOR_GPU,
-    MONITOR_MACHINE,
-    ORIGINAL_PUBLISHED,
-    ClearMLBackend,
-)
+from collector.backends.clearml.backend import ClearMLBackend
+from collector.backends.clearml.compat import ORIGINAL_PUBLISHED
+from collector.backends.clearml.mapping import MONITOR_GPU, MONITOR_MACHINE
 from collector.config import ENV_NONFINITE, CollectorConfig
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
@@ -45,10 +43,14 @@ def put(files: FileStore, run: str, data: bytes, name: str) -> p.FileRef:
     return p.FileRef(sha256=sha, size=len(data), name=name)
 
 
-def session_of(directory: Path, run: str) -> Path:
+def loaded(directory: Path, run: str) -> clearml_state.RunState:
     state = clearml_state.load(directory, run)
     assert state is not None
-    return Path(state.session)
+    return state
+
+
+def session_of(directory: Path, run: str) -> Path:
+    return Path(loaded(directory, run).session)
 
 
 def metrics(session: Path) -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
     assert state is not None
     assert state.state == "failed"
     session = Path(state.session)
-    assert clearml_state.describe(state_dir, run)["session"] == str(session)
+    assert loaded(state_dir, run).session == str(session)
     by_type: dict[str, list[dict[str, Any]]] = {}
     for event in metrics(session):
         by_type.setdefault(event["type"], []).append(event)
@@ -272,7 +274,7 @@ def test_a_closed_or_aborted_run_takes_a_late_event(state_dir: Path, files: File
     session = Path(state.session)
     assert scalars(session) == [(2, 2.0), (3, 3.0)]
     assert "run aborted: no heartbeat" in log_lines(session)[0]["msg"]
-    assert clearml_state.describe(state_dir, run)["state"] == "completed"
+    assert loaded(state_dir, run).state == "completed"
     assert not Path(f"{session}.zip").exists()
     backend.close()
 
@@ -350,7 +352,7 @@ def test_offline_model_work_around_is_still_needed(state_dir: Path, files: FileS
     backend.apply("m", opening("m"), files)
     model = OutputModel(task=backend._live["m"].task, name="probe")
     # If this stops raising, clearml fixed issue 1243 (DummyModel has no `locked`): remove the
-    # OutputModel.published replacement in collector/clearml_backend.py and this test.
+    # OutputModel.published replacement in collector/backends/clearml/compat.py and this test.
     with pytest.raises(AttributeError, match="locked"):
         ORIGINAL_PUBLISHED.fget(model)
     assert model.published is False
@@ -427,7 +429,7 @@ print(len(list((root / "state").glob("*.json"))))
 def test_tasks_made_at_the_same_instant_do_not_crash_the_process(tmp_path: Path) -> None:
     """A regression test: bursts of runs opening at once used to crash the collector.
 
-    Without ``_start_shared_pools`` this process died (segmentation fault, abort or a corrupted
+    Without ``compat.start_shared_pools`` this process died (segmentation fault, abort or a corrupted
     type) in three runs of four with 60 bursts (100 here); it runs in a child so that a crash
     fails only this test.
     """
@@ -480,7 +482,7 @@ def test_a_hung_clearml_call_times_out_and_does_not_delay_other_runs(
     backend.apply("hung", opening("hung"), files)
     backend.apply("hung", scalar("hung", 2), files)
     release = threading.Event()
-    service = backend._live["hung"].reporter._report_service
+    service = backend._live["hung"].writers.reporter._report_service
     real_send = service.send_all_events
 
     def hang(wait: bool = True) -> None:  # a test double for a server call that never returns
@@ -515,7 +517,7 @@ def test_a_hung_clearml_call_times_out_and_does_not_delay_other_runs(
     backend.checkpoint("hung")
     assert backend.applied("hung") == 2
     assert scalars(session_of(state_dir, "hung")) == [(2, 2.0)]
-    assert clearml_state.describe(state_dir, "free")["state"] == "completed"
+    assert loaded(state_dir, "free").state == "completed"
     backend.close()
 
 
@@ -697,10 +699,10 @@ def test_nan_and_infinity_are_skipped_and_noted_or_handed_to_clearml(
 
 
 def test_the_sdk_internals_that_reveal_dropped_events_are_still_there() -> None:
-    """Pins what collector/clearml_backend.py's "sends the SDK drops" watch relies on.
+    """Pins what compat.py's "sends the SDK drops" watch relies on.
 
     If this fails, clearml changed how it writes events: check that a batch the server refuses
-    is still dropped silently and re-hook the watch (``_watch_metrics``, ``_WatchedSession``).
+    is still dropped silently and re-hook the watch (``compat._watch_metrics``, ``_WatchedSession``).
     """
     import inspect
 
@@ -755,3 +757,39 @@ def test_an_event_the_sdk_drops_rewinds_the_run_to_its_last_checkpoint(
     assert scalars(session) == [(2, 2.0), (3, 3.0), (5, 5.0)], "each written once"
     assert [e["iter"] for e in metrics(session) if e["type"] == "training_debug_image"] == [4]
     backend.close()
+
+
+def test_the_installed_clearml_is_a_supported_one() -> None:
+    """If this fails, clearml was upgraded: see docs/clearml-compat.md before widening compat's range."""
+    assert compat.supported(compat.check_version())
+    compat.install()
+    compat.install()  # idempotent
+    assert type(compat.OutputModel.__dict__["published"]) is property
+    assert compat.OutputModel.__dict__["published"] is not ORIGINAL_PUBLISHED
+
+
+@pytest.mark.parametrize("version", ["2.2.0", "2.0.9", "1.16.4", "3.0.0rc1"])
+def test_an_unknown_clearml_version_is_refused_with_what_to_do(
+    version: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector.config import ConfigError
+
+    monkeypatch.setattr(compat.importlib.metadata, "version", lambda _name: version)
+    monkeypatch.setattr(compat, "_installed", False)
+    with pytest.raises(compat.UnsupportedClearMLError) as raised:
+        ClearMLBackend(state_dir, offline=True)
+    message = str(raised.value)
+    assert f"clearml {version} is installed" in message
+    assert compat.SUPPORTED_RANGE in message
+    assert f"pip install 'clearml{compat.SUPPORTED_RANGE}'" in message
+    assert isinstance(raised.value, ConfigError)
+
+
+def test_release_numbers_of_clearml_versions() -> None:
+    assert compat.release("2.1.12") == (2, 1, 12)
+    assert compat.release("2.1.13rc1") == (2, 1, 13)
+    assert compat.release("2.1") == (2, 1)
+    assert compat.supported("2.1.0")
+    assert compat.supported("2.1.13rc1")
+    assert not compat.supported("2.2.0")
+    assert not compat.supported("")

@@ -17,8 +17,9 @@ from producer import Run
 from producer.config import ProducerConfig
 from producer.transport.client import Client, close_clients
 from producer.transport.outbox import Outbox
-from producer.transport.sender import CREDIT, RESEND_AFTER, WINDOW_EVENTS
 from producer.transport.sync import SyncProgress, sync
+from producer.transport.transfer import CREDIT
+from producer.transport.window import RESEND_AFTER, WINDOW_EVENTS
 from producer.wire import protocol
 
 

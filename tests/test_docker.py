@@ -2,8 +2,8 @@
 
 - ``docker/collector.Dockerfile`` passes hadolint and has the shape a service image needs
   (multi-stage, slim, non-root, exec-form entrypoint, a health check, a data volume, no secrets);
-- ``docker/compose.yaml`` validates against the Compose Specification's JSON schema (from
-  ``../shared/schemas`` beside the clone) and runs the collector next to a full clearml-server;
+- ``docker/compose.yaml`` validates against the Compose Specification's JSON schema (a copy in
+  ``tests/data``, see its README) and runs the collector next to a full clearml-server;
 - the image's entrypoint command, with the image's environment (data dir and ports moved to
   this test's), runs as a real process, passes the image's own HEALTHCHECK command, and exits 0
   on SIGTERM.
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "collector.Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "docker" / "collector.env.example"
-SCHEMAS = Path(__file__).parents[1].parent / "shared" / "schemas"
+SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 VENV_BIN = Path(sys.executable).parent
 CLEARML_SERVICES = ("apiserver", "fileserver", "webserver", "mongo", "elasticsearch", "redis", "async_delete")
 
@@ -155,12 +155,9 @@ def _compose() -> dict[str, Any]:
 
 
 def _schema() -> dict[str, Any]:
-    path = SCHEMAS / "compose-spec.json"
-    if not path.is_file():
-        pytest.fail(
-            f"the Compose Specification schema is missing: {path} (shared/ must sit beside the clone)"
-        )
-    schema: dict[str, Any] = json.loads(path.read_text())
+    if not SCHEMA.is_file():
+        pytest.fail(f"the Compose Specification schema is missing: {SCHEMA}")
+    schema: dict[str, Any] = json.loads(SCHEMA.read_text())
     return schema
 
 

@@ -196,7 +196,7 @@ def test_a_retired_runs_stored_files_are_released_once_clearml_holds_its_copies(
     assert [m.stat().st_size for m in (session / "models").iterdir()] == [100000]
     copies = [f for f in (*data.rglob("*"), *session.parent.rglob("*")) if f.stat().st_size == 100000]
     assert len(copies) == 1, f"the model is kept once, in the session (no zip, no staged copy): {copies}"
-    # Files left by a collector that did not release them yet go at the next start.
+    # Files of a finished run left behind by a crash before their release go at the next start.
     leftover = data / "files" / run / ("0" * 64)
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"x" * 10)

@@ -151,11 +151,16 @@ class JsonlBackend:
             self._files.clear()
 
     def records(self, run: str) -> list[dict[str, Any]]:
-        """Every line of the run's file, decoded (for tests and the demo)."""
+        """Every complete line of the run's file, decoded (for tests and the demo).
+
+        A line being written as the file is read (a reader beside a running collector) is left
+        for the next read.
+        """
         try:
             data = self.path(run).read_bytes()
         except FileNotFoundError:
             return []
+        data = data[: data.rfind(b"\n") + 1]
         decoded: list[dict[str, Any]] = [msgspec.json.decode(line) for line in data.splitlines()]
         return decoded
 

@@ -7,11 +7,12 @@ reason and counted as ``refused_<code>``, and the loop keeps serving. A message 
 unexpected error is logged with its traceback, counted as ``internal_error`` and answered with
 ``Refuse("internal")``.
 
-Events of a ``Submit`` are accepted strictly in seq order per run (see :mod:`producer.wire.protocol`)
-against the journaled position plus what this batch already accepted. All events accepted in a
-batch are journaled in one group commit, and only then does each peer get its replies: its
-refusals and nacks first, then one cumulative ``Ack`` with the journaled position of every run it
-touched, duplicates included. Replies are never sent ahead of the journal.
+Events of a ``Submit`` are accepted strictly in seq order per run, by
+:mod:`collector.pipeline.submit`. All events accepted in a batch (:mod:`collector.pipeline.batch`)
+are journaled in one group commit, and only then does each peer get its replies: its refusals
+and nacks first, then one cumulative ``Ack`` with the journaled position of every run it touched,
+duplicates included. Replies are never sent ahead of the journal. File offers and chunks go to
+the file store (:mod:`collector.pipeline.files`) and are answered in the same batch.
 
 Events are counted per kind when they arrive (``received.<kind>``, resends included) and once
 journaled (``journaled.<kind>``), one counter update per batch. :attr:`Ingest.last_loop` tells
@@ -19,7 +20,8 @@ a health check when the loop last came round.
 
 With CURVE (see :mod:`collector.pipeline.security`) every message carries its producer's public key: a
 run belongs to the first key that writes to it, other keys are refused with ``denied``, a key's
-open runs are capped (``limit``), and heartbeats count only for a key's own runs.
+open runs are capped (``limit``), files go only to a key's own runs, and heartbeats count only for
+a key's own runs.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
-import msgspec
 import zmq
 
 from collector.counters import Counters
+from collector.pipeline.batch import BACKOFF_SECONDS, Batch
 from collector.pipeline.files import FileStore
 from collector.pipeline.security import Owners
+from collector.pipeline.submit import Submits
 from collector.storage import paths
-from collector.storage.journal import Entry, Journal, kind, through
+from collector.storage.journal import Journal, kind
 from collector.storage.space import Episodes, is_disk_full
 from producer.wire import protocol
 
@@ -47,9 +50,6 @@ log = logging.getLogger(__name__)
 #: Messages handled per batch (and so per group commit) at most.
 DRAIN_MESSAGES: Final = 1000
 POLL_MS: Final = 100
-#: What a producer is told to wait when the journal is full or failing.
-BACKOFF_SECONDS: Final = 5.0
-_REASON_CHARS: Final = 1000
 
 
 def max_message_size(max_body_bytes: int) -> int:
@@ -68,40 +68,6 @@ def _user_id(frames: list[zmq.Frame]) -> str | None:
         return str(frame.get("User-Id"))
     except zmq.ZMQError:
         return None
-
-
-class _Batch:
-    """What one drained batch accepted and owes each peer."""
-
-    def __init__(self, journal: Journal, over_quota: bool) -> None:
-        self.journal = journal
-        self.over_quota = over_quota
-        self.positions: dict[str, int] = {}
-        #: Writer ids of the runs this batch opened (not journaled yet).
-        self.writers: dict[str, str] = {}
-        self.entries: dict[str, list[Entry]] = {}
-        self.replies: list[tuple[bytes, protocol.Reply]] = []
-        self.acks: dict[bytes, set[str]] = {}
-        # (peer, run) pairs already told to resend or to back off: their later events in this
-        # batch cannot be in order, and one answer per run is enough.
-        self.stalled: set[tuple[bytes, str]] = set()
-        #: Counts of this batch (events received per kind), added to the counters in one go.
-        self.counts: Counter[str] = Counter()
-        #: The producer key (CURVE) of the message being handled; None without CURVE.
-        self.key: str | None = None
-
-    def position(self, run: str) -> int:
-        if run not in self.positions:
-            self.positions[run] = self.journal.position(run)
-        return self.positions[run]
-
-    def accept(self, peer: bytes, run: str, entry: Entry) -> None:
-        self.entries.setdefault(run, []).append(entry)
-        self.positions[run] = through(entry.event)
-        self.ack(peer, run)
-
-    def ack(self, peer: bytes, run: str) -> None:
-        self.acks.setdefault(peer, set()).add(run)
 
 
 class Ingest:
@@ -145,7 +111,6 @@ class Ingest:
         self.journal = journal
         self.max_file_bytes = max_file_bytes
         self.owners = owners if curve is not None else None
-        self.max_runs_per_key = max_runs_per_key
         self.files = files
         self.counters = counters
         self.status = status
@@ -154,8 +119,9 @@ class Ingest:
         #: Episodes of the journal at its size cap, and of the file store's disk being full.
         self.journal_cap = Episodes("journal_cap", "the journal's size cap", counters)
         self.files_space = Episodes("files_disk", "the file store's disk", counters)
-        #: (run, writer) pairs refused as conflicting, logged once each.
-        self._conflicts: set[tuple[str, str]] = set()
+        self._submits = Submits(
+            journal, files, counters=counters, owners=self.owners, max_runs_per_key=max_runs_per_key
+        )
         #: Last heartbeat (monotonic seconds) per run.
         self.heartbeats: dict[str, float] = {}
         #: When the serving loop last came round (monotonic seconds): a health check reads it,
@@ -223,7 +189,7 @@ class Ingest:
         ``keys``: each message's producer key (CURVE), None without CURVE.
         """
         held = self.journal.size_bytes()
-        batch = _Batch(self.journal, held >= self.max_journal_bytes)
+        batch = Batch(self.journal, held >= self.max_journal_bytes, self.counters)
         if batch.over_quota:
             self.journal_cap.failed(f"{held} bytes held, cap {self.max_journal_bytes}")
         else:
@@ -235,11 +201,11 @@ class Ingest:
             try:
                 self._message(peer, frames[1:], batch)
             except protocol.ProtocolError as exc:
-                self._refuse(batch, peer, exc.code, exc.reason, run=exc.run)
+                batch.refuse(peer, exc.code, exc.reason, run=exc.run)
             except Exception:  # one bad message must not stop the collector
                 log.exception("internal error handling a message")
                 self.counters.incr("internal_error")
-                self._refuse(batch, peer, "internal", "the collector failed to handle this message")
+                batch.refuse(peer, "internal", "the collector failed to handle this message")
         if self.owners is not None:
             self.owners.save()  # a run's owner is durable before any of its events is acked
         failed = self._commit(batch)
@@ -255,7 +221,7 @@ class Ingest:
             if positions:
                 self._send(peer, protocol.Ack(runs=positions))
 
-    def _commit(self, batch: _Batch) -> set[str]:
+    def _commit(self, batch: Batch) -> set[str]:
         """Journal the batch; returns the runs that must not be acked (their write failed)."""
         if not batch.entries:
             return set()
@@ -274,8 +240,7 @@ class Ingest:
         self.counters.incr_many({"events_journaled": kinds.total(), **kinds})
         for peer, runs in batch.acks.items():
             for run in sorted(runs & failed):
-                self._refuse(
-                    batch,
+                batch.refuse(
                     peer,
                     "backoff",
                     "the collector's journal is full"
@@ -286,15 +251,15 @@ class Ingest:
                 )
         return failed
 
-    def _message(self, peer: bytes, frames: list[bytes], batch: _Batch) -> None:
+    def _message(self, peer: bytes, frames: list[bytes], batch: Batch) -> None:
         request, payload = protocol.decode_request(frames, self.max_body_bytes)
         if isinstance(request, protocol.Submit):
             for raw in request.events:
-                self._event(peer, raw, batch, request.writer)
+                self._submits.event(peer, raw, batch, request.writer)
         elif isinstance(request, protocol.FileOffer):
             self._check_run(request.run)
             self._check_owner(request.run, batch.key)
-            conflict = self._conflict(request.run, request.writer, batch)
+            conflict = self._submits.conflict(request.run, request.writer, batch)
             if conflict:
                 raise protocol.ProtocolError("conflict", conflict, run=request.run)
             if request.size > self.max_file_bytes:
@@ -327,7 +292,7 @@ class Ingest:
         else:
             batch.replies.append((peer, self.status()))
 
-    def _file(self, peer: bytes, batch: _Batch, run: str, call: Callable[[], protocol.FileStatus]) -> None:
+    def _file(self, peer: bytes, batch: Batch, run: str, call: Callable[[], protocol.FileStatus]) -> None:
         """Answer a file offer or chunk; a full disk answers ``backoff`` (the producer re-offers)."""
         try:
             status = call()
@@ -335,8 +300,7 @@ class Ingest:
             if not is_disk_full(exc):
                 raise
             self.files_space.failed(f"{self.files.directory}: {exc.strerror}")
-            self._refuse(
-                batch,
+            batch.refuse(
                 peer,
                 "backoff",
                 "the collector's disk is full: keep spooling",
@@ -358,171 +322,7 @@ class Ingest:
         if owner is not None and owner != key:
             raise protocol.ProtocolError("denied", f"run {run} belongs to another producer key", run=run)
 
-    def _authorized(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
-        """Whether the message's key may write to ``run``; the first key to write claims it."""
-        owners, key = self.owners, batch.key
-        if owners is None:
-            return True
-        owner = owners.owner(run)
-        if owner is not None and owner == key:
-            return True
-        if owner is None and key is not None:
-            held = owners.open_runs(key)
-            if held < self.max_runs_per_key:
-                owners.claim(run, key)
-                return True
-            reason = (
-                f"this producer key has {held} open runs, the collector's limit "
-                "(CLEARML_RELAY_MAX_RUNS_PER_KEY): close runs first"
-            )
-            self._refuse(batch, peer, "limit", reason, run=run, seq=seq)
-            return False
-        self._refuse(batch, peer, "denied", f"run {run} belongs to another producer key", run=run, seq=seq)
-        return False
-
-    def _conflict(self, run: str, writer: str | None, batch: _Batch) -> str:
-        """Why ``writer`` may not write to ``run`` ("" if it may): another writer opened it."""
-        owner = batch.writers.get(run) or self.journal.meta(run).writer
-        if not owner or writer is None or writer == owner:
-            return ""
-        if (run, writer) not in self._conflicts:
-            self._conflicts.add((run, writer))
-            log.warning(
-                "run %s: refusing events of writer %s, the run was opened by writer %s (run id reused)",
-                run,
-                writer,
-                owner,
-                extra={"run": run},
-            )
-        return (
-            f"run id {run} is already used by another producer (writer {owner[:8]}, this outbox is "
-            f"writer {writer[:8]}): its events are not accepted; give every run its own run id "
-            f"(to continue that run's ClearML task, start a new run id with resume_run={run!r})"
-        )
-
-    def _event(self, peer: bytes, raw: msgspec.Raw, batch: _Batch, writer: str | None = None) -> None:
-        """Dedup, order and validate one event of a Submit; journal it or its Gap, or refuse."""
-        body = bytes(raw)
-        event: protocol.Event | None
-        error: protocol.ProtocolError | None = None
-        try:
-            event = protocol.decode_event(body)
-            run, seq = event.run, event.seq
-            batch.counts[f"received.{kind(event)}"] += 1
-        except protocol.ProtocolError as exc:
-            batch.counts["received.undecodable"] += 1
-            event, error = None, exc
-            ident = protocol.peek_event_id(body)
-            if ident is None:
-                self._refuse(batch, peer, exc.code, exc.reason)
-                return
-            run, seq = ident
-        if not paths.is_safe_run(run):
-            self._refuse(batch, peer, "invalid", f"run id {run!r} is reserved", seq=seq)
-            return
-        conflict = self._conflict(run, writer, batch)
-        if conflict:
-            # Checked before dedup: the other writer's seqs would pass for duplicates and be lost.
-            if (peer, run) not in batch.stalled:
-                batch.stalled.add((peer, run))
-                self._refuse(batch, peer, "conflict", conflict, run=run, seq=seq)
-            return
-        if self._authorized(peer, run, seq, batch) and self._next_in_order(peer, run, seq, batch):
-            if isinstance(event, protocol.RunOpen) and writer is not None:
-                batch.writers[run] = writer  # seq 1 of a new run: this writer owns it from now on
-            self._accept(batch, peer, run=run, seq=seq, body=body, event=event, error=error)
-            if self.owners is not None:
-                if isinstance(event, protocol.RunClose):
-                    self.owners.closed(run)
-                else:  # an aborted run that goes on holds a slot again (saved before the ack)
-                    self.owners.reopened(run)
-
-    def _next_in_order(self, peer: bytes, run: str, seq: int, batch: _Batch) -> bool:
-        """Whether the event is the run's next; answers duplicates, gaps and backoff itself.
-
-        The run id was checked by the caller.
-        """
-        position = batch.position(run)
-        if seq <= position:
-            self.counters.incr("duplicates")
-            batch.ack(peer, run)
-            return False
-        if (peer, run) in batch.stalled:
-            return False
-        if seq > position + 1:
-            self._nack(batch, peer, run, position + 1)
-            return False
-        if batch.over_quota:
-            batch.stalled.add((peer, run))
-            self._refuse(
-                batch,
-                peer,
-                "backoff",
-                "the collector's journal is full: keep spooling",
-                run=run,
-                seq=seq,
-                retry_after=BACKOFF_SECONDS,
-            )
-            return False
-        return True
-
-    def _accept(
-        self,
-        batch: _Batch,
-        peer: bytes,
-        *,
-        run: str,
-        seq: int,
-        body: bytes,
-        event: protocol.Event | None,
-        error: protocol.ProtocolError | None,
-    ) -> None:
-        """Accept the run's next event into the batch, or a Gap in place of a refused one."""
-        if isinstance(event, protocol.Gap) and event.last < event.seq:
-            error = protocol.ProtocolError("invalid", f"gap ends at {event.last}, before {seq}")
-            event = None
-        if event is None:
-            assert error is not None
-            # A refused event still consumes its seq, so the run never stalls behind it.
-            gap = protocol.Gap(
-                run=run, seq=seq, last=seq, reason=f"refused ({error.code}): {error.reason}"[:_REASON_CHARS]
-            )
-            batch.accept(peer, run, Entry(seq, protocol.encode(gap), gap))
-            self.counters.incr("gaps_journaled")
-            self._refuse(batch, peer, error.code, error.reason, run=run, seq=seq)
-            return
-        ref = protocol.event_file(event)
-        if ref is not None and not self.files.is_complete(run, ref.sha256):
-            # The producer keeps the file until the event is acked: have it offered again.
-            self.counters.incr("file_missing")
-            self._nack(batch, peer, run, seq)
-            return
-        batch.accept(peer, run, Entry(seq, body, event))
-
     # --------------------------------------------------------------------------------- replies
-
-    def _nack(self, batch: _Batch, peer: bytes, run: str, expect: int) -> None:
-        self.counters.incr("nacks")
-        batch.stalled.add((peer, run))
-        batch.replies.append((peer, protocol.Nack(run=run, expect=expect)))
-
-    def _refuse(
-        self,
-        batch: _Batch,
-        peer: bytes,
-        code: protocol.RefuseCode,
-        reason: str,
-        *,
-        run: str | None = None,
-        seq: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        self.counters.incr(f"refused_{code}")
-        log.debug("refused %s from peer %s: %s", code, peer.hex(), reason)
-        refuse = protocol.Refuse(
-            code=code, reason=reason[:_REASON_CHARS], run=run, seq=seq, retry_after=retry_after
-        )
-        batch.replies.append((peer, refuse))
 
     def _send(self, peer: bytes, reply: protocol.Reply) -> None:
         try:

@@ -5,9 +5,10 @@ stop it gracefully (ingest first, then a drain of the appliers bounded by ``--dr
 what is not applied by then stays journaled for the next start) with exit status 0; a second
 signal forces an immediate exit (status 130). ``clearml-relay sync`` delivers leftover producer
 outboxes; ``status`` shows a running collector live; ``healthcheck`` asks its ``/healthz`` (the
-container image's HEALTHCHECK). Every flag defaults from its environment variable (see
-:mod:`collector.config`); a bad value is one line on stderr and exit status 2, never a
-traceback. Logs are text or, with ``--log-format json``, one JSON object per line.
+container image's HEALTHCHECK). The collector's flags, and ``--log-level`` / ``--log-format``,
+are made from the settings table of :mod:`collector.config` and default from their environment
+variables; a bad value is one line on stderr and exit status 2, never a traceback. Logs are text
+or, with ``--log-format json``, one JSON object per line.
 """
 
 from __future__ import annotations
@@ -24,31 +25,18 @@ from pathlib import Path
 from types import FrameType
 
 from collector.config import (
-    BACKENDS,
-    ENV_ALLOW_KEYS,
-    ENV_BACKEND,
-    ENV_BIND,
-    ENV_CURVE_SECRET_KEY,
     ENV_DATA_DIR,
-    ENV_DRAIN_TIMEOUT,
-    ENV_FSYNC,
-    ENV_KEEP_SESSIONS,
-    ENV_KEEP_SESSIONS_DAYS,
-    ENV_LOG_FORMAT,
-    ENV_LOG_LEVEL,
-    ENV_MAX_FILE_BYTES,
-    ENV_MAX_RUNS_PER_KEY,
     ENV_METRICS_HOST,
     ENV_METRICS_PORT,
-    ENV_NONFINITE,
-    ENV_OFFLINE,
-    FSYNC_POLICIES,
-    LOG_FORMATS,
-    NONFINITE_POLICIES,
+    LOG_SETTINGS,
+    SETTINGS,
     CollectorConfig,
     ConfigError,
+    Setting,
+    read_setting,
 )
 from collector.service import logfmt
+from producer.config import ENV_ENDPOINT, ENV_SPOOL_DIR
 from producer.wire.curve import KeySettingError
 
 log = logging.getLogger("collector")
@@ -57,25 +45,32 @@ EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 #: Exit status of a forced stop (a second signal), as a shell reports an interrupted command.
 EXIT_FORCED = 130
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL, LOG_FORMAT = LOG_SETTINGS
+
+
+def _add_flag(parser: argparse.ArgumentParser, setting: Setting, default: str | None = None) -> None:
+    """``setting``'s flag; its value (None when not given) lands in ``args.<setting.name>``."""
+    if setting.switch:
+        parser.add_argument(
+            setting.flag, dest=setting.name, action="store_const", const=True, help=setting.flag_help
+        )
+        return
+    parser.add_argument(
+        setting.flag,
+        dest=setting.name,
+        type=setting.flag_type,
+        choices=setting.choices,
+        default=default,
+        # As argparse names it from the flag (the dest is the config field, which may differ).
+        metavar=None if setting.choices else setting.flag.lstrip("-").replace("-", "_").upper(),
+        help=setting.flag_help,
+    )
 
 
 def _log_options(parser: argparse.ArgumentParser, default: str | None) -> None:
     """``--log-level`` and ``--log-format``, before or after the command (``default``: SUPPRESS after)."""
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=_LOG_LEVELS,
-        default=default,
-        help=f"log level (env {ENV_LOG_LEVEL}, default INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        type=str.lower,
-        choices=LOG_FORMATS,
-        default=default,
-        help=f"log lines as text or one JSON object per line (env {ENV_LOG_FORMAT}, default text)",
-    )
+    for setting in LOG_SETTINGS:
+        _add_flag(parser, setting, default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,65 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("collector", help="run the collector in the foreground")
-    run.add_argument("--bind", help=f"ZeroMQ endpoint to bind (env {ENV_BIND}, default tcp://127.0.0.1:5555)")
-    run.add_argument(
-        "--data-dir", help=f"journal, files and records (env {ENV_DATA_DIR}, default ./clearml-relay-data)"
-    )
-    run.add_argument(
-        "--fsync", choices=FSYNC_POLICIES, help=f"journal fsync policy (env {ENV_FSYNC}, default batch)"
-    )
-    run.add_argument(
-        "--backend", choices=BACKENDS, help=f"where events go (env {ENV_BACKEND}, default clearml)"
-    )
-    run.add_argument(
-        "--offline",
-        action="store_const",
-        const=True,
-        help=f"ClearML offline mode even if a server is configured (env {ENV_OFFLINE})",
-    )
-    run.add_argument(
-        "--drain-timeout",
-        type=float,
-        help=f"seconds a stop waits for journaled events to be applied (env {ENV_DRAIN_TIMEOUT}, default 10)",
-    )
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        help=f"serve /metrics and /healthz on this port (env {ENV_METRICS_PORT}, default: not served)",
-    )
-    run.add_argument(
-        "--metrics-host",
-        help=f"address the metrics server binds (env {ENV_METRICS_HOST}, default 127.0.0.1)",
-    )
-    run.add_argument(
-        "--keep-sessions-days",
-        type=float,
-        help=f"delete finished offline sessions older than this (env {ENV_KEEP_SESSIONS_DAYS}, default keep)",
-    )
-    run.add_argument(
-        "--keep-sessions",
-        type=int,
-        help=f"keep at most this many finished offline sessions (env {ENV_KEEP_SESSIONS}, default: all)",
-    )
-    run.add_argument(
-        "--nonfinite",
-        choices=NONFINITE_POLICIES,
-        help=f"a NaN or infinite scalar: skip it (noted in the task's console) or hand it to ClearML, "
-        f"which reports 0 (env {ENV_NONFINITE}, default skip)",
-    )
-    _security_options(run)
+    for setting in SETTINGS:
+        _add_flag(run, setting)
+    _log_options(run, argparse.SUPPRESS)
+    run.set_defaults(func=_collector)
 
     _keygen_options(commands.add_parser("keygen", help="write a CurveZMQ key pair (NAME.key_secret)"))
 
     sync = commands.add_parser("sync", help="deliver the producer outboxes left in a spool directory")
-    sync.add_argument("--spool-dir", help="spool directory (env CLEARML_RELAY_SPOOL_DIR)")
-    sync.add_argument("--endpoint", help="collector endpoint (env CLEARML_RELAY_ENDPOINT)")
+    sync.add_argument("--spool-dir", help=f"spool directory (env {ENV_SPOOL_DIR})")
+    sync.add_argument("--endpoint", help=f"collector endpoint (env {ENV_ENDPOINT})")
     sync.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     _log_options(sync, argparse.SUPPRESS)
     sync.set_defaults(func=_sync)
 
     status = commands.add_parser("status", help="a live view of a running collector (runs, backlog, rates)")
-    status.add_argument("--endpoint", help="the collector's endpoint (env CLEARML_RELAY_ENDPOINT)")
+    status.add_argument("--endpoint", help=f"the collector's endpoint (env {ENV_ENDPOINT})")
     status.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     status.add_argument("--watch", action="store_true", help="refresh every --interval until Ctrl-C")
     status.add_argument(
@@ -183,13 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``clearml-relay`` command line; returns the exit status."""
-    args = parser_args = build_parser().parse_args(argv)
-    level = parser_args.log_level or os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
-    if level not in _LOG_LEVELS:
-        return _config_error(f"{ENV_LOG_LEVEL}={level!r}: expected one of {', '.join(_LOG_LEVELS)}")
-    log_format = parser_args.log_format or os.environ.get(ENV_LOG_FORMAT, "").strip().lower() or "text"
-    if log_format not in LOG_FORMATS:
-        return _config_error(f"{ENV_LOG_FORMAT}={log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+    args = build_parser().parse_args(argv)
+    try:
+        level = read_setting(LOG_LEVEL, args.log_level)
+        log_format = read_setting(LOG_FORMAT, args.log_format)
+    except ConfigError as exc:
+        return _config_error(str(exc))
     if log_format == "json" and args.command == "collector":
         # A service: every line it writes is JSON, ClearML's prints too. Other commands print
         # their results on stdout, which must stay as they are.
@@ -215,27 +166,14 @@ def _keygen_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_keygen)
 
 
-def _security_options(parser: argparse.ArgumentParser) -> None:
-    """The collector's CurveZMQ and limit flags, and the rest of its options."""
-    parser.add_argument(
-        "--curve-secret-key",
-        help=f"its .key_secret file: encrypt, admit --allow-keys only (env {ENV_CURVE_SECRET_KEY})",
-    )
-    parser.add_argument(
-        "--allow-keys",
-        help=f"directory of the producer public keys (*.key) allowed to connect; SIGHUP re-reads it "
-        f"(env {ENV_ALLOW_KEYS})",
-    )
-    parser.add_argument(
-        "--max-file-bytes", type=int, help=f"largest file accepted (env {ENV_MAX_FILE_BYTES}, default 64 GiB)"
-    )
-    parser.add_argument(
-        "--max-runs-per-key",
-        type=int,
-        help=f"open runs one producer key may own, with CURVE (env {ENV_MAX_RUNS_PER_KEY}, default 1000)",
-    )
-    _log_options(parser, argparse.SUPPRESS)
-    parser.set_defaults(func=_collector)
+def config_from_args(args: argparse.Namespace) -> CollectorConfig:
+    """The collector's config from ``clearml-relay collector``'s flags, over the environment.
+
+    Raises:
+        ConfigError: a flag or variable has a bad value.
+
+    """
+    return CollectorConfig.from_env(**{setting.name: getattr(args, setting.name) for setting in SETTINGS})
 
 
 def _collector(args: argparse.Namespace) -> int:
@@ -245,23 +183,7 @@ def _collector(args: argparse.Namespace) -> int:
     from collector.service.server import Collector, DataDirBusyError  # noqa: PLC0415
 
     try:
-        config = CollectorConfig.from_env(
-            bind=args.bind,
-            data_dir=args.data_dir,
-            fsync=args.fsync,
-            backend=args.backend,
-            offline=args.offline,
-            drain_timeout=args.drain_timeout,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            keep_sessions_days=args.keep_sessions_days,
-            keep_sessions=args.keep_sessions,
-            curve_secret_key=args.curve_secret_key,
-            allow_keys=args.allow_keys,
-            max_file_bytes=args.max_file_bytes,
-            max_runs_per_key=args.max_runs_per_key,
-            nonfinite=args.nonfinite,
-        )
+        config = config_from_args(args)
     except ConfigError as exc:
         return _config_error(str(exc))
     collector = Collector(config)
@@ -285,7 +207,7 @@ def _collector(args: argparse.Namespace) -> int:
     except DataDirBusyError as exc:
         print(f"clearml-relay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeySettingError as exc:
+    except (KeySettingError, ConfigError) as exc:  # ConfigError: e.g. an unsupported clearml version
         return _config_error(str(exc))
     except zmq.ZMQError as exc:
         print(f"clearml-relay: cannot bind {config.bind}: {exc}", file=sys.stderr)
@@ -341,9 +263,8 @@ def _sync(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     # Lazy: zmq and the producer's protocol only (rich only for a table).
     from collector.service import status  # noqa: PLC0415
-    from producer.config import DEFAULT_ENDPOINT, ENV_ENDPOINT  # noqa: PLC0415
 
-    endpoint = args.endpoint or os.environ.get(ENV_ENDPOINT, "").strip() or DEFAULT_ENDPOINT
+    endpoint = status.endpoint(args.endpoint)
     problem = _status_problem(endpoint, args)
     if problem is not None:
         return _config_error(problem)

@@ -48,7 +48,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from collector.counters import LATENCY_BUCKETS, Latency
-from collector.service.server import Health, Snapshot
+from collector.service.snapshot import Health, Snapshot
 from producer.wire import protocol
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -34,11 +33,12 @@ import zmq
 
 from collector.backends.base import Backend, JsonlBackend
 from collector.config import CollectorConfig
-from collector.counters import Counters, Latency
+from collector.counters import Counters
 from collector.pipeline import security
 from collector.pipeline.appliers import Appliers
 from collector.pipeline.files import FileStore
 from collector.pipeline.ingest import POLL_MS, Ingest
+from collector.service.snapshot import Health, Snapshot
 from collector.storage import paths, retention
 from collector.storage.journal import FINISHED, Journal
 from producer.wire import protocol
@@ -58,27 +58,6 @@ RETENTION_SECONDS: Final = 60.0
 
 class DataDirBusyError(RuntimeError):
     """Another collector holds the data directory."""
-
-
-@dataclass(frozen=True)
-class Health:
-    """What ``/healthz`` answers: 200 with ``reason`` "ok", or 503 with why not."""
-
-    ok: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What one metrics scrape reads from the collector, taken at once."""
-
-    counters: dict[str, int]
-    latencies: dict[str, Latency]
-    runs: list[protocol.RunInfo]
-    journal_bytes: int
-    journal_max_bytes: int
-    ingest_loop_age: float
-    health: Health
 
 
 def make_backend(config: CollectorConfig, counters: Counters | None = None) -> Backend:
@@ -282,7 +261,9 @@ class Collector:
             if self._backend is None:
                 self._backend = make_backend(config, self.counters)
             self._appliers = Appliers(self._journal, self._backend, self._files, self.counters)
-            for run in self._journal.runs():  # retired before this version released files
+            # A crash between a run's retirement (meta written first) and the release of its
+            # stored files leaves them behind: release them now.
+            for run in self._journal.runs():
                 meta = self._journal.meta(run)
                 if meta.state in FINISHED and meta.position >= self._journal.position(run):
                     self._release_files(run)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
 import zmq
 
+from producer.config import ENDPOINT
 from producer.wire import protocol
 from producer.wire.curve import KeySettingError, curve_from_env
 
@@ -33,6 +35,15 @@ class NoAnswerError(RuntimeError):
 
 class BadEndpointError(ValueError):
     """ZeroMQ cannot connect to the endpoint as written (the message names it)."""
+
+
+def endpoint(given: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The collector to ask: ``given`` (``--endpoint``) > ``CLEARML_RELAY_ENDPOINT`` > its default.
+
+    The producers' setting (:data:`producer.config.ENDPOINT`), read as text: the command checks
+    it itself, and ZeroMQ says what it cannot connect to (:class:`BadEndpointError`).
+    """
+    return given or ENDPOINT.raw(environ) or str(ENDPOINT.default)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from producer.config import ProducerConfig
-from producer.transport.client import Client, RunState
+from producer.transport.client import Client
+from producer.transport.runstate import RunState
 
 #: Progress reports per second.
 PROGRESS_EVERY = 0.5

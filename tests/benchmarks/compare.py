@@ -249,8 +249,8 @@ NOTES: Final = (
     "threads), stop answering, and ignore SIGTERM (4 of 8 tries with 10 runs here; 0 of 6 when opened "
     "one at a time). `compare_collector.Producers(..., all_at_once=True)` reproduces it.",
     "Ultralytics' ClearML callback crashes every offline training at its end (clearml issue 1243, "
-    "NOTES.md); its training process here patches `OutputModel.published` to False, as the "
-    "collector does, so that its runs complete and log the model.",
+    "docs/clearml-notes.md); its training process here patches `OutputModel.published` to False, as "
+    "the collector does, so that its runs complete and log the model.",
     "A training process that has not exited 180 s after its start (30 s per epoch above 6 "
     "epochs) is killed and its run counted as failed (listed under the table of section 1). Seen "
     "with the ClearML callback while this benchmark was written (1 in 11 and 1 in 12 trainings in "

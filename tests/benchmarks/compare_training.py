@@ -71,7 +71,7 @@ LOGGERS: Final = (
         "Ultralytics ClearML callback",
         "clearml",
         "ultralytics.utils.callbacks.clearml",
-        "CLEARML_OFFLINE_MODE=1; offline model-registration crash worked around (NOTES.md)",
+        "CLEARML_OFFLINE_MODE=1; offline model-registration crash worked around (docs/clearml-notes.md)",
     ),
     Logger(
         "wandb",
@@ -180,7 +180,7 @@ def _time_callbacks(module: str | None, calls: list[tuple[str, float, float, flo
 
 
 def _offline_model_workaround() -> None:
-    """ClearML's offline ``update_output_model`` raises (clearml issue 1243, see NOTES.md).
+    """ClearML's offline ``update_output_model`` raises (clearml issue 1243, see docs/clearml-notes.md).
 
     The built-in callback would crash the training at its very end; an offline model is never
     published, which is all the failing property has to say (the collector does the same).

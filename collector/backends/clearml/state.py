@@ -8,14 +8,14 @@ append-only files plus a copy of ``task.json`` at that checkpoint. The file is
 replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a
 ``kill -9`` leaves either the previous checkpoint or the new one.
 
-This module does not import clearml: ``clearml-relay runs`` reads it through :func:`describe`.
+This module does not import clearml: ``clearml-relay runs`` and retention read it through :func:`load`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
@@ -83,20 +83,3 @@ def save(directory: Path, state: RunState, *, fsync: bool = True) -> None:
 def session_zip(session: str | Path) -> Path:
     """Where ClearML writes the zip of an offline session folder at close (beside it)."""
     return Path(f"{session}.zip")
-
-
-def describe(directory: Path, run: str) -> dict[str, Any]:
-    """What ``clearml-relay runs`` shows for a run (empty if the backend never saw it)."""
-    state = load(directory, run)
-    if state is None:
-        return {}
-    return {
-        "run": state.run,
-        "task_id": state.task_id,
-        "applied": state.applied,
-        "state": state.state,
-        "offline": state.offline,
-        "session": state.session,
-        "project": state.project,
-        "name": state.name,
-    }

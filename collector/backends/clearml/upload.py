@@ -1,11 +1,14 @@
 """``clearml-relay upload``: import finished offline sessions into the configured ClearML server.
 
-ClearML's own importer registers an offline session's models as ``file://`` paths of the folder
-the session was recorded in (NOTES.md), which exists only on the collector's machine, and only
-until its retention removes it. So each session (the folder the collector keeps, or a zip of
+ClearML's own importer (``Task.import_offline_session``) registers an offline session's models
+as ``file://`` paths of the folder the session was recorded in (their ``weights_filename`` in
+``task.json``), which exists only on the collector's machine, and only until its retention
+removes it. So each session (the folder the collector keeps, or a zip of
 one) is copied or extracted here, every output model is pointed at its weights file in that copy
 and given the server's files host as upload destination, and only then imported: the weights are
 uploaded like any other model's. The session itself is never changed.
+
+clearml is imported only by :func:`files_host` and :func:`import_session`, the SDK side.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from collector.config import ConfigError
 
 #: The name ClearML gives an offline session's task description.
 TASK_JSON = "task.json"
@@ -92,3 +97,44 @@ def upload_sessions(
         on_result(result)
         results.append(result)
     return results
+
+
+# ---------------------------------------------------------------------------- the SDK's side
+
+
+def files_host() -> str:
+    """The configured ClearML files server, where imported model weights are uploaded.
+
+    Raises:
+        ConfigError: none is configured and ClearML cannot derive one from the API host (it
+            does so only for ``:8008`` and ``api.`` hosts); or (``UnsupportedClearMLError``)
+            the installed clearml is not one the collector was written for.
+
+    """
+    from clearml.backend_api import Session  # noqa: PLC0415  (clearml loads only here)
+
+    from collector.backends.clearml import compat  # noqa: PLC0415
+
+    compat.install()
+    try:
+        host: str = Session.get_files_server_host()
+    except ValueError as exc:  # "Could not detect ClearML web application server"
+        raise ConfigError(
+            f"no ClearML files server configured, and ClearML cannot derive one from the API server "
+            f"{Session.get_api_server_host()} (only from a :8008 or api.* host): set CLEARML_FILES_HOST "
+            "(or api.files_server in clearml.conf)"
+        ) from exc
+    return host
+
+
+def import_session(folder: Path) -> str:
+    """Import one extracted offline session into the configured server; returns the task id."""
+    from clearml import Task  # noqa: PLC0415  (clearml loads only here)
+
+    from collector.backends.clearml import compat  # noqa: PLC0415
+
+    compat.install()
+    task_id = Task.import_offline_session(str(folder))
+    if not task_id:
+        raise RuntimeError(f"ClearML did not import the session in {folder}")
+    return str(task_id)

@@ -1,0 +1,237 @@
+"""A training's run as an integration reports it: handed over on the training thread, reported off it.
+
+The training thread only appends requests to ``inbox`` (a deque: appends are atomic) and calls
+:meth:`Reporter.end`, which wakes the worker (:mod:`producer.integrations.worker`). The worker
+opens the run, calls :meth:`Reporter.step` every tick (the requests, files that became ready,
+console lines, machine statistics) and, once the training has ended, :meth:`Reporter.finish`
+(late files for at most ``late_files_timeout`` seconds, then the run's close).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from producer.integrations.console import ConsoleCapture
+from producer.integrations.filewatch import FileWatcher, Ready, Version
+from producer.integrations.machine import MachineSampler
+from producer.once import Once
+from producer.run import Run
+
+log = logging.getLogger(__name__)
+
+#: Written in the training's directory: its run id (a resumed training continues its task) and
+#: the file versions already sent.
+STATE_FILE: Final = "clearml-relay.json"
+
+
+class Reporter:
+    """One training's run. Subclasses add the framework's hooks and :meth:`open_run`.
+
+    Args:
+        trainer: the framework's trainer; the run ends as failed once it is garbage-collected
+            (or its thread ends) without :meth:`end`.
+        options: ``stats_interval`` and ``late_files_timeout`` (seconds), and the subclass's own.
+        wake: wakes the worker that serves this reporter.
+        save_dir: the training's directory (for the resume state).
+        logger: the logger whose lines (of the training's thread) become the run's console.
+
+    """
+
+    #: Threads whose names end with this are joined (bounded) before the late files are looked for.
+    late_threads: str | None = None
+
+    def __init__(
+        self,
+        trainer: object,
+        options: Mapping[str, Any],
+        wake: Callable[[], None],
+        save_dir: Any,
+        logger: str,
+    ) -> None:
+        self.ending = False
+        self.closed = threading.Event()
+        self.run: Run | None = None  # set by the worker once the run is open
+        self.status, self.error = "completed", ""
+        self.inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self.options, self.save_dir = options, save_dir
+        # An exception being handled around the training call is not this training's failure.
+        self.outer_exc = sys.exc_info()[1]
+        self._thread = threading.current_thread()
+        try:
+            self._trainer: Callable[[], object] = weakref.ref(trainer)
+        except TypeError:  # not weak-referenceable: only the training thread's end counts
+            self._trainer = lambda: trainer
+        self._wake = wake
+        self._once = Once()
+        self.watcher = FileWatcher()
+        self._sampler: MachineSampler | None = None
+        self._next_stats = 0.0
+        self._state_written: dict[str, Any] | None = None
+        self._logger = logger
+        # Last: its lines are the run's from here on (addHandler takes the logging lock, ~10 us).
+        self.console = ConsoleCapture(thread=self._thread)
+        logging.getLogger(logger).addHandler(self.console)
+
+    def end(self, status: str, error: str) -> None:
+        """(Any thread.) Stop capturing; the worker sends what is left and closes the run now."""
+        if self.ending:
+            return
+        self.status, self.error, self.ending = status, error, True
+        self.console.stop()  # later lines are not the run's
+        self._wake()  # files handed over are copied at once, before a script could move them
+
+    # -------------------------------------------------------------------------- worker
+
+    def open_run(self, resume_run: str | None) -> Run:
+        """The training's run (``resume_run``: the run a resumed training continues)."""
+        raise NotImplementedError
+
+    def resuming(self) -> bool:
+        """Whether the training continues an earlier one (its resume state is then read)."""
+        return False
+
+    def open(self) -> bool:
+        """Open the run; False, logged, if it cannot be (the training goes on unreported)."""
+        try:
+            self.console.register()
+            resume_run: str | None = None
+            if self.resuming():
+                resume_run, sent = load_state(Path(self.save_dir) / STATE_FILE)
+                self.watcher = FileWatcher(sent)
+            self.run = self.open_run(resume_run)
+        except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
+            log.warning("clearml-relay: the run could not be opened, nothing is reported: %r", exc)
+            self._remove_capture()
+            self.closed.set()
+            return False
+        interval = float(self.options["stats_interval"])
+        if interval > 0:
+            self._sampler, self._next_stats = MachineSampler(), time.monotonic() + interval
+        return True
+
+    def gone(self) -> bool:
+        """Whether the training ended without :meth:`end` (its thread or trainer is gone)."""
+        if self._thread.is_alive() and self._trainer() is not None:
+            return False
+        self.status = "failed"
+        self.error = "the training ended without its teardown (process exit or trainer lost)"
+        return True
+
+    def step(self) -> int:
+        """Carry out the handed-over requests; send ready files, console lines and statistics.
+
+        Returns:
+            How many files are still being written.
+
+        """
+        while self.inbox:
+            request = self.inbox.popleft()
+            try:
+                request()
+            except Exception as exc:  # noqa: BLE001 - one bad request must not end the run's reporting
+                message = "clearml-relay: run %s: a hook's deferred work failed, its data is missing: %r"
+                self._once.log(log, logging.WARNING, type(exc).__name__, message, self.opened.id, exc)
+        ready, waiting = self.watcher.poll()
+        for item in ready:
+            self._send(item)
+        self._send_console()
+        if ready:
+            self._save_state()
+        if self._sampler is not None and time.monotonic() >= self._next_stats:
+            self._next_stats = time.monotonic() + float(self.options["stats_interval"])
+            self._send_stats()
+        return waiting
+
+    def finish(self) -> None:
+        """Wait (bounded) for helper threads and files still being written, send them, close the run."""
+        timeout = float(self.options["late_files_timeout"])
+        try:
+            deadline = time.monotonic() + timeout
+            for thread in threading.enumerate():
+                if self.late_threads is not None and thread.name.endswith(self.late_threads):
+                    thread.join(max(0.0, deadline - time.monotonic()))
+            pause = threading.Event()
+            while (waiting := self.step()) and time.monotonic() < deadline:
+                pause.wait(0.05)
+            if waiting:
+                message = "clearml-relay: run %s: %d image files were still being written after %.0f s; %s"
+                log.warning(message, self.opened.id, waiting, timeout, "not sent")
+            self._save_state()
+            self._send_stats()
+        except Exception as exc:  # noqa: BLE001 - the run must still be closed
+            log.warning("clearml-relay: background work of run %s failed: %r", self.opened.id, exc)
+        finally:
+            self._remove_capture()
+            self._send_console()
+            self.opened.close(self.status, self.error)
+            self.closed.set()
+
+    @property
+    def opened(self) -> Run:
+        """(Worker.) The run, which the worker opened before anything else."""
+        if self.run is None:
+            raise RuntimeError("the run is not open")
+        return self.run
+
+    def _remove_capture(self) -> None:
+        self.console.stop()  # a run that ended without its teardown no longer captures
+        logging.getLogger(self._logger).removeHandler(self.console)
+
+    def _send(self, item: Ready) -> None:
+        send = self.opened.plot if item.kind == "plot" else self.opened.image
+        send(item.title, item.series, item.iteration, item.path)
+
+    def _send_stats(self) -> None:
+        values = self._sampler.sample() if self._sampler is not None else None
+        if values:  # nothing measurable off Linux without a GPU
+            self.opened.stats(values)
+
+    def _send_console(self) -> None:
+        for level, text in self.console.drain():
+            self.opened.text(text, level)
+
+    def _save_state(self) -> None:
+        save_dir = Path(self.save_dir)
+        sent = {_relative(path, save_dir): list(v) for path, v in self.watcher.sent.items()}
+        state = {"run_id": self.opened.id, "sent": sent}
+        if state == self._state_written or not save_dir.is_dir():
+            return
+        path = save_dir / STATE_FILE
+        try:
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, path)
+            self._state_written = state
+        except OSError as exc:
+            log.warning("clearml-relay: cannot write %s (a resume would start a new task): %s", path, exc)
+
+
+def load_state(path: Path) -> tuple[str | None, dict[Path, Version]]:
+    """The run id and sent file versions a previous training left in ``path``."""
+    try:
+        state = json.loads(path.read_text())
+        run_id = state.get("run_id")
+        sent = {path.parent / name: (int(v[0]), int(v[1])) for name, v in state.get("sent", {}).items()}
+    except FileNotFoundError:
+        return None, {}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        log.warning("clearml-relay: ignoring %s (the resumed training starts a new task): %r", path, exc)
+        return None, {}
+    return (run_id if isinstance(run_id, str) and run_id else None), sent
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)

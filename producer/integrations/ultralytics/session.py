@@ -1,0 +1,149 @@
+"""One YOLO training's run: what each hook hands over, and what the worker reports of it.
+
+The ``on_*`` methods run on the training thread: they read trainer attributes and append
+requests, nothing else (turning loss tensors into floats, counting FLOPs and reading
+``results_dict`` happen in the requests, on the worker).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from producer.config import ENV_PROJECT, ENV_TASK_NAME, setting
+from producer.integrations.process import current_clearml_task
+from producer.integrations.reporter import Reporter
+from producer.integrations.ultralytics.trainer import Trainer, model_info
+from producer.run import Run
+
+log = logging.getLogger(__name__)
+
+#: The logger whose lines become the run's console output.
+ULTRALYTICS_LOGGER: Final = "ultralytics"
+_PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
+
+
+class Session(Reporter):
+    """A YOLO training's run, from its ``on_pretrain_routine_start`` to its closing."""
+
+    late_threads = "(plot_images)"  # Ultralytics' @threaded mosaic writer
+
+    def __init__(self, trainer: Trainer, options: Mapping[str, Any], wake: Any, removed: int) -> None:
+        self.trained = False
+        self._hyperparams, self._removed = dict(vars(trainer.args)), removed
+        self._validation_dirs: set[object] = {trainer.save_dir}  # as given (str or Path) and as Path
+        self._model_info_sent = False
+        super().__init__(trainer, options, wake, trainer.save_dir, ULTRALYTICS_LOGGER)
+
+    # ------------------------------------------------------------------ training thread
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        # The trainer rebinds tloss and lr each epoch; the copies guard against one that would not.
+        tloss, lr = trainer.tloss, dict(trainer.lr)
+        tloss = dict(tloss) if isinstance(tloss, dict) else tloss
+        self.inbox.append(functools.partial(self._train_epoch, trainer, tloss, lr, trainer.epoch))
+
+    def on_val_end(self, validator: Trainer) -> None:
+        save_dir = getattr(validator, "save_dir", None)
+        if save_dir is not None and save_dir not in self._validation_dirs:  # cheap when seen before
+            self._validation_dirs.add(save_dir)
+            self.inbox.append(functools.partial(self._watch_validation, Path(save_dir)))
+
+    def on_fit_epoch_end(self, trainer: Trainer) -> None:
+        epoch, metrics = trainer.epoch, dict(trainer.metrics)
+        self.inbox.append(functools.partial(self._fit_epoch, trainer.epoch_time, metrics, epoch))
+        if epoch == 0 and not self._model_info_sent:
+            self._model_info_sent = True
+            model = getattr(getattr(trainer, "ema", None), "ema", None) or trainer.model
+            speed = trainer.validator.speed["inference"]
+            self.inbox.append(functools.partial(self._model_info, trainer, model, speed))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        plots = [*trainer.plots, *trainer.validator.plots]
+        best, name, metrics = trainer.best, str(trainer.args.name), trainer.validator.metrics
+        self.inbox.append(functools.partial(self._train_end, best, name, plots, metrics))
+        self.trained = True
+
+    def teardown(self, _: Trainer) -> None:
+        exc = sys.exc_info()[1]
+        if exc is self.outer_exc:
+            exc = None
+        if isinstance(exc, KeyboardInterrupt):
+            self.end("aborted", "KeyboardInterrupt")
+        elif exc is not None:
+            self.end("failed", f"{type(exc).__name__}: {exc}")
+        elif self.trained:
+            self.end("completed", "")
+        else:
+            self.end("failed", "the training stopped before on_train_end")
+
+    # -------------------------------------------------------------------------- worker
+
+    def resuming(self) -> bool:
+        return bool(self._hyperparams.get("resume", False))
+
+    def open(self) -> bool:
+        if self._removed:
+            log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
+        if not super().open():
+            return False
+        save_dir = Path(self.save_dir)
+        self.inbox.appendleft(functools.partial(self.watcher.watch, save_dir, "train_batch*.jpg", "Mosaic"))
+        self.inbox.appendleft(functools.partial(self._watch_validation, save_dir))
+        return True
+
+    def open_run(self, resume_run: str | None) -> Run:
+        options, hyperparams = self.options, self._hyperparams
+        project = (
+            options["project"]
+            or setting(ENV_PROJECT).raw()
+            or str(hyperparams.get("project") or "Ultralytics").lstrip("/")
+            or "Ultralytics"
+        )
+        name = options["name"] or setting(ENV_TASK_NAME).raw() or str(hyperparams.get("name"))
+        return Run(
+            project,
+            name,
+            tags=options["tags"] if options["tags"] is not None else ["Ultralytics"],
+            task_type="training",
+            hyperparams={"General": hyperparams},
+            endpoint=options["endpoint"],
+            spool_dir=options["spool_dir"],
+            flush_timeout=options["flush_timeout"],
+            task_id=current_clearml_task(),
+            resume_run=resume_run,
+        )
+
+    def _watch_validation(self, directory: Path) -> None:
+        self._validation_dirs.add(directory)
+        self.watcher.watch(directory, "val*.jpg", "Validation")
+
+    def _train_epoch(self, trainer: Trainer, tloss: Any, lr: Mapping[str, float], epoch: int) -> None:
+        self.opened.scalars("lr", lr, epoch)  # first: a failing label_loss_items costs only losses
+        if tloss is not None:
+            self.opened.scalars("train", trainer.label_loss_items(tloss, prefix="train"), epoch)
+
+    def _fit_epoch(self, epoch_time: float | None, metrics: Mapping[str, float], epoch: int) -> None:
+        if epoch_time is not None:
+            self.opened.scalar("Epoch Time", "Epoch Time", epoch_time, epoch)
+        by_title: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            by_title.setdefault(key.split("/")[0], {})[key] = value
+        for title, values in by_title.items():
+            self.opened.scalars(title, values, epoch)
+
+    def _model_info(self, trainer: Trainer, model: Any, speed: float) -> None:
+        for key, value in model_info(trainer, model, speed).items():
+            self.opened.single_value(key, value)
+
+    def _train_end(self, best: Any, name: str, plots: list[Path], metrics: Any) -> None:
+        self.opened.model(best, name=name)
+        for path in map(Path, plots):
+            if "batch" not in path.name:
+                self.watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
+        for key, value in metrics.results_dict.items():
+            self.opened.single_value(key, value)
