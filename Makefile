@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench benchmarks soak clean
+.PHONY: demo test test-fast lint typecheck unit bench benchmarks soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest
 
 test: lint typecheck unit
+
+# The quick loop while editing (under 2 minutes): lint, types, and the unit tests plus the
+# integration tests not marked slow. `make test` runs everything (tests/unit, tests/integration, tests/e2e).
+test-fast: lint typecheck
+	$(PY) -m pytest -q tests/unit tests/integration -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) tests/benchmarks/bench_transport.py

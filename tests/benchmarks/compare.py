@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "tests" / "benchmarks")]
 
 #: The training configurations (``compare_training.LOGGERS``), named here to keep this module light.
 LOGGER_KEYS: Final = ("none", "clearml", "wandb", "mlflow", "relay")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "tests" / "benchmarks")]
 
 from bench_transport import percentile, scalar_bursts  # noqa: E402
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready  # noqa: E402

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 ROOT: Final = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "tests" / "benchmarks")]
 
 #: Ultralytics' integration switches (ultralytics/utils/callbacks/base.py
 #: ``add_integration_callbacks``); every one is set in every configuration.

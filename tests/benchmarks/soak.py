@@ -32,7 +32,10 @@ from pathlib import Path
 
 import psutil
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[2]),
+    str(Path(__file__).resolve().parents[1] / "support"),
+]
 
 from e2e import (  # noqa: E402
     applied,

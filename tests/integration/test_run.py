@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from producer_helpers import FakeCollector, free_endpoint, wait_until
+from producer_helpers import FakeCollector, free_endpoint
+from waiting import wait_for
 
 from producer import Run
 from producer.context import git_info
@@ -78,7 +79,7 @@ def test_every_event_kind_is_delivered_in_order_with_files(fake: FakeCollector, 
     assert bytes(fake.files[model_sha].data) == model.read_bytes()
     assert fake.violations == []
     # Delivered and closed: the sender deletes the outbox right after the last ack.
-    assert wait_until(lambda: not (Path(os.environ["CLEARML_RELAY_SPOOL_DIR"]) / run.id).exists())
+    wait_for(lambda: not (Path(os.environ["CLEARML_RELAY_SPOOL_DIR"]) / run.id).exists())
 
 
 def test_calls_return_in_microseconds_with_the_collector_down() -> None:

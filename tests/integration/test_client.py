@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from producer_helpers import FakeCollector, free_endpoint, other_version_header, wait_until
+from producer_helpers import FakeCollector, free_endpoint, other_version_header
+from waiting import wait_for
 
 from producer import Run
 from producer.config import ProducerConfig
@@ -67,7 +68,7 @@ def test_leftover_outbox_is_adopted_and_a_locked_one_is_not(spool: Path) -> None
     with FakeCollector() as fake:
         client = _client(fake.endpoint, spool)
         assert fake.wait_for(lambda f: f.positions.get("crashed") == 30)
-        assert wait_until(lambda: not (spool / "crashed").exists())
+        wait_for(lambda: not (spool / "crashed").exists())
         assert client.sender.locked == {"alive"}
         assert "alive" not in fake.positions
         assert (spool / "alive").exists()
@@ -93,7 +94,7 @@ def test_killed_producer_is_delivered_by_the_next_one(spool: Path) -> None:
         client = _client(fake.endpoint, spool)
         assert fake.wait_for(lambda f: f.positions.get("killed-run") == 201)
         assert fake.seqs("killed-run") == list(range(1, 202))
-        assert wait_until(lambda: not (spool / "killed-run").exists())
+        wait_for(lambda: not (spool / "killed-run").exists())
         client.close(0)
 
 
@@ -134,7 +135,7 @@ def test_in_flight_window_is_bounded_without_acks() -> None:
         assert run.client is not None
         client = run.client
         # A full resend cycle has happened: still nothing beyond the window was sent.
-        assert wait_until(lambda: client.stats().get("resends", 0) >= 1, timeout=RESEND_AFTER + 10)
+        wait_for(lambda: client.stats().get("resends", 0) >= 1, timeout=RESEND_AFTER + 10)
         assert fake.positions["window-run"] == WINDOW_EVENTS
         fake.ack = True
         assert run.close(), client.stats()
@@ -242,7 +243,7 @@ def test_overflow_drops_and_warns_once(tmp_path: Path, caplog: pytest.LogCapture
             file=protocol.FileRef(sha256="0" * 64, size=0, name="x"),
         )  # fmt: skip
         assert client.submit(state, event, str(fifo))
-        assert wait_until(lambda: client.stats()["pending"] == 1)
+        wait_for(lambda: client.stats()["pending"] == 1)
         accepted = []
         with caplog.at_level(logging.WARNING):
             for i in range(10):

@@ -29,11 +29,11 @@ from e2e import free_port, wait_for
 
 from collector import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "collector.Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "docker" / "collector.env.example"
-SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 VENV_BIN = Path(sys.executable).parent
 CLEARML_SERVICES = ("apiserver", "fileserver", "webserver", "mongo", "elasticsearch", "redis", "async_delete")
 

@@ -14,8 +14,8 @@ from collector_helpers import (
     run_events,
     running,
     scalar,
-    wait_until,
 )
+from waiting import wait_for
 
 from collector.storage.journal import Entry, Journal
 from producer.wire import protocol
@@ -110,7 +110,7 @@ def test_applied_segments_are_reclaimed(tmp_path: Path) -> None:
         assert collector.wait_applied("r", 41, DEADLINE)
         # Reclaiming follows the apply; once the run is finished and applied its journal is
         # retired whole: no segment stays, meta.json keeps the position.
-        wait_until(lambda: not list_segments(data / "journal" / "r"), what="segments reclaimed")
+        wait_for(lambda: not list_segments(data / "journal" / "r"), what="segments reclaimed")
     with running(data) as collector, Producer(collector.bound_endpoint) as producer:
         info = producer.status().runs[0]
         assert (info.journaled, info.applied, info.state) == (41, 41, "completed")

@@ -17,7 +17,7 @@ from collector_helpers import DEADLINE, Producer, records, run_events
 from collector.config import ENV_BIND, ENV_FSYNC, ENV_MAX_JOURNAL_BYTES, CollectorConfig, ConfigError
 from producer.wire import protocol
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -12,24 +12,12 @@ import hashlib
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
 
 from producer.wire import protocol
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (for state owned by other threads)."""
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        event.wait(interval)
-    return True
 
 
 @dataclass

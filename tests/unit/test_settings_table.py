@@ -24,7 +24,7 @@ from collector.service import cli, status
 from producer import config as producer_config
 from producer.wire import curve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "configuration.md"
 TABLES = {"collector": config.docs_table, "producer": producer_config.docs_table}
 

@@ -180,7 +180,7 @@ def test_a_new_outbox_is_never_adopted_before_its_owner_holds_its_lock(tmp_path:
     with subprocess.Popen(
         [sys.executable, "-c", _SCANNER, str(spool), "60"],
         stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     ) as scanner:
         try:
             assert scanner.stdout is not None

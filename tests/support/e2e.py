@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,9 @@ from producer.wire.recordlog import HEADER_BYTES, MAGIC, list_segments
 if TYPE_CHECKING:
     from clearml_server import ClearMLServerDouble
 
-ROOT = Path(__file__).resolve().parent.parent
+from waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCE = Path(__file__).resolve().parent / "produce.py"
 
 
@@ -33,18 +34,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def env(**extra: str) -> dict[str, str]:

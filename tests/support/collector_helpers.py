@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,16 +18,6 @@ from producer.wire.curve import CurveKeys
 
 DEADLINE = 10.0
 R = TypeVar("R", bound=protocol.Reply)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        pause.wait(0.01)
 
 
 def make_config(data_dir: Path, **overrides: Any) -> CollectorConfig:

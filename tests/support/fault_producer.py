@@ -15,20 +15,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from e2e import fill_up
+from waiting import wait_for
 
 from producer import Run
-
-
-def wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def stats(run: Run) -> dict[str, int]:
@@ -53,7 +45,7 @@ def reuse(args: argparse.Namespace) -> None:
     run = Run(project="faults", name=args.name, run_id=args.run_id)
     scalars(run, args.first, args.events)
     if args.exit_without_close:
-        wait(lambda: stats(run).get("events_acked", 0) >= args.events + 1, "the events to be acked")
+        wait_for(lambda: stats(run).get("events_acked", 0) >= args.events + 1, 60.0, "the events to be acked")
         result(run, False)
         os._exit(0)  # a crashed trainer: the run stays open, its outbox stays in the spool
     result(run, run.close())
@@ -69,7 +61,11 @@ def full_then_free(args: argparse.Namespace) -> None:
     ballast = fill_up(spool)
     scalars(run, 100, 100)
     run.text("x" * 200_000)
-    wait(lambda: stats(run).get("events_handled", 0) >= 202, "the writer to handle the events on a full disk")
+    wait_for(
+        lambda: stats(run).get("events_handled", 0) >= 202,
+        60.0,
+        "the writer to handle the events on a full disk",
+    )
     ballast.unlink()
     scalars(run, 201, 100)
     result(run, run.close())
@@ -88,8 +84,10 @@ def model_without_room(args: argparse.Namespace) -> None:
     os.truncate(ballast, ballast.stat().st_size - 64 * 1024)  # room for events, not for the model
     run.model(model, name="best.pt")
     scalars(run, 10, 10)
-    wait(lambda: stats(run).get("waiting_for_room", 0) >= 1, "the model to wait for room")
-    wait(lambda: stats(run).get("events_handled", 0) >= 21, "the scalars after the model to be written")
+    wait_for(lambda: stats(run).get("waiting_for_room", 0) >= 1, 60.0, "the model to wait for room")
+    wait_for(
+        lambda: stats(run).get("events_handled", 0) >= 21, 60.0, "the scalars after the model to be written"
+    )
     if args.free:
         ballast.unlink()
     result(run, run.close())

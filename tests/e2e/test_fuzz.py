@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from e2e import env
 
-TARGET = Path(__file__).parent / "fuzz" / "fuzz_decode.py"
+TARGET = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_decode.py"
 #: Seconds of fuzzing per suite run (CLEARML_RELAY_FUZZ_SECONDS overrides, for a longer campaign).
 SECONDS = int(os.environ.get("CLEARML_RELAY_FUZZ_SECONDS", "20"))
 #: libFuzzer reads the peak RSS from getrusage, which Linux carries across exec from the process

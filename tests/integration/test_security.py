@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-from collector_helpers import Producer, close_event, open_event, records, running, scalar, wait_until
+from collector_helpers import Producer, close_event, open_event, records, running, scalar
 from e2e import env, free_port, sync
+from waiting import wait_for
 
 from collector.config import CollectorConfig, ConfigError
 from collector.pipeline.security import Owners, is_loopback, keygen
@@ -133,7 +134,7 @@ def test_listed_keys_deliver_and_an_unlisted_key_never_reaches_the_backend(
             with Producer(endpoint) as plain:
                 plain.submit([open_event("plain")])
                 assert not plain.socket.poll(1000), "a CURVE server answered a plain client"
-            wait_until(lambda: collector.counters.get("zap_denied") >= 1, DEADLINE, "the ZAP denial")
+            wait_for(lambda: collector.counters.get("zap_denied") >= 1, DEADLINE, "the ZAP denial")
     assert [r["event"]["t"] for r in records(tmp_path / "data", "a1")] == ["open", "scalar", "close"]
     assert records(tmp_path / "data", "stolen") == []
     assert records(tmp_path / "data", "plain") == []
@@ -199,10 +200,10 @@ def test_an_aborted_run_frees_its_keys_slot_and_holds_one_again_if_it_goes_on(
         with Producer(collector.bound_endpoint, keys) as alice:
             alice.submit([open_event("gone")])  # then its producer vanishes: no heartbeat
             alice.until_acked("gone", 1)
-            wait_until(
+            wait_for(
                 lambda: collector.counters.get("runs_aborted") == 1, DEADLINE, "the silent run to be aborted"
             )
-            wait_until(  # saved as it is aborted
+            wait_for(  # saved as it is aborted
                 lambda: Owners(tmp_path / "data").open_runs(public) == 0, DEADLINE, "the slot to be freed"
             )
             alice.submit([open_event("next")])
@@ -232,7 +233,7 @@ def test_a_real_producer_with_keys_from_the_environment_delivers_and_a_refused_r
             second = Run("p", "second", endpoint=endpoint, spool_dir=tmp_path / "spool")
             for i in range(20):
                 second.scalar("loss", "train", 0.5, i)
-            wait_until(
+            wait_for(
                 lambda: any("refused run" in r.getMessage() for r in caplog.records), DEADLINE, "the log"
             )
             second.close()
@@ -320,7 +321,7 @@ def test_a_client_spraying_garbage_cannot_stop_a_good_producer(tmp_path: Path) -
             with Run("p", "good", endpoint=collector.bound_endpoint, spool_dir=tmp_path / "spool") as run:
                 for i in range(2000):
                     run.scalar("loss", "train", float(i), i)
-            wait_until(lambda: len(records(tmp_path / "data", run.id)) == 2002, DEADLINE, "every event")
+            wait_for(lambda: len(records(tmp_path / "data", run.id)) == 2002, DEADLINE, "every event")
         finally:
             stop.set()
             thread.join(10)

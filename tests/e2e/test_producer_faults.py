@@ -33,7 +33,7 @@ from e2e import (
 
 from producer.transport.outbox import Outbox, list_outboxes
 
-SCRIPT = Path(__file__).resolve().parent / "fault_producer.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "fault_producer.py"
 
 
 class Collector(NamedTuple):

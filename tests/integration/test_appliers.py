@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from collector_helpers import DEADLINE, Producer, close_event, run_events, running, scalar, wait_until
+from collector_helpers import DEADLINE, Producer, close_event, run_events, running, scalar
+from waiting import wait_for
 
 from collector.backends.base import JsonlBackend, Rewind
 from collector.pipeline import appliers
@@ -56,15 +57,13 @@ def test_the_journal_is_reclaimed_only_up_to_the_durable_position(tmp_path: Path
         assert len(list_segments(segments)) > 2
         # Applied but never made durable: the run stops there (its events wait in the journal)
         # and every segment stays, since a restart would need them.
-        wait_until(
-            lambda: collector.counters.snapshot().get("apply_error", 0) >= 2, what="failed checkpoints"
-        )
+        wait_for(lambda: collector.counters.snapshot().get("apply_error", 0) >= 2, what="failed checkpoints")
         assert "r" not in backend.durable
         assert list_segments(segments)[0][0] == 1
         backend.allow.set()  # the backend recovers: everything applies and becomes durable
         assert collector.wait_applied("r", 60, DEADLINE * 2)
-        wait_until(lambda: backend.durable.get("r") == 60, what="the checkpoint")
-        wait_until(lambda: list_segments(segments)[0][0] > 1, what="reclaiming")
+        wait_for(lambda: backend.durable.get("r") == 60, what="the checkpoint")
+        wait_for(lambda: list_segments(segments)[0][0] > 1, what="reclaiming")
 
 
 def test_a_trickle_of_events_is_checkpointed_per_interval_not_per_event(
@@ -88,9 +87,9 @@ def test_a_run_that_caught_up_is_checkpointed_without_more_events(tmp_path: Path
     with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
         producer.submit(run_events("r", 10))
         producer.until_acked("r", 10)
-        wait_until(lambda: ("r", 10) in backend.checkpoints, what="a checkpoint at 10")
+        wait_for(lambda: ("r", 10) in backend.checkpoints, what="a checkpoint at 10")
         producer.submit([scalar("r", 11)])
-        wait_until(lambda: ("r", 11) in backend.checkpoints, what="a checkpoint at 11")
+        wait_for(lambda: ("r", 11) in backend.checkpoints, what="a checkpoint at 11")
 
 
 def test_a_run_whose_producer_vanished_is_aborted_after_everything_is_applied(tmp_path: Path) -> None:
@@ -114,9 +113,7 @@ def test_a_run_whose_producer_vanished_is_aborted_after_everything_is_applied(tm
         beater = threading.Thread(target=beat)
         beater.start()
         try:
-            wait_until(
-                lambda: [a[0] for a in backend.aborts] == ["quiet"], timeout=DEADLINE, what="the abort"
-            )
+            wait_for(lambda: [a[0] for a in backend.aborts] == ["quiet"], timeout=DEADLINE, what="the abort")
             states = {info.run: info.state for info in collector.status().runs}
             assert states == {"quiet": "aborted", "alive": "open", "done": "completed"}
             _, reason, applied_before = backend.aborts[0]
@@ -164,12 +161,12 @@ def test_a_rewind_applies_everything_since_the_durable_position_again(tmp_path: 
     with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
         producer.submit(run_events("r", 10))
         producer.until_acked("r", 10)
-        wait_until(lambda: backend.durable.get("r") == 10, what="a checkpoint at 10")
+        wait_for(lambda: backend.durable.get("r") == 10, what="a checkpoint at 10")
         backend.lose_once.set()
         more: list[protocol.Event | bytes] = [scalar("r", seq) for seq in range(11, 21)]
         producer.submit(more)
         producer.until_acked("r", 20)
-        wait_until(lambda: backend.durable.get("r") == 20, what="a checkpoint at 20")
+        wait_for(lambda: backend.durable.get("r") == 20, what="a checkpoint at 20")
         assert collector.wait_applied("r", 20, DEADLINE)
         assert collector.counters.snapshot()["rewinds"] == 1
         assert "apply_error" not in collector.counters.snapshot()
@@ -202,15 +199,15 @@ def test_a_run_whose_position_the_backend_cannot_tell_does_not_stop_the_others(t
         producer.recv_until(  # both acked (one Ack): journaled, whatever the backend says
             lambda r: isinstance(r, protocol.Ack) and r.runs.get("bad") == r.runs.get("good") == 3
         )
-        wait_until(lambda: len(backend.records("good")) == 3, what="the good run to be applied")
+        wait_for(lambda: len(backend.records("good")) == 3, what="the good run to be applied")
         assert backend.records("bad") == []
         assert collector.counters.get("applier_error") >= 2  # asked on ingest, then by its thread
         backend.broken.clear()  # repaired: the run's thread, retrying, applies it
-        wait_until(lambda: len(backend.records("bad")) == 3, what="the repaired run to be applied")
+        wait_for(lambda: len(backend.records("bad")) == 3, what="the repaired run to be applied")
     # A restart with a run the backend cannot tell: the collector still starts and serves.
     backend = Unsure(data / "records", {"good"})
     with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
         producer.submit([scalar("bad", 4), close_event("bad", 5)])
         producer.until_acked("bad", 5)
-        wait_until(lambda: len(backend.records("bad")) == 5, what="the other run to go on")
+        wait_for(lambda: len(backend.records("bad")) == 5, what="the other run to go on")
         assert [r["seq"] for r in backend.records("good")] == [1, 2, 3]

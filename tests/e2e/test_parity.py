@@ -21,7 +21,7 @@ from e2e import env, free_port, start_collector, status, stop, wait_for, wait_re
 
 from collector.backends.clearml import state as clearml_state
 
-TRAIN = Path(__file__).resolve().parent / "parity_train.py"
+TRAIN = Path(__file__).resolve().parents[1] / "support" / "parity_train.py"
 #: Added by ClearML's ``task.connect(..., ignore_remote_overrides=True)``, not a training argument.
 CLEARML_BOOKKEEPING = {"_ignore_remote_overrides_"}
 #: Values that legitimately differ between two trainings: where each run saved its files.

@@ -20,8 +20,8 @@ from collector_helpers import (
     run_events,
     running,
     scalar,
-    wait_until,
 )
+from waiting import wait_for
 
 from collector.backends.base import JsonlBackend
 from collector.pipeline.files import FileStore
@@ -329,7 +329,7 @@ def test_many_producers_one_run_each(tmp_path: Path) -> None:
         finally:
             for producer in producers:
                 producer.close()
-        wait_until(
+        wait_for(
             lambda: all(info.applied == 50 for info in collector.status().runs), what="every run applied"
         )
     for i in range(5):

@@ -27,8 +27,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from collector_helpers import running, wait_until
+from collector_helpers import running
 from e2e import env
+from waiting import wait_for
 
 import producer
 import producer.integrations.ultralytics as ultralytics_hooks
@@ -40,7 +41,7 @@ from producer.integrations.ultralytics import BUILTIN_MODULE, STATE_FILE, RelayH
 
 HOOKS_LOGGER = "producer.integrations.ultralytics"
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "hooks_train.py"
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "hooks_train.py"
 MODELS = {
     "detect": "yolov8n.yaml",
     "segment": "yolov8n-seg.yaml",
@@ -166,7 +167,7 @@ def train_in_process(
         assert hooks.wait(DEADLINE), "the run was not closed"
         assert hooks.run is not None
         run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+        wait_for(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
         records = collector.backend.records(run)
     return Trained(run, records, Path(model.trainer.save_dir), oracle, hooks), model
 
@@ -211,7 +212,7 @@ def detect_script(tmp_path_factory: pytest.TempPathFactory) -> Trained:
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             report = json.loads(result.read_text())
             run = report["run"]
-            wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+            wait_for(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
             records = collector.backend.records(run)
         report["cache"] = child_env["CLEARML_CACHE_DIR"]
         _TRAINED["script"] = Trained(run, records, root / "runs" / "detect", report=report)
@@ -375,7 +376,7 @@ def test_a_failed_training_is_closed_failed_and_resume_continues_its_task(
         assert second.wait(DEADLINE)
         assert second.run is not None
         for run in (first_run, second.run.id):
-            wait_until(lambda run=run: _closed(collector.backend.records(run)), DEADLINE, f"close of {run}")
+            wait_for(lambda run=run: _closed(collector.backend.records(run)), DEADLINE, f"close of {run}")
         failed = Trained(first_run, collector.backend.records(first_run), save_dir)
         continued = Trained(second.run.id, collector.backend.records(second.run.id), save_dir)
 
@@ -417,7 +418,7 @@ def _finished(hooks: RelayHooks, collector: Any, save_dir: Path) -> Trained:
     assert hooks.wait(DEADLINE)
     assert hooks.run is not None
     run = hooks.run.id
-    wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+    wait_for(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
     return Trained(run, collector.backend.records(run), save_dir)
 
 
@@ -624,7 +625,7 @@ def test_env_names_the_project_and_task(tmp_path: Path, monkeypatch: pytest.Monk
         assert hooks.wait(DEADLINE)
         assert hooks.run is not None
         run = hooks.run.id
-        wait_until(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
+        wait_for(lambda: _closed(collector.backend.records(run)), DEADLINE, "the close to be applied")
         opening = collector.backend.records(run)[0]["event"]
     assert (opening["project"], opening["name"]) == ("env-project", "env-task")
 
@@ -716,14 +717,14 @@ def test_epochs_reach_the_collector_during_the_training_and_its_lines_are_the_ru
         ultralytics_logger.warning("the training's first line")
         hooks.callbacks["on_train_epoch_end"](trainer)
         hooks.callbacks["on_fit_epoch_end"](trainer)
-        wait_until(lambda: hooks.run is not None, DEADLINE, "the run to be opened")
+        wait_for(lambda: hooks.run is not None, DEADLINE, "the run to be opened")
         run = hooks.run
         assert run is not None
 
         def epoch_applied() -> bool:
             return any(r["event"]["t"] == "scalar" for r in collector.backend.records(run.id))
 
-        wait_until(epoch_applied, DEADLINE, "the epoch's scalars to reach the collector before the end")
+        wait_for(epoch_applied, DEADLINE, "the epoch's scalars to reach the collector before the end")
         captures = {h for h in ultralytics_logger.handlers if isinstance(h, ConsoleCapture)}
         hooks.callbacks["on_train_end"](trainer)
         hooks.callbacks["teardown"](trainer)
@@ -762,7 +763,7 @@ def test_the_hooks_never_wait_for_a_stuck_hooks_thread(
         hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
         hooks.prepare()
         hooks.callbacks["on_pretrain_routine_start"](trainer)
-        wait_until(blocked.is_set, DEADLINE, "the hooks thread to be stuck")
+        wait_for(blocked.is_set, DEADLINE, "the hooks thread to be stuck")
         for epoch in (1, 2):
             trainer.epoch = epoch
             hooks.callbacks["on_train_epoch_end"](trainer)
@@ -800,7 +801,7 @@ def _hooks_threads() -> int:
 def _python(code: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env=env(),
         capture_output=True,
         text=True,
