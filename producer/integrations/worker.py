@@ -86,16 +86,23 @@ def _finish(reporter: Reporter) -> None:
 
 
 _WORKER: Worker | None = None
+_LOCK = threading.Lock()  # two trainings starting at once in a fresh process start one worker
+
+
+def _new_lock() -> None:
+    """(In a forked child.) A lock a parent's thread held at the fork would never be released."""
+    global _LOCK  # noqa: PLW0603 - the process's
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; which worker is this process's is still os.getpid()'s call
+    os.register_at_fork(after_in_child=_new_lock)
 
 
 def worker() -> Worker:
-    """The worker of this process, started on first use.
-
-    No lock: two trainings starting at once in a fresh process may start two workers, each
-    serving its own reporters.
-    """
+    """The worker of this process, started on first use (again in a forked child)."""
     global _WORKER  # noqa: PLW0603 - one per process
-    current = _WORKER
-    if current is None or not current.usable():
-        current = _WORKER = Worker()
-    return current
+    with _LOCK:
+        if _WORKER is None or not _WORKER.usable():
+            _WORKER = Worker()
+        return _WORKER

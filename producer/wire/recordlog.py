@@ -100,7 +100,6 @@ class _Parse(NamedTuple):
     consumed: int  # bytes of buf that were parsed (records and skipped damage)
     valid_end: int  # end offset of the last valid record (whatever its seq), 0 if none
     damage: list[tuple[int, int, str]]  # (offset in buf, length, reason)
-    incomplete: bool  # buf ends inside a record that may still be being written
 
 
 def _valid_at(buf: memoryview, pos: int) -> int:
@@ -152,7 +151,7 @@ def _parse(buf: bytes, min_seq: int, *, final: bool) -> _Parse:
         if size < 0 and not final and _next_valid(buf, view, pos + 1) < 0:
             # Runs past the end and nothing valid follows: a record still being written.
             # (Writers append sequentially, so a valid record after it would prove damage.)
-            return _Parse(records, pos, valid_end, damage, incomplete=True)
+            return _Parse(records, pos, valid_end, damage)
         # Corruption: skip to the next offset where a valid (or possibly in-progress) record starts.
         nxt = pos + 1
         while True:
@@ -167,7 +166,7 @@ def _parse(buf: bytes, min_seq: int, *, final: bool) -> _Parse:
         reason = "torn tail" if size < 0 and end == len(buf) else "checksum or header mismatch"
         damage.append((pos, end - pos, reason))
         pos = end
-    return _Parse(records, pos, valid_end, damage, incomplete=False)
+    return _Parse(records, pos, valid_end, damage)
 
 
 class RecordLog:

@@ -1,7 +1,7 @@
 """Burst benchmark: many trainings start at once against one collector; do they deliver at exit?
 
 Not part of the test suite (it reports, it does not assert). ``N`` producer processes
-(``tests/produce.py``: scalars, debug images, a model) start at the same instant against one
+(``tests/support/produce.py``: scalars, debug images, a model) start at the same instant against one
 collector (the ClearML backend in offline mode, as deployed, or ``--backend jsonl``). For each,
 it reports how long ``close()`` took and whether everything was acknowledged within the
 producer's flush timeout, then what reached the collector. Run

@@ -6,7 +6,7 @@ does with each message), and its events to ``decode_event``: anything other than
 
     python tests/fuzz/fuzz_decode.py -max_total_time=60 [corpus_dir]
 
-``tests/test_fuzz.py`` runs it for a bounded time in the suite.
+``tests/e2e/test_fuzz.py`` runs it for a bounded time in the suite.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class Checkpointed(JsonlBackend):
         self.aborts.append((run, reason, super().applied(run)))
 
 
+@pytest.mark.slow
 def test_the_journal_is_reclaimed_only_up_to_the_durable_position(tmp_path: Path) -> None:
     data = tmp_path / "data"
     backend = Checkpointed(data / "records")
@@ -81,6 +82,7 @@ def test_a_trickle_of_events_is_checkpointed_per_interval_not_per_event(
         assert collector.status().runs[0].applied == 8
 
 
+@pytest.mark.slow
 def test_a_run_that_caught_up_is_checkpointed_without_more_events(tmp_path: Path) -> None:
     data = tmp_path / "data"
     backend = Checkpointed(data / "records")
@@ -92,6 +94,7 @@ def test_a_run_that_caught_up_is_checkpointed_without_more_events(tmp_path: Path
         wait_for(lambda: ("r", 11) in backend.checkpoints, what="a checkpoint at 11")
 
 
+@pytest.mark.slow
 def test_a_run_whose_producer_vanished_is_aborted_after_everything_is_applied(tmp_path: Path) -> None:
     data = tmp_path / "data"
     backend = Checkpointed(data / "records")
@@ -155,6 +158,7 @@ class Rewinding(Checkpointed):
         self.durable_size[run] = state.size
 
 
+@pytest.mark.slow
 def test_a_rewind_applies_everything_since_the_durable_position_again(tmp_path: Path) -> None:
     data = tmp_path / "data"
     backend = Rewinding(data / "records")
@@ -191,6 +195,7 @@ class Unsure(JsonlBackend):
         return super().applied(run)
 
 
+@pytest.mark.slow
 def test_a_run_whose_position_the_backend_cannot_tell_does_not_stop_the_others(tmp_path: Path) -> None:
     data = tmp_path / "data"
     backend = Unsure(data / "records", {"bad"})

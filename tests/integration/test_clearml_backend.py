@@ -102,6 +102,7 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "clearml"
 
 
+@pytest.mark.slow
 def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: FileStore) -> None:
     backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
     run = "r1"
@@ -359,6 +360,7 @@ def test_offline_model_work_around_is_still_needed(state_dir: Path, files: FileS
     backend.close()
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_runs_each_get_their_own_complete_session(state_dir: Path, files: FileStore) -> None:
     backend = ClearMLBackend(state_dir, offline=True, call_timeout=30)
     runs = [f"run{i:02d}" for i in range(50)]
@@ -426,6 +428,7 @@ print(len(list((root / "state").glob("*.json"))))
 """
 
 
+@pytest.mark.slow
 def test_tasks_made_at_the_same_instant_do_not_crash_the_process(tmp_path: Path) -> None:
     """A regression test: bursts of runs opening at once used to crash the collector.
 
@@ -475,6 +478,7 @@ def test_the_sdk_pools_exist_before_any_task_and_stay(state_dir: Path, files: Fi
     backend.close()
 
 
+@pytest.mark.slow
 def test_a_hung_clearml_call_times_out_and_does_not_delay_other_runs(
     state_dir: Path, files: FileStore
 ) -> None:
@@ -723,7 +727,7 @@ def test_an_event_the_sdk_drops_rewinds_the_run_to_its_last_checkpoint(
     state_dir: Path, files: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Offline, a failed file upload is the loss to provoke (online: a refused batch, see
-    tests/test_clearml_online.py); either way ClearML leaves the event out and raises nothing."""
+    tests/integration/test_clearml_online.py); either way ClearML leaves the event out and raises nothing."""
     from clearml.storage.helper import StorageHelper
 
     from collector.backends.base import Rewind
@@ -769,6 +773,7 @@ def test_the_installed_clearml_is_a_supported_one() -> None:
 
 
 @pytest.mark.parametrize("version", ["2.2.0", "2.0.9", "1.16.4", "3.0.0rc1"])
+@pytest.mark.slow
 def test_an_unknown_clearml_version_is_refused_with_what_to_do(
     version: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

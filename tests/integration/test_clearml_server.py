@@ -1,4 +1,4 @@
-"""The ClearML server double (tests/clearml_server.py), driven by the real ClearML SDK online.
+"""The ClearML server double (tests/support/clearml_server.py), driven by the real ClearML SDK online.
 
 ClearML's offline mode is process-global and the suite turns it on for the test process, so the
 SDK runs in child processes whose environment is ``os.environ`` minus ``CLEARML_OFFLINE_MODE``
@@ -257,6 +257,7 @@ def _login(server: ClearMLServerDouble) -> str:
 # ------------------------------------------------------------------------------ the SDK online
 
 
+@pytest.mark.slow
 def test_task_create_online_arrives_complete(server: ClearMLServerDouble, spawn: Any, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -310,6 +311,7 @@ def test_task_create_online_arrives_complete(server: ClearMLServerDouble, spawn:
     assert server.escapes == []
 
 
+@pytest.mark.slow
 def test_task_init_online_arrives_complete(server: ClearMLServerDouble, spawn: Any, tmp_path: Path) -> None:
     weights = tmp_path / "best.pt"
     weights.write_bytes(os.urandom(2048))
@@ -337,6 +339,7 @@ def test_task_init_online_arrives_complete(server: ClearMLServerDouble, spawn: A
     assert {c.path for c in server.escapes} <= {"updates.clear.ml:443"}
 
 
+@pytest.mark.slow
 def test_reattach_script_comment_and_status_changes(
     server: ClearMLServerDouble, spawn: Any, tmp_path: Path
 ) -> None:
@@ -360,6 +363,7 @@ def test_reattach_script_comment_and_status_changes(
 
 
 @pytest.mark.parametrize(("status", "delivered"), [(502, True), (500, False)])
+@pytest.mark.slow
 def test_failed_event_batch(server: ClearMLServerDouble, spawn: Any, status: int, delivered: bool) -> None:
     """502 is retried by the SDK's HTTP layer; a 500 on events.add_batch is logged and the events dropped."""
     server.fail("events.add_batch", status=status, times=2)
@@ -376,6 +380,7 @@ def test_failed_event_batch(server: ClearMLServerDouble, spawn: Any, status: int
         assert values == []
 
 
+@pytest.mark.slow
 def test_down_fails_a_fresh_process_fast_and_up_serves_again(server: ClearMLServerDouble, spawn: Any) -> None:
     api_url = server.api_url
     server.down()
@@ -396,6 +401,7 @@ def test_down_fails_a_fresh_process_fast_and_up_serves_again(server: ClearMLServ
     assert server.tasks[task_id]["name"] == "first"
 
 
+@pytest.mark.slow
 def test_down_mid_run_blocks_the_call_until_up(server: ClearMLServerDouble, spawn: Any) -> None:
     """Once logged in, the SDK retries a call on connection errors forever (capped retries or not)."""
     child = spawn(STEPS_SCRIPT)
@@ -409,6 +415,7 @@ def test_down_mid_run_blocks_the_call_until_up(server: ClearMLServerDouble, spaw
     assert server.task("second") is not None
 
 
+@pytest.mark.slow
 def test_bad_gateway_blocks_the_call_until_healed(server: ClearMLServerDouble, spawn: Any) -> None:
     """502 past the capped HTTP retries: InterfaceBase._send keeps retrying, the call never fails."""
     child = spawn(STEPS_SCRIPT)
@@ -422,6 +429,7 @@ def test_bad_gateway_blocks_the_call_until_healed(server: ClearMLServerDouble, s
     assert server.tasks[task_id]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_stall_holds_a_call_until_unstall(server: ClearMLServerDouble, spawn: Any) -> None:
     child = spawn(STEPS_SCRIPT)
     task_id = child.expect("READY", timeout=20)
@@ -468,6 +476,7 @@ def test_fail_counts_down_and_heal_clears(server: ClearMLServerDouble) -> None:
     assert _raw_call(server.web_url, "/", method="GET")[0] == 200
 
 
+@pytest.mark.slow
 def test_slow_delays_answers(server: ClearMLServerDouble) -> None:
     server.slow(0.5, "auth.*")
     start = time.monotonic()

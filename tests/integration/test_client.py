@@ -77,6 +77,7 @@ def test_leftover_outbox_is_adopted_and_a_locked_one_is_not(spool: Path) -> None
     live.close()
 
 
+@pytest.mark.slow
 def test_killed_producer_is_delivered_by_the_next_one(spool: Path) -> None:
     down = free_endpoint()
     done = _python(f"""
@@ -113,6 +114,7 @@ def test_nack_rewinds_once_per_expect() -> None:
         assert stats.get("resends", 0) == 0
 
 
+@pytest.mark.slow
 def test_silence_resends_from_acked_position() -> None:
     with FakeCollector() as fake:
         fake.drop_submits = 1  # the first Submit vanishes: no ack, no nack
@@ -127,6 +129,7 @@ def test_silence_resends_from_acked_position() -> None:
         run.close()
 
 
+@pytest.mark.slow
 def test_in_flight_window_is_bounded_without_acks() -> None:
     with FakeCollector(ack=False) as fake:
         run = Run("p", "window", endpoint=fake.endpoint, run_id="window-run")
@@ -174,6 +177,7 @@ def test_file_rejected_by_checksum_is_sent_again_from_have(tmp_path: Path) -> No
         assert run.client.stats()["file_errors"] == 1
 
 
+@pytest.mark.slow
 def test_credit_window_bounds_chunks_in_flight_and_other_runs_flow(tmp_path: Path) -> None:
     path, _ = _model(tmp_path, 20 * protocol.CHUNK_BYTES)
     with FakeCollector() as fake:
@@ -265,6 +269,7 @@ def test_overflow_drops_and_warns_once(tmp_path: Path, caplog: pytest.LogCapture
 
 
 @pytest.mark.parametrize("close", [True, False])
+@pytest.mark.slow
 def test_exit_with_collector_down_is_bounded(spool: Path, close: bool) -> None:
     # close() waits the flush timeout once; the exit handler must not wait a second time.
     done = _python(f"""

@@ -127,6 +127,7 @@ def test_config_precedence_explicit_then_env_then_default(tmp_path: Path) -> Non
         ({"CLEARML_RELAY_BACKEND": "s3"}, "CLEARML_RELAY_BACKEND"),
     ],
 )
+@pytest.mark.slow
 def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError, match=var):
         CollectorConfig.from_env(env)

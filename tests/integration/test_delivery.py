@@ -72,6 +72,7 @@ def test_kill_9_of_the_collector_at_random_moments_loses_and_doubles_nothing(tmp
     assert not any(spool.iterdir()), "delivered outboxes must be removed from the spool"
 
 
+@pytest.mark.slow
 def test_a_producer_exits_within_flush_timeout_when_the_collector_is_down(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens here
     proc = produce(
@@ -95,6 +96,7 @@ def test_a_producer_exits_within_flush_timeout_when_the_collector_is_down(tmp_pa
 
 
 @pytest.mark.parametrize("deliver_by", ["sync", "next producer"])
+@pytest.mark.slow
 def test_a_run_made_while_the_collector_was_absent_is_delivered_later(
     tmp_path: Path, deliver_by: str
 ) -> None:

@@ -105,6 +105,7 @@ def test_chunk_without_offer_tells_the_producer_to_offer(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("run", "sha"), [("..", SHA), (".", SHA), ("r", "../" + SHA[3:]), ("a/b", SHA)])
+@pytest.mark.slow
 def test_paths_come_only_from_safe_names(tmp_path: Path, run: str, sha: str) -> None:
     with pytest.raises(UnsafeNameError):
         FileStore(tmp_path).path(run, sha)

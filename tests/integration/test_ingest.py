@@ -147,6 +147,7 @@ GARBAGE: dict[str, tuple[list[bytes], str]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
+@pytest.mark.slow
 def test_garbage_is_refused_counted_and_serving_goes_on(tmp_path: Path, kind: str) -> None:
     frames, code = GARBAGE[kind]
     data = tmp_path / "data"
@@ -182,6 +183,7 @@ BAD_EVENTS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_EVENTS))
+@pytest.mark.slow
 def test_invalid_event_becomes_a_journaled_gap(tmp_path: Path, kind: str) -> None:
     fields, code = BAD_EVENTS[kind]
     data = tmp_path / "data"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from collector_helpers import (
     DEADLINE,
     Producer,
@@ -95,6 +96,7 @@ def test_journal_damage_is_applied_as_a_gap_and_counted(tmp_path: Path) -> None:
     assert (lines[2]["event"]["seq"], lines[2]["event"]["last"]) == (3, 3)
 
 
+@pytest.mark.slow
 def test_applied_segments_are_reclaimed(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with (

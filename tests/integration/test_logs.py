@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from collector_helpers import Producer, run_events
 from e2e import env, produce, stop, wait_for
 from service_helpers import running_service, stuck_backend
@@ -39,6 +40,7 @@ def _json_lines(log: Path) -> list[dict[str, Any]]:
     return parsed
 
 
+@pytest.mark.slow
 def test_json_logs_carry_run_and_kind_and_every_line_parses(tmp_path: Path) -> None:
     stuck_backend(tmp_path / "data", "stuck")
     with running_service(tmp_path, environ=env(**{ENV_LOG_FORMAT: "json"})) as service:
@@ -63,6 +65,7 @@ def test_json_logs_carry_run_and_kind_and_every_line_parses(tmp_path: Path) -> N
     assert {r["level"] for r in records} <= {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
+@pytest.mark.slow
 def test_json_logs_hold_what_clearml_prints_too(tmp_path: Path) -> None:
     spool, work = tmp_path / "spool", tmp_path / "work"
     args = ("--backend", "clearml", "--offline", "--log-format", "json")

@@ -31,6 +31,7 @@ def _segments(data: Path) -> int:
     return sum(p.stat().st_size for p in (data / "journal").rglob("*.seg"))
 
 
+@pytest.mark.slow
 def test_metrics_report_what_was_sent_applied_refused_and_stuck(tmp_path: Path) -> None:
     stuck_backend(tmp_path / "data", "stuck")
     with running_service(tmp_path) as service, Producer(service.endpoint) as producer:
@@ -93,6 +94,7 @@ def _healthcheck(http_port: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_healthz_fails_while_the_journal_directory_is_not_writable(tmp_path: Path) -> None:
     with running_service(tmp_path) as service:
         assert service.healthz() == (200, "ok\n")
@@ -115,6 +117,7 @@ def test_healthz_fails_while_the_journal_directory_is_not_writable(tmp_path: Pat
         assert stop(service.proc) == 0
 
 
+@pytest.mark.slow
 def test_healthz_fails_while_the_ingest_loop_is_stuck_then_while_its_write_failed(tmp_path: Path) -> None:
     # A run's metadata is written through meta.json.tmp: a FIFO there blocks the ingest thread in
     # open() until someone reads it, as a hung network filesystem would; then fsync fails on it.

@@ -53,6 +53,7 @@ def test_adopting_a_missing_outbox_returns_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("run_id", ["..", ".", ".hidden", "a/b", "", "x" * 65])
+@pytest.mark.slow
 def test_run_ids_that_cannot_name_a_directory_are_rejected(tmp_path: Path, run_id: str) -> None:
     with pytest.raises(ValueError, match="cannot name an outbox directory"):
         Outbox.open(tmp_path, run_id)
@@ -172,6 +173,7 @@ while time.monotonic() < deadline and not (spool / "done").exists():
 """
 
 
+@pytest.mark.slow
 def test_a_new_outbox_is_never_adopted_before_its_owner_holds_its_lock(tmp_path: Path) -> None:
     # Another process scans the spool for leftover outboxes without pause, as every producer's
     # sender does when it starts: an outbox must appear with its lock already held.

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from collector_helpers import Producer, close_event, records, run_events, scalar
 from e2e import produce, runs_table, status, wait_for
 from service_helpers import running_service
@@ -34,6 +35,7 @@ def _retired(journal: Path, run: str, position: int) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_a_finished_runs_journal_is_retired_and_resends_stay_duplicates(tmp_path: Path) -> None:
     data = tmp_path / "data"
     journal = data / "journal"
@@ -128,6 +130,7 @@ def test_the_session_policy_keeps_the_newest_and_young_finished_sessions_only(tm
     assert retention.sweep(clearml_dir, retention.Policy(max_age_days=2.5, max_count=3), now) == []
 
 
+@pytest.mark.slow
 def test_the_collector_deletes_finished_offline_sessions_beyond_its_policy(tmp_path: Path) -> None:
     data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"
     with running_service(tmp_path, "--backend", "clearml", "--offline", "--keep-sessions", "1") as service:
@@ -159,6 +162,7 @@ def test_the_collector_deletes_finished_offline_sessions_beyond_its_policy(tmp_p
     assert {table[run]["state"] for run in runs} == {"completed"}
 
 
+@pytest.mark.slow
 def test_a_retired_runs_stored_files_are_released_once_clearml_holds_its_copies(tmp_path: Path) -> None:
     """The ClearML backend copies images and models into the session: the store's copies go."""
     data, spool, work = tmp_path / "data", tmp_path / "spool", tmp_path / "work"

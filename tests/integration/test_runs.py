@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from collector_helpers import DEADLINE, Producer, close_event, run_events, running
 from e2e import env
 
 from collector.service.runs import list_runs
 
 
+@pytest.mark.slow
 def test_runs_lists_every_run_with_positions_and_state_read_only(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with running(data) as collector, Producer(collector.bound_endpoint) as producer:

@@ -72,6 +72,7 @@ def _curve_collector(
 # ----------------------------------------------------------------------------------- keys
 
 
+@pytest.mark.slow
 def test_keygen_writes_a_private_secret_and_never_overwrites(tmp_path: Path) -> None:
     def keygen_cli() -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "collector", "keygen", "team-a", "--dir", str(tmp_path)]
@@ -119,6 +120,7 @@ def test_collector_curve_settings_go_together(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ traffic
 
 
+@pytest.mark.slow
 def test_listed_keys_deliver_and_an_unlisted_key_never_reaches_the_backend(
     tmp_path: Path, pki: dict[str, tuple[Path, Path]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -191,6 +193,7 @@ def test_open_runs_per_key_are_limited_and_a_close_frees_one(
         assert collector.counters.get("refused_limit") == 1
 
 
+@pytest.mark.slow
 def test_an_aborted_run_frees_its_keys_slot_and_holds_one_again_if_it_goes_on(
     tmp_path: Path, pki: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -217,6 +220,7 @@ def test_an_aborted_run_frees_its_keys_slot_and_holds_one_again_if_it_goes_on(
         assert collector.counters.get("refused_limit") == 0
 
 
+@pytest.mark.slow
 def test_a_real_producer_with_keys_from_the_environment_delivers_and_a_refused_run_is_logged_once(
     tmp_path: Path,
     pki: dict[str, tuple[Path, Path]],
@@ -281,6 +285,7 @@ def test_a_plain_collector_warns_loudly_beyond_loopback(
 # ------------------------------------------------------------------------ hostile peers
 
 
+@pytest.mark.slow
 def test_a_client_spraying_garbage_cannot_stop_a_good_producer(tmp_path: Path) -> None:
     """Random frames, truncated and oversized messages, hostile events, at full speed from
     another socket: every event of a well-behaved run lands, and the collector counts refusals."""
@@ -343,6 +348,7 @@ def test_non_finite_values_are_carried_unchanged() -> None:
         assert repr(event.value) == repr(value)
 
 
+@pytest.mark.slow
 def test_an_outbox_at_its_byte_limit_drops_new_events_and_the_run_still_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

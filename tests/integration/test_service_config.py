@@ -72,6 +72,7 @@ def test_service_settings_come_from_the_environment_and_flags_beat_it() -> None:
         (ENV_NONFINITE, "zero"),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_service_setting_names_the_variable_and_the_value(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"{var}='{value}'"):
         CollectorConfig.from_env({var: value})

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from collector_helpers import Producer, run_events
 from e2e import env, free_port, produce, status, wait_for
 from service_helpers import running_service, stuck_backend
@@ -34,6 +35,7 @@ def _status(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow
 def test_status_shows_runs_backlog_and_rates_of_a_live_collector(tmp_path: Path) -> None:
     stuck_backend(tmp_path / "data", "stuck")
     with running_service(tmp_path) as service, Producer(service.endpoint) as producer:
@@ -93,6 +95,7 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_status_watch_prints_json_lines_survives_a_stopped_collector_and_ends_on_ctrl_c(
     tmp_path: Path,
 ) -> None:
@@ -129,6 +132,7 @@ def test_status_watch_prints_json_lines_survives_a_stopped_collector_and_ends_on
             watch.communicate()
 
 
+@pytest.mark.slow
 def test_status_without_a_collector_fails_clearly_within_its_timeout() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -140,6 +144,7 @@ def test_status_without_a_collector_fails_clearly_within_its_timeout() -> None:
     assert elapsed < 1 + 15, f"took {elapsed:.1f} s"  # the timeout plus an interpreter start
 
 
+@pytest.mark.slow
 def test_status_with_a_malformed_endpoint_is_a_configuration_error() -> None:
     for endpoint in ("localhost:5555", "tcp://no port here"):
         result = _status("--endpoint", endpoint, "--timeout", "1")

@@ -125,6 +125,7 @@ ODD_PORT = [
 
 
 @pytest.mark.parametrize("server", ODD_PORT, ids=["no-keys", "keys"])
+@pytest.mark.slow
 def test_upload_checks_its_arguments_first(tmp_path: Path, server: dict[str, str]) -> None:
     missing = tmp_path / "missing.zip"
     result = _upload(tmp_path, missing, **_no_offline_mode(tmp_path, **server))
@@ -133,6 +134,7 @@ def test_upload_checks_its_arguments_first(tmp_path: Path, server: dict[str, str
 
 
 @pytest.mark.parametrize("server", ODD_PORT, ids=["no-keys", "keys"])
+@pytest.mark.slow
 def test_upload_with_no_files_host_clearml_can_derive_says_so(tmp_path: Path, server: dict[str, str]) -> None:
     result = _upload(tmp_path, **_no_offline_mode(tmp_path, **server))
     assert (result.returncode, result.stderr) == (
@@ -143,6 +145,7 @@ def test_upload_with_no_files_host_clearml_can_derive_says_so(tmp_path: Path, se
     )
 
 
+@pytest.mark.slow
 def test_upload_imports_a_session_with_its_model_into_the_server(tmp_path: Path) -> None:
     from clearml_server import ClearMLServerDouble
 

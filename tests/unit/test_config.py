@@ -86,6 +86,7 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
         (ENV_ENDPOINT, "udp://host:1", "got 'udp://host:1'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_environment_value_names_variable_and_value(var: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         ProducerConfig.from_env(environ={var: value})
@@ -106,6 +107,7 @@ def test_bad_environment_value_is_not_used_when_argument_given() -> None:
 
 
 @pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://my-host.lan:1"])
+@pytest.mark.slow
 def test_accepted_tcp_endpoints(endpoint: str) -> None:
     assert ProducerConfig.from_env(endpoint=endpoint, environ={}).endpoint == endpoint
 

@@ -13,6 +13,7 @@ import pytest
 from producer.context import git_info, installed_packages
 
 
+@pytest.mark.slow
 def test_all_git_calls_share_one_time_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A git that answers every call, slowly (a repository on a hung network filesystem): each
     # call alone is under any per-call timeout, but four of them would stall the writer thread.

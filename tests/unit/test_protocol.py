@@ -59,6 +59,7 @@ def test_wire_encoding_is_pinned() -> None:
 
 
 @pytest.mark.parametrize("event", ONE_OF_EACH, ids=lambda e: type(e).__name__)
+@pytest.mark.slow
 def test_every_event_round_trips(event: p.Event) -> None:
     assert p.decode_event(p.encode(event)) == event
 
@@ -97,6 +98,7 @@ def test_chunk_needs_its_payload_frame_and_nothing_else_has_one() -> None:
         ([p.HEADER, b"\x90" * (p.MAX_BODY_BYTES + 1)], "too_large", "limit"),
     ],
 )
+@pytest.mark.slow
 def test_bad_requests_raise_one_error_with_a_reason(frames: list[bytes], code: str, words: str) -> None:
     with pytest.raises(p.ProtocolError) as info:
         p.decode_request(frames)
@@ -123,6 +125,7 @@ def test_wrong_version_names_both_versions() -> None:
         ({"value": "1.0"}, "$.value"),
     ],
 )
+@pytest.mark.slow
 def test_event_fields_are_validated(fields: dict[str, object], where: str) -> None:
     base = {"t": "scalar", "run": "r", "seq": 1, "title": "t", "series": "s", "value": 1.0, "iteration": 0}
     body = msgspec.msgpack.encode({**base, **fields})
@@ -199,6 +202,7 @@ _msgpack_values = st.recursive(
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["t", "run", "seq", "title", "file", "events", "x"]), _msgpack_values))
+@pytest.mark.slow
 def test_structured_garbage_only_raises_protocol_error(obj: dict[str, object]) -> None:
     body = msgspec.msgpack.encode(obj)
     for decode in (lambda: p.decode_request([p.HEADER, body]), lambda: p.decode_event(body)):

@@ -82,7 +82,7 @@ def test_the_docs_table_is_the_one_the_settings_table_generates(name: str) -> No
     shown = generated(DOCS.read_text(), name)
     assert shown == TABLES[name](), (
         f"docs/configuration.md's {name} table is not what the code declares: "
-        f"rewrite it with `.venv/bin/python tests/test_settings_table.py`"
+        f"rewrite it with `.venv/bin/python tests/unit/test_settings_table.py`"
     )
 
 
@@ -107,6 +107,7 @@ def test_every_collector_setting_is_a_config_field_with_a_flag_and_a_variable() 
 
 
 @pytest.mark.parametrize("name", [s.name for s in config.SETTINGS])
+@pytest.mark.slow
 def test_the_flag_and_the_variable_reach_the_same_config_field(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -263,6 +263,7 @@ _OPS = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(ops=_OPS, sizes=st.integers(5, 400))
+@pytest.mark.slow
 def test_any_sequence_of_inputs_keeps_the_window_bounded_and_in_order(
     ops: list[tuple[str, int]], sizes: int
 ) -> None:
@@ -444,6 +445,7 @@ def test_silence_without_answers_due_is_no_reason_to_offer_again() -> None:
     losses=st.lists(st.booleans(), max_size=80),
     errors=st.lists(st.booleans(), max_size=20),
 )
+@pytest.mark.slow
 def test_a_file_reaches_a_collector_over_a_lossy_network_and_the_credit_always_holds(
     size: int, had: int, credit: int, losses: list[bool], errors: list[bool]
 ) -> None:

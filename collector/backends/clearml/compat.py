@@ -10,7 +10,7 @@ clearml release is checked in one place (see docs/clearml-compat.md).
 is constructed; importing this module changes nothing): it refuses a clearml outside
 :data:`SUPPORTED_RANGE` with :class:`UnsupportedClearMLError`, configures the SDK for a
 long-lived service holding many tasks, and replaces ``OutputModel.published`` (see
-:func:`_published`). tests/test_clearml_backend.py pins the internals this module relies on.
+:func:`_published`). tests/integration/test_clearml_backend.py pins the internals this module relies on.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def install() -> None:
 # ``published`` property raises AttributeError, so every ``update_weights`` offline crashes
 # (clearml issue 1243, since 1.14): ClearML offline mode cannot register a model at all. An
 # offline model has no registry and is never published, which is what the replacement says.
-# tests/test_clearml_backend.py pins the crash: when clearml fixes it, that test fails.
+# tests/integration/test_clearml_backend.py pins the crash: when clearml fixes it, that test fails.
 def _published(model: Any) -> bool:
     task = getattr(model, "_task", None)
     if task is not None and task.is_offline():
@@ -138,7 +138,7 @@ def _published(model: Any) -> bool:
 #: threads each make one and all but the last are dropped with their threads running. That
 #: crashes the interpreter: with 10 tasks made at once, the collector died with a segmentation
 #: fault (or ``AttributeError: mro``, or an abort) in about one burst in four, anywhere in the
-#: SDK (found by the collector benchmark; tests/test_clearml_backend.py reproduces it). Made
+#: SDK (found by the collector benchmark; tests/integration/test_clearml_backend.py reproduces it). Made
 #: once, before any applier thread runs, the pools are never made again (only closing the
 #: process's main task drops them, and the collector has none).
 def start_shared_pools() -> None:
@@ -154,7 +154,7 @@ def start_shared_pools() -> None:
 # that is not ``ok()``, which ``BackgroundReportService._write`` (reporter.py) ignores. The
 # console's ``BackgroundLogService._send_events`` (backend_interface/task/log.py) sends through
 # its ``session`` attribute and only logs a refused batch. Both are watched per task instance
-# (the SDK's classes stay as they are); tests/test_clearml_backend.py pins what this relies on.
+# (the SDK's classes stay as they are); tests/integration/test_clearml_backend.py pins what this relies on.
 
 
 def _watch_metrics(metrics: Any, lost: list[str]) -> None:
