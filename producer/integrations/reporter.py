@@ -1,15 +1,19 @@
-"""A training's run as an integration reports it: handed over on the training thread, reported off it.
+"""A training's run as an integration reports it: recorded on the training thread, reported off it.
 
-The training thread only appends requests to ``inbox`` (a deque: appends are atomic) and calls
-:meth:`Reporter.end`, which wakes the worker (:mod:`producer.integrations.worker`). The worker
-opens the run, calls :meth:`Reporter.step` every tick (the requests, files that became ready,
-console lines, machine statistics) and, once the training has ended, :meth:`Reporter.finish`
-(late files for at most ``late_files_timeout`` seconds, then the run's close).
+:class:`Training` is what the training thread keeps: made at the training's start within the
+hook's budget (attribute stores, a console registration), it takes requests into ``inbox`` (a
+deque: appends are atomic) and its end, which wakes the worker
+(:mod:`producer.integrations.worker`). The worker makes the training's :class:`Reporter`, which
+opens the run, carries out the requests every tick (with files that became ready, console lines,
+machine statistics) and, once the training has ended, finishes (late files for at most
+``late_files_timeout`` seconds, then the run's close).
 """
 
 from __future__ import annotations
 
+import _thread
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from producer.integrations.console import ConsoleCapture
+from producer.integrations.console import Console
 from producer.integrations.filewatch import FileWatcher, Ready, Version
 from producer.integrations.machine import MachineSampler
 from producer.once import Once
@@ -34,53 +38,53 @@ log = logging.getLogger(__name__)
 STATE_FILE: Final = "clearml-relay.json"
 
 
-class Reporter:
-    """One training's run. Subclasses add the framework's hooks and :meth:`open_run`.
+class Training:
+    """One training as its thread records it, until the worker's :class:`Reporter` takes over.
+
+    Made ahead, off the training thread (at ``attach()``, and by the worker for the next training
+    as it takes one over): at a training's cold start each Python function the training thread
+    runs costs microseconds, and :meth:`start` is only attribute stores.
 
     Args:
-        trainer: the framework's trainer; the run ends as failed once it is garbage-collected
-            (or its thread ends) without :meth:`end`.
-        options: ``stats_interval`` and ``late_files_timeout`` (seconds), and the subclass's own.
-        wake: wakes the worker that serves this reporter.
-        save_dir: the training's directory (for the resume state).
-        logger: the logger whose lines (of the training's thread) become the run's console.
+        options: ``stats_interval`` and ``late_files_timeout`` (seconds), and the integration's own.
+        console: the training's console, started with the training.
+        refill: called by the worker once it has taken this training over (to make the next one).
 
     """
 
-    #: Threads whose names end with this are joined (bounded) before the late files are looked for.
-    late_threads: str | None = None
+    __slots__ = (
+        "_closed", "_wake", "console", "ending", "error", "inbox", "options", "outer_exc", "refill", "run",
+        "status", "thread", "trainer",
+    )  # fmt: skip
 
-    def __init__(
-        self,
-        trainer: object,
-        options: Mapping[str, Any],
-        wake: Callable[[], None],
-        save_dir: Any,
-        logger: str,
-    ) -> None:
+    def __init__(self, options: Mapping[str, Any], console: Console, refill: Callable[[], None]) -> None:
+        self.options, self.console, self.refill = options, console, refill
+        self.trainer: object = None
+        self.thread = threading.main_thread()  # the training's, from start()
+        self.outer_exc: BaseException | None = None
+        self.inbox: collections.deque[Request] = collections.deque()
         self.ending = False
-        self.closed = threading.Event()
-        self.run: Run | None = None  # set by the worker once the run is open
         self.status, self.error = "completed", ""
-        self.inbox: collections.deque[Callable[[], None]] = collections.deque()
-        self.options, self.save_dir = options, save_dir
+        self.run: Run | None = None  # set by the worker once the run is open
+        self._wake: Callable[[], None] = _nothing
+        # Released once the run is closed: a latch.
+        self._closed = _thread.allocate_lock()
+        self._closed.acquire()
+
+    def start(self, trainer: object, wake: Callable[[], None]) -> None:
+        """(Training thread.) The training begins; its thread's lines are its console's from now on.
+
+        ``trainer``: the run ends as failed once it is garbage-collected (or the thread ends)
+        without :meth:`end`; ``wake``: wakes the worker that serves this training.
+        """
+        self.trainer, self._wake, self.thread = trainer, wake, threading.current_thread()
         # An exception being handled around the training call is not this training's failure.
         self.outer_exc = sys.exc_info()[1]
-        self._thread = threading.current_thread()
-        try:
-            self._trainer: Callable[[], object] = weakref.ref(trainer)
-        except TypeError:  # not weak-referenceable: only the training thread's end counts
-            self._trainer = lambda: trainer
-        self._wake = wake
-        self._once = Once()
-        self.watcher = FileWatcher()
-        self._sampler: MachineSampler | None = None
-        self._next_stats = 0.0
-        self._state_written: dict[str, Any] | None = None
-        self._logger = logger
-        # Last: its lines are the run's from here on (addHandler takes the logging lock, ~10 us).
-        self.console = ConsoleCapture(thread=self._thread)
-        logging.getLogger(logger).addHandler(self.console)
+        self.console.start(self.thread)
+
+    def reporter(self) -> Reporter:
+        """(Worker.) The integration's reporter of this training."""
+        raise NotImplementedError
 
     def end(self, status: str, error: str) -> None:
         """(Any thread.) Stop capturing; the worker sends what is left and closes the run now."""
@@ -89,6 +93,51 @@ class Reporter:
         self.status, self.error, self.ending = status, error, True
         self.console.stop()  # later lines are not the run's
         self._wake()  # files handed over are copied at once, before a script could move them
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the run is closed, waiting at most ``timeout`` seconds (None: until it is)."""
+        if not self._closed.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self._closed.release()
+        return True
+
+    def closed(self) -> None:
+        """(Worker.) The run is closed (or was never opened)."""
+        self._closed.release()
+
+
+def _nothing() -> None:
+    """A training not started yet has no worker to wake."""
+
+
+#: A request of the training thread: a reporter method and its arguments, called on the worker.
+Request = tuple[Callable[..., None], tuple[Any, ...]]
+
+
+class Reporter:
+    """A training's run as the worker reports it. Integrations add :meth:`open_run` and their requests."""
+
+    #: Threads whose names end with this are joined (bounded) before the late files are looked for.
+    late_threads: str | None = None
+
+    def __init__(self, training: Training, save_dir: Any) -> None:
+        self.training, self.options, self.save_dir = training, training.options, save_dir
+        self.console = training.console
+        self.run: Run | None = None
+        trainer = training.trainer
+        self._trainer: Callable[[], object] = lambda: trainer
+        with contextlib.suppress(TypeError):  # not weak-referenceable: only its thread's end counts
+            self._trainer = weakref.ref(trainer)
+        training.trainer = None  # the worker holds it weakly from here on
+        self._once = Once()
+        self.watcher = FileWatcher()
+        self._sampler: MachineSampler | None = None
+        self._next_stats = 0.0
+        self._state_written: dict[str, Any] | None = None
+
+    @property
+    def ending(self) -> bool:
+        return self.training.ending
 
     # -------------------------------------------------------------------------- worker
 
@@ -103,16 +152,15 @@ class Reporter:
     def open(self) -> bool:
         """Open the run; False, logged, if it cannot be (the training goes on unreported)."""
         try:
-            self.console.register()
             resume_run: str | None = None
             if self.resuming():
                 resume_run, sent = load_state(Path(self.save_dir) / STATE_FILE)
                 self.watcher = FileWatcher(sent)
-            self.run = self.open_run(resume_run)
+            self.run = self.training.run = self.open_run(resume_run)
         except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
             log.warning("clearml-relay: the run could not be opened, nothing is reported: %r", exc)
-            self._remove_capture()
-            self.closed.set()
+            self.console.stop()
+            self.training.closed()
             return False
         interval = float(self.options["stats_interval"])
         if interval > 0:
@@ -121,10 +169,10 @@ class Reporter:
 
     def gone(self) -> bool:
         """Whether the training ended without :meth:`end` (its thread or trainer is gone)."""
-        if self._thread.is_alive() and self._trainer() is not None:
+        if self.training.thread.is_alive() and self._trainer() is not None:
             return False
-        self.status = "failed"
-        self.error = "the training ended without its teardown (process exit or trainer lost)"
+        self.training.status = "failed"
+        self.training.error = "the training ended without its teardown (process exit or trainer lost)"
         return True
 
     def step(self) -> int:
@@ -134,10 +182,11 @@ class Reporter:
             How many files are still being written.
 
         """
-        while self.inbox:
-            request = self.inbox.popleft()
+        inbox = self.training.inbox
+        while inbox:
+            method, args = inbox.popleft()
             try:
-                request()
+                method(self, *args)
             except Exception as exc:  # noqa: BLE001 - one bad request must not end the run's reporting
                 message = "clearml-relay: run %s: a hook's deferred work failed, its data is missing: %r"
                 self._once.log(log, logging.WARNING, type(exc).__name__, message, self.opened.id, exc)
@@ -171,10 +220,10 @@ class Reporter:
         except Exception as exc:  # noqa: BLE001 - the run must still be closed
             log.warning("clearml-relay: background work of run %s failed: %r", self.opened.id, exc)
         finally:
-            self._remove_capture()
+            self.console.stop()  # a run that ended without its teardown no longer captures
             self._send_console()
-            self.opened.close(self.status, self.error)
-            self.closed.set()
+            self.opened.close(self.training.status, self.training.error)
+            self.training.closed()
 
     @property
     def opened(self) -> Run:
@@ -182,10 +231,6 @@ class Reporter:
         if self.run is None:
             raise RuntimeError("the run is not open")
         return self.run
-
-    def _remove_capture(self) -> None:
-        self.console.stop()  # a run that ended without its teardown no longer captures
-        logging.getLogger(self._logger).removeHandler(self.console)
 
     def _send(self, item: Ready) -> None:
         send = self.opened.plot if item.kind == "plot" else self.opened.image

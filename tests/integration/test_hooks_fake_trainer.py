@@ -26,7 +26,7 @@ from hooks_helpers import DEADLINE, HOOKS_LOGGER, closed, fake_trainer, finished
 from waiting import wait_for
 
 import producer
-from producer.integrations.console import ConsoleCapture
+from producer.integrations.console import router
 from producer.integrations.ultralytics import RelayHooks
 
 
@@ -261,7 +261,9 @@ def test_epochs_reach_the_collector_during_the_training_and_its_lines_are_the_ru
             return any(r["event"]["t"] == "scalar" for r in collector.backend.records(run.id))
 
         wait_for(epoch_applied, DEADLINE, "the epoch's scalars to reach the collector before the end")
-        captures = {h for h in ultralytics_logger.handlers if isinstance(h, ConsoleCapture)}
+        capture = router("ultralytics").console_of(threading.current_thread())
+        assert capture is not None
+        assert capture.on
         hooks.callbacks["on_train_end"](trainer)
         hooks.callbacks["teardown"](trainer)
         ultralytics_logger.warning("a line after the training")
@@ -272,8 +274,7 @@ def test_epochs_reach_the_collector_during_the_training_and_its_lines_are_the_ru
     assert "a line after the training" not in console
     assert done.status() == ("completed", "")
     assert [e["name"] for e in done.events("model")] == ["fake"]
-    assert captures
-    assert not captures & set(ultralytics_logger.handlers)
+    assert not capture.on
 
 
 def test_the_hooks_never_wait_for_a_stuck_hooks_thread(
@@ -281,20 +282,20 @@ def test_the_hooks_never_wait_for_a_stuck_hooks_thread(
 ) -> None:
     """While the hooks thread cannot open the run (blocked here), every hook returns and nothing
     handed over is lost: once it goes on, the run gets all of it."""
-    from producer.integrations.ultralytics.session import Session
+    from producer.integrations.ultralytics.session import YoloReporter
 
     trainer = fake_trainer(tmp_path / "run")
     trainer.tloss, trainer.lr = None, {"lr/pg0": 0.01}
     trainer.epoch_time, trainer.metrics = 1.0, {"metrics/mAP50(B)": 0.5}
     release, blocked = threading.Event(), threading.Event()
-    opening = Session.open
+    opening = YoloReporter.open
 
-    def stuck_open(session: Session) -> bool:
+    def stuck_open(reporter: YoloReporter) -> bool:
         blocked.set()
         assert release.wait(DEADLINE)
-        return opening(session)
+        return opening(reporter)
 
-    monkeypatch.setattr(Session, "open", stuck_open)
+    monkeypatch.setattr(YoloReporter, "open", stuck_open)
     with running(tmp_path / "collector") as collector:
         hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, late_files_timeout=0)
         hooks.prepare()
@@ -383,23 +384,18 @@ def test_a_training_whose_run_cannot_be_set_up_leaves_no_capture_behind(
     tmp_path: Path, prepared: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A session that cannot be made (here a trainer without ``save_dir``) leaves no console
-    capture on the logger, and the failure is logged."""
+    capturing the thread's lines, and the failure is logged."""
     trainer = fake_trainer(tmp_path / "run")
     del trainer.save_dir
     hooks = RelayHooks(endpoint="tcp://127.0.0.1:9", stats_interval=0, late_files_timeout=0)
     if prepared:
         hooks.prepare()
-    logger = logging.getLogger("ultralytics")
-
-    def capturing() -> set[logging.Handler]:
-        return {h for h in logger.handlers if isinstance(h, ConsoleCapture) and h.level == logging.NOTSET}
-
-    before = capturing()
     with caplog.at_level(logging.WARNING, HOOKS_LOGGER):
         hooks.callbacks["on_pretrain_routine_start"](trainer)
         hooks.callbacks["teardown"](trainer)
     assert hooks.run is None
-    assert not capturing() - before
+    capture = router("ultralytics").console_of(threading.current_thread())
+    assert capture is None or not capture.on
     assert any("save_dir" in r.getMessage() for r in caplog.records)
 
 

@@ -1,8 +1,7 @@
-"""The hooks' pieces alone: removing the built-in callback, the file watcher, the console, the sampler."""
+"""The hooks' pieces alone: removing the built-in callback, the file watcher, the sampler."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 from hooks_helpers import jpeg
 
-from producer.integrations.console import ConsoleCapture
 from producer.integrations.filewatch import FileWatcher, debug_image_slot
 from producer.integrations.machine import MachineSampler
 from producer.integrations.ultralytics import BUILTIN_MODULE, remove_builtin_callbacks
@@ -122,48 +120,6 @@ def test_debug_image_slots_match_the_builtin() -> None:
     assert debug_image_slot("train_batch2.jpg") == ("train.jpg", 2)
     assert debug_image_slot("val_batch0_labels.jpg") == ("val_labels.jpg", 0)
     assert debug_image_slot("labels.jpg") == ("labels.jpg", 0)
-
-
-def test_console_capture_batches_lines_by_level() -> None:
-    capture = ConsoleCapture(max_lines=4)
-    logger = logging.getLogger("test_hooks.console")
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(capture)
-    try:
-        for message, level in [("a", logging.INFO), ("b", logging.INFO), ("c", logging.WARNING)]:
-            logger.log(level, message)
-        logger.error("d")
-        logger.error("dropped")
-    finally:
-        logger.removeHandler(capture)
-    assert capture.drain() == [
-        ("info", "a\nb"),
-        ("warning", "c"),
-        ("error", "d"),
-        ("warning", "clearml-relay: 1 console lines were dropped"),
-    ]
-    assert capture.drain() == []
-
-
-def test_a_console_capture_is_switched_on_and_off_without_the_logging_lock() -> None:
-    """Installed ahead switched off, a capture keeps the lines logged between start() and stop()
-    only, at every level; switching is its level, which loggers check before calling it."""
-    capture = ConsoleCapture(started=False)
-    logger = logging.getLogger("test_hooks.console-switch")
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(capture)
-    try:
-        logger.critical("before")
-        capture.start()
-        logger.debug("during")
-        logger.critical("also during")
-        capture.stop()
-        logger.critical("after")
-    finally:
-        logger.removeHandler(capture)
-    assert capture.drain() == [("debug", "during"), ("error", "also during")]
 
 
 def test_machine_sampler_reads_cpu_and_memory_without_torch() -> None:

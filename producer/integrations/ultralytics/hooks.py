@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from producer import preemption
+from producer.integrations.console import Console, Router, router
 from producer.integrations.process import main_rank
 from producer.integrations.ultralytics import trainer as ul
-from producer.integrations.ultralytics.session import Session
+from producer.integrations.ultralytics.session import ULTRALYTICS_LOGGER, Session
 from producer.integrations.worker import worker
 from producer.once import Once
 from producer.run import Run, abort_open_runs
@@ -79,6 +80,8 @@ class RelayHooks:
             "late_files_timeout": float(late_files_timeout),
         }
         self._session: Session | None = None
+        self._router: Router | None = None
+        self._spare: Session | None = None  # the next training's record, made ahead
         self._detached = False
         self._main = main_rank()  # read once, as Ultralytics reads RANK once at import
         self._registries: list[dict[str, list[Any]]] = []
@@ -89,6 +92,8 @@ class RelayHooks:
     def prepare(self) -> None:
         """Start the process's worker and the SIGTERM handler now, off the training thread."""
         worker()
+        self._router = router(ULTRALYTICS_LOGGER)  # the console capture's handler (addHandler locks)
+        self._refill()
         preemption.install(abort_open_runs)  # main thread only: its runs end as aborted on SIGTERM
 
     @property
@@ -108,7 +113,7 @@ class RelayHooks:
             True when it is; False on timeout or when no training started.
 
         """
-        return self._session is not None and self._session.closed.wait(timeout)
+        return self._session is not None and self._session.wait(timeout)
 
     def timings(self) -> dict[str, list[float]]:
         """Seconds each hook took on the training thread, per event (the last 10,000 calls)."""
@@ -160,8 +165,24 @@ class RelayHooks:
         if previous is not None:
             previous.end("failed", "the training ended without its teardown (another training started)")
         current = worker()
-        self._session = Session(trainer, self._options, current.wake, removed)
-        current.add(self._session)
+        session, self._spare = self._spare or self._blank(), None
+        try:
+            session.start(trainer, current.wake)
+        except BaseException:
+            session.console.stop()  # the thread's lines are no one's
+            raise
+        session.removed = removed
+        self._session = session
+        current.add(session)
+
+    def _blank(self) -> Session:
+        """A training record made ahead (see :class:`~producer.integrations.reporter.Training`)."""
+        return Session(self._options, Console(self._router or router(ULTRALYTICS_LOGGER)), self._refill)
+
+    def _refill(self) -> None:
+        """(Worker.) The next training's record, made as the worker takes the last one over."""
+        if self._spare is None:
+            self._spare = self._blank()
 
 
 class _Hook:

@@ -1,22 +1,22 @@
-"""One YOLO training's run: what each hook hands over, and what the worker reports of it.
+"""One YOLO training: what each hook records on the training thread, and what the worker reports.
 
-The ``on_*`` methods run on the training thread: they read trainer attributes and append
-requests, nothing else (turning loss tensors into floats, counting FLOPs and reading
-``results_dict`` happen in the requests, on the worker).
+The ``on_*`` methods of :class:`Session` run on the training thread: they read trainer attributes
+and append requests, nothing else. :class:`YoloReporter` carries the requests out on the worker
+(turning loss tensors into floats, counting FLOPs, reading ``results_dict``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from producer.config import ENV_PROJECT, ENV_TASK_NAME, setting
+from producer.integrations.console import Console
 from producer.integrations.process import current_clearml_task
-from producer.integrations.reporter import Reporter
+from producer.integrations.reporter import Reporter, Training
 from producer.integrations.ultralytics.trainer import Trainer, model_info
 from producer.run import Run
 
@@ -27,45 +27,54 @@ ULTRALYTICS_LOGGER: Final = "ultralytics"
 _PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
 
 
-class Session(Reporter):
-    """A YOLO training's run, from its ``on_pretrain_routine_start`` to its closing."""
+class Session(Training):
+    """A YOLO training as its thread records it, from ``on_pretrain_routine_start`` to its end."""
 
-    late_threads = "(plot_images)"  # Ultralytics' @threaded mosaic writer
+    __slots__ = ("_model_info_sent", "_validation_dirs", "hyperparams", "removed", "save_dir", "trained")
 
-    def __init__(self, trainer: Trainer, options: Mapping[str, Any], wake: Any, removed: int) -> None:
+    def __init__(self, options: Mapping[str, Any], console: Console, refill: Callable[[], None]) -> None:
+        super().__init__(options, console, refill)
+        self.save_dir: Any = None
+        self.hyperparams: dict[str, Any] = {}
+        self.removed = 0  # how many of Ultralytics' ClearML callbacks the start removed
         self.trained = False
-        self._hyperparams, self._removed = dict(vars(trainer.args)), removed
-        self._validation_dirs: set[object] = {trainer.save_dir}  # as given (str or Path) and as Path
+        self._validation_dirs: set[object] = set()  # validation dirs other than save_dir, as given
         self._model_info_sent = False
-        super().__init__(trainer, options, wake, trainer.save_dir, ULTRALYTICS_LOGGER)
 
-    # ------------------------------------------------------------------ training thread
+    def start(self, trainer: Trainer, wake: Callable[[], None]) -> None:
+        self.save_dir, self.hyperparams = trainer.save_dir, dict(vars(trainer.args))
+        super().start(trainer, wake)
+
+    def reporter(self) -> YoloReporter:
+        return YoloReporter(self)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         # The trainer rebinds tloss and lr each epoch; the copies guard against one that would not.
         tloss, lr = trainer.tloss, dict(trainer.lr)
         tloss = dict(tloss) if isinstance(tloss, dict) else tloss
-        self.inbox.append(functools.partial(self._train_epoch, trainer, tloss, lr, trainer.epoch))
+        self.inbox.append((YoloReporter.train_epoch, (trainer, tloss, lr, trainer.epoch)))
 
     def on_val_end(self, validator: Trainer) -> None:
         save_dir = getattr(validator, "save_dir", None)
-        if save_dir is not None and save_dir not in self._validation_dirs:  # cheap when seen before
-            self._validation_dirs.add(save_dir)
-            self.inbox.append(functools.partial(self._watch_validation, Path(save_dir)))
+        if save_dir is None or save_dir is self.save_dir or save_dir in self._validation_dirs:
+            return  # cheap when seen before (the training's own validator uses its save_dir)
+        self._validation_dirs.add(save_dir)
+        if Path(save_dir) != Path(self.save_dir):  # the worker watches save_dir already
+            self.inbox.append((YoloReporter.watch_validation, (Path(save_dir),)))
 
     def on_fit_epoch_end(self, trainer: Trainer) -> None:
         epoch, metrics = trainer.epoch, dict(trainer.metrics)
-        self.inbox.append(functools.partial(self._fit_epoch, trainer.epoch_time, metrics, epoch))
+        self.inbox.append((YoloReporter.fit_epoch, (trainer.epoch_time, metrics, epoch)))
         if epoch == 0 and not self._model_info_sent:
             self._model_info_sent = True
             model = getattr(getattr(trainer, "ema", None), "ema", None) or trainer.model
             speed = trainer.validator.speed["inference"]
-            self.inbox.append(functools.partial(self._model_info, trainer, model, speed))
+            self.inbox.append((YoloReporter.model_info, (trainer, model, speed)))
 
     def on_train_end(self, trainer: Trainer) -> None:
         plots = [*trainer.plots, *trainer.validator.plots]
         best, name, metrics = trainer.best, str(trainer.args.name), trainer.validator.metrics
-        self.inbox.append(functools.partial(self._train_end, best, name, plots, metrics))
+        self.inbox.append((YoloReporter.train_end, (best, name, plots, metrics)))
         self.trained = True
 
     def teardown(self, _: Trainer) -> None:
@@ -81,23 +90,31 @@ class Session(Reporter):
         else:
             self.end("failed", "the training stopped before on_train_end")
 
-    # -------------------------------------------------------------------------- worker
+
+class YoloReporter(Reporter):
+    """A YOLO training's run as the worker reports it."""
+
+    late_threads = "(plot_images)"  # Ultralytics' @threaded mosaic writer
+
+    def __init__(self, training: Session) -> None:
+        super().__init__(training, training.save_dir)
+        self.yolo = training
 
     def resuming(self) -> bool:
-        return bool(self._hyperparams.get("resume", False))
+        return bool(self.yolo.hyperparams.get("resume", False))
 
     def open(self) -> bool:
-        if self._removed:
+        if self.yolo.removed:
             log.info("clearml-relay: switched off Ultralytics' ClearML callback for this training")
         if not super().open():
             return False
         save_dir = Path(self.save_dir)
-        self.inbox.appendleft(functools.partial(self.watcher.watch, save_dir, "train_batch*.jpg", "Mosaic"))
-        self.inbox.appendleft(functools.partial(self._watch_validation, save_dir))
+        self.watcher.watch(save_dir, "train_batch*.jpg", "Mosaic")
+        self.watch_validation(save_dir)
         return True
 
     def open_run(self, resume_run: str | None) -> Run:
-        options, hyperparams = self.options, self._hyperparams
+        options, hyperparams = self.options, self.yolo.hyperparams
         project = (
             options["project"]
             or setting(ENV_PROJECT).raw()
@@ -118,16 +135,15 @@ class Session(Reporter):
             resume_run=resume_run,
         )
 
-    def _watch_validation(self, directory: Path) -> None:
-        self._validation_dirs.add(directory)
+    def watch_validation(self, directory: Path) -> None:
         self.watcher.watch(directory, "val*.jpg", "Validation")
 
-    def _train_epoch(self, trainer: Trainer, tloss: Any, lr: Mapping[str, float], epoch: int) -> None:
+    def train_epoch(self, trainer: Trainer, tloss: Any, lr: Mapping[str, float], epoch: int) -> None:
         self.opened.scalars("lr", lr, epoch)  # first: a failing label_loss_items costs only losses
         if tloss is not None:
             self.opened.scalars("train", trainer.label_loss_items(tloss, prefix="train"), epoch)
 
-    def _fit_epoch(self, epoch_time: float | None, metrics: Mapping[str, float], epoch: int) -> None:
+    def fit_epoch(self, epoch_time: float | None, metrics: Mapping[str, float], epoch: int) -> None:
         if epoch_time is not None:
             self.opened.scalar("Epoch Time", "Epoch Time", epoch_time, epoch)
         by_title: dict[str, dict[str, float]] = {}
@@ -136,11 +152,11 @@ class Session(Reporter):
         for title, values in by_title.items():
             self.opened.scalars(title, values, epoch)
 
-    def _model_info(self, trainer: Trainer, model: Any, speed: float) -> None:
+    def model_info(self, trainer: Trainer, model: Any, speed: float) -> None:
         for key, value in model_info(trainer, model, speed).items():
             self.opened.single_value(key, value)
 
-    def _train_end(self, best: Any, name: str, plots: list[Path], metrics: Any) -> None:
+    def train_end(self, best: Any, name: str, plots: list[Path], metrics: Any) -> None:
         self.opened.model(best, name=name)
         for path in map(Path, plots):
             if "batch" not in path.name:
