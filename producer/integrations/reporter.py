@@ -1,12 +1,12 @@
 """A training's run as an integration reports it: recorded on the training thread, reported off it.
 
-:class:`Training` is what the training thread keeps: made at the training's start within the
-hook's budget (attribute stores, a console registration), it takes requests into ``inbox`` (a
-deque: appends are atomic) and its end, which wakes the worker
-(:mod:`producer.integrations.worker`). The worker makes the training's :class:`Reporter`, which
-opens the run, carries out the requests every tick (with files that became ready, console lines,
-machine statistics) and, once the training has ended, finishes (late files for at most
-``late_files_timeout`` seconds, then the run's close).
+:class:`Training` is what the training thread keeps: made ahead and filled at the training's
+start (attribute stores, a console started), it takes requests into ``inbox`` (a deque: appends
+are atomic) and its end, which wakes the worker (:mod:`producer.integrations.worker`). The
+worker makes the training's :class:`Reporter`, which opens the run, carries out the requests
+every tick (with files that became ready, console lines, machine statistics) and, once the
+training has ended, finishes (late files for at most ``late_files_timeout`` seconds, then the
+run's close).
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ Use either::
     for event, fn in producer.callbacks.items():
         model.add_callback(event, fn)       # Ultralytics' convention, a module-level dict
 
-A run holds what Ultralytics' built-in ClearML callback logs, under the same titles, series and
-iterations, and more (see docs/user-guide.md). The built-in callback is switched off for the
-trainings the hooks handle. :mod:`.hooks` is what runs on the training thread, :mod:`.session` a
-training's run, :mod:`.trainer` what is read from Ultralytics' objects; the slow work runs on
-the process's worker (:mod:`producer.integrations.worker`). Nothing imports Ultralytics here.
+A run holds what Ultralytics' built-in ClearML callback (switched off for these trainings) logs,
+and more (docs/user-guide.md). :mod:`.hooks` runs on the training thread, :mod:`.session` is a
+training's run, :mod:`.trainer` reads Ultralytics' objects; the slow work runs on the process's
+worker (:mod:`producer.integrations.worker`). Nothing imports Ultralytics here.
 """
 
 from __future__ import annotations

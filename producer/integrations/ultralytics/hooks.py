@@ -31,13 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STATS_INTERVAL: Final = 5.0
 DEFAULT_LATE_FILES_TIMEOUT: Final = 10.0
 EVENTS: Final = (
-    "on_pretrain_routine_start",
-    "on_train_epoch_end",
-    "on_val_end",
-    "on_fit_epoch_end",
-    "on_train_end",
-    "teardown",
-)
+    "on_pretrain_routine_start", "on_train_epoch_end", "on_val_end", "on_fit_epoch_end",
+    "on_train_end", "teardown",
+)  # fmt: skip
 _TIMINGS_KEPT: Final = 10_000
 
 
@@ -216,13 +212,10 @@ def _restore(options: dict[str, Any]) -> RelayHooks:
 
 
 def attach(model: Any, **options: Any) -> RelayHooks:
-    """Register clearml-relay's hooks on an Ultralytics model (``YOLO(...)``).
-
-    Every later ``model.train()`` becomes one run. The keyword arguments are those of
-    :class:`RelayHooks`.
+    """Register the hooks on a ``YOLO`` model: each ``train()`` becomes a run.
 
     Returns:
-        The hooks: ``.run`` once a training's run is open, ``.wait()``, ``.detach()``.
+        The hooks (options: :class:`RelayHooks`'s): ``.run``, ``.wait()``, ``.detach()``.
 
     """
     hooks = RelayHooks(**options)
