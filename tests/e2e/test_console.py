@@ -2,7 +2,7 @@
 
 Two real trainings in two threads of this process, through a collector process with the ClearML
 backend (offline), read back from each task's ``log.jsonl`` (the routing itself, with threads
-that log on cue: tests/unit/test_console.py).
+that log on cue: tests/unit/test_console_routing.py).
 """
 
 from __future__ import annotations
