@@ -90,3 +90,10 @@ def test_the_producer_never_imports_the_collector() -> None:
     for name, path in modules.items():
         if name.startswith("producer"):
             assert not {t for t in _imports(name, path, modules) if t.startswith("collector")}, name
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their basename (no packages under tests/): two alike clash."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py") if "benchmarks" not in path.parts]
+    assert len(names) > 40, "the tests were not found"
+    assert sorted(names) == sorted(set(names)), [n for n in set(names) if names.count(n) > 1]
