@@ -22,7 +22,7 @@ from producer.integrations.console import Console, Router, router
 from producer.integrations.process import main_rank
 from producer.integrations.ultralytics import trainer as ul
 from producer.integrations.ultralytics.session import ULTRALYTICS_LOGGER, Session
-from producer.integrations.worker import worker
+from producer.integrations.worker import Worker, worker
 from producer.once import Once
 from producer.run import Run, abort_open_runs
 
@@ -77,6 +77,7 @@ class RelayHooks:
         }
         self._session: Session | None = None
         self._router: Router | None = None
+        self._worker: Worker | None = None
         self._spare: Session | None = None  # the next training's record, made ahead
         self._detached = False
         self._main = main_rank()  # read once, as Ultralytics reads RANK once at import
@@ -87,7 +88,7 @@ class RelayHooks:
 
     def prepare(self) -> None:
         """Start the process's worker and the SIGTERM handler now, off the training thread."""
-        worker()
+        self._worker = worker()
         self._router = router(ULTRALYTICS_LOGGER)  # the console capture's handler (addHandler locks)
         self._refill()
         preemption.install(abort_open_runs)  # main thread only: its runs end as aborted on SIGTERM
@@ -160,7 +161,9 @@ class RelayHooks:
         previous = self._session
         if previous is not None:
             previous.end("failed", "the training ended without its teardown (another training started)")
-        current = worker()
+        current = self._worker  # checked here, not in a call: the start is the cold, costly hook
+        if current is None or current.pid != os.getpid() or current.done:
+            current = self._worker = worker()
         session, self._spare = self._spare or self._blank(), None
         try:
             session.start(trainer, current.wake)

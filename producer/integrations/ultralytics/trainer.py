@@ -1,8 +1,4 @@
-"""What the hooks read from Ultralytics' objects.
-
-Nothing here imports Ultralytics or torch at module level: they are taken from a trainer that
-has loaded them already.
-"""
+"""What the hooks read from Ultralytics' objects (Ultralytics and torch as the trainer loaded them)."""
 
 from __future__ import annotations
 
