@@ -18,21 +18,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Concatenate, Final, Literal, ParamSpec
+from typing import Any, Concatenate, Final, ParamSpec
 
 from producer import preemption
 from producer.config import ProducerConfig
 from producer.context import cheap_context
 from producer.once import Once
-from producer.transport.client import Client, RunState, get_client
+from producer.transport.client import Client, get_client
 from producer.transport.outbox import valid_run_dir
+from producer.transport.runstate import RunState
 from producer.wire import protocol
 
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
-_Level = Literal["debug", "info", "warning", "error"]
-_LEVELS: Final[tuple[_Level, ...]] = ("debug", "info", "warning", "error")
+_LEVELS: Final[tuple[protocol.TextLevel, ...]] = ("debug", "info", "warning", "error")
 _STATUSES: Final[tuple[protocol.RunStatus, ...]] = ("completed", "failed", "aborted")
 _MAX_NAME: Final = 255
 _MAX_TEXT_BYTES: Final = 1024 * 1024

@@ -355,11 +355,10 @@ def _upload(args: argparse.Namespace) -> int:
         return _config_error(f"no ClearML server to upload to: {reason}")
     from rich.progress import Progress  # noqa: PLC0415
 
-    from collector.backends.clearml import backend as clearml_backend  # noqa: PLC0415  (clearml loads only here)
     from collector.backends.clearml import upload  # noqa: PLC0415
 
     try:
-        files_host = clearml_backend.files_host()
+        files_host = upload.files_host()
     except ConfigError as exc:
         return _config_error(str(exc))
     with Progress(transient=False) as progress:
@@ -372,5 +371,5 @@ def _upload(args: argparse.Namespace) -> int:
                 progress.console.print(f"imported {result.source} as task {result.task_id}")
             progress.advance(bar)
 
-        results = upload.upload_sessions(sessions, clearml_backend.import_session, files_host, on_result)
+        results = upload.upload_sessions(sessions, upload.import_session, files_host, on_result)
     return 0 if all(not r.error for r in results) else EXIT_FAILURE

@@ -26,9 +26,11 @@ import math
 import os
 import threading
 import time
-from typing import Final, Literal
+from typing import Final
 
-Level = Literal["debug", "info", "warning", "error"]
+from producer.wire import protocol
+
+Level = protocol.TextLevel
 
 #: Lines kept between two drains; beyond it lines are dropped and counted.
 MAX_LINES: Final = 10_000

@@ -41,8 +41,7 @@ from producer.transport.tally import DamageCallback, Tally
 from producer.transport.writer import Writer
 from producer.wire import protocol
 
-# RunState is the type ``Run`` holds (``open_run`` returns it); it lives in runstate.
-__all__ = ["Client", "RunState", "close_clients", "get_client"]
+__all__ = ["Client", "close_clients", "get_client"]
 
 log = logging.getLogger(__name__)
 

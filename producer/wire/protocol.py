@@ -48,6 +48,7 @@ RefuseCode = Literal[
     "conflict",  # the run id belongs to another producer incarnation (another outbox)
 ]
 RunStatus = Literal["completed", "failed", "aborted"]
+TextLevel = Literal["debug", "info", "warning", "error"]
 
 
 class ProtocolError(Exception):
@@ -161,7 +162,7 @@ class Model(_Event, tag="model", kw_only=True):
 
 class ConsoleText(_Event, tag="text", kw_only=True):
     text: _Text
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: TextLevel = "info"
 
 
 class MachineStats(_Event, tag="stats", kw_only=True):

@@ -85,16 +85,13 @@ from collector.backends.clearml.calls import TimedCalls
 from collector.backends.clearml.live import LiveRun
 from collector.backends.clearml.mapping import EventMapper
 from collector.backends.clearml.state import RunState
-from collector.backends.clearml.upload import files_host, import_session
 from collector.config import NonfinitePolicy
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
 from collector.storage.journal import through
 from producer.wire import protocol
 
-#: ``files_host`` and ``import_session`` (``clearml-relay upload``) live in
-#: :mod:`~collector.backends.clearml.upload`; collector.service.cli imports them from here.
-__all__ = ["FALLBACK_PROJECT", "ClearMLBackend", "files_host", "import_session"]
+__all__ = ["FALLBACK_PROJECT", "ClearMLBackend"]
 
 log = logging.getLogger(__name__)
 
