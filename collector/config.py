@@ -14,6 +14,7 @@ A bad value raises :class:`ConfigError` naming the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from producer.wire import protocol
+from producer.wire.endpoint import check_endpoint, problem
+from producer.wire.sizes import EXPECTED as EXPECTED_SIZE
+from producer.wire.sizes import SizeError, format_size, parse_size
 
 PREFIX: Final = "CLEARML_RELAY_"
 ENV_BIND: Final = PREFIX + "BIND"
@@ -63,18 +67,15 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------ value checks
 
 
-def _parse(var: str, raw: Any, parse: Callable[[Any], Any]) -> Any:
+def _parse(source: str, raw: Any, parse: Callable[[Any], Any]) -> Any:
     try:
         return parse(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        raise ConfigError(problem(source, raw, exc)) from None
 
 
 def _bind(raw: Any) -> str:
-    value = str(raw).strip()
-    if "://" not in value:
-        raise ValueError("expected a ZeroMQ endpoint such as tcp://0.0.0.0:5555")
-    return value
+    return check_endpoint(raw, bind=True)
 
 
 def _choice(*allowed: str, case: Callable[[str], str] = str.lower) -> Callable[[Any], str]:
@@ -87,45 +88,70 @@ def _choice(*allowed: str, case: Callable[[str], str] = str.lower) -> Callable[[
     return parse
 
 
-def _int(raw: Any) -> int:
-    # bool is an int subclass, and True as a byte count is surely a mistake.
-    if isinstance(raw, bool):
-        raise TypeError("expected an integer")
-    return int(str(raw).strip().replace("_", "")) if not isinstance(raw, int) else raw
+def _int(raw: Any, expected: str) -> int:
+    # bool is an int subclass, and True as a count is surely a mistake.
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    text = raw.strip().replace("_", "") if isinstance(raw, str) else ""
+    if not (text.isdigit() or (text[:1] in "+-" and text[1:].isdigit())):
+        raise ValueError(expected)
+    return int(text)
 
 
-def _positive_int(raw: Any) -> int:
-    value = _int(raw)
-    if value <= 0:
-        raise ValueError("expected a positive integer")
+def _number(raw: Any, expected: str) -> float:
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(expected)
     return value
 
 
-def _positive_float(raw: Any) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("expected a positive number of seconds")
+def _positive_int(raw: Any) -> int:
+    expected = "expected a whole number > 0"
+    value = _int(raw, expected)
+    if value <= 0:
+        raise ValueError(expected)
+    return value
+
+
+def _bytes(raw: Any) -> int:
+    value = parse_size(raw)
+    if value <= 0:
+        raise SizeError(EXPECTED_SIZE)
+    return value
+
+
+def _seconds(raw: Any) -> float:
+    expected = "expected a number of seconds > 0"
+    value = _number(raw, expected)
+    if not value > 0:
+        raise ValueError(expected)
     return value
 
 
 def _non_negative_int(raw: Any) -> int:
-    value = _int(raw)
+    expected = "expected a whole number >= 0"
+    value = _int(raw, expected)
     if value < 0:
-        raise ValueError("expected an integer >= 0")
+        raise ValueError(expected)
     return value
 
 
 def _port(raw: Any) -> int:
-    value = _non_negative_int(raw)
-    if value > 65535:
-        raise ValueError("expected a TCP port between 0 and 65535 (0: any free port)")
+    expected = "expected a TCP port between 0 and 65535 (0: any free port)"
+    value = _int(raw, expected)
+    if not 0 <= value <= 65535:
+        raise ValueError(expected)
     return value
 
 
 def _days(raw: Any) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("expected a number of days >= 0")
+    expected = "expected a number of days >= 0"
+    value = _number(raw, expected)
+    if value < 0:
+        raise ValueError(expected)
     return value
 
 
@@ -148,9 +174,9 @@ def _flag(raw: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _data_dir(raw: Any) -> Path:
+def _path(raw: Any) -> Path:
     if not str(raw).strip():
-        raise ValueError("expected a directory path")
+        raise ValueError("expected a path")
     return Path(raw).expanduser()
 
 
@@ -198,7 +224,7 @@ class Setting:
         if value is None:
             return self.unset
         if self.unit == "bytes":
-            return _size(value)
+            return format_size(value)
         if self.unit == "seconds":
             return f"{value:g} s"
         if isinstance(value, bool):
@@ -214,66 +240,57 @@ class Setting:
         return f"{self.help} (env {self.env}{default})"
 
 
-def _size(value: int) -> str:
-    for size, suffix in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
-        if value % size == 0:
-            return f"{value // size} {suffix}"
-    return f"{value} bytes"
-
-
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("bind", ENV_BIND, "--bind", _bind, "tcp://127.0.0.1:5555", "ZeroMQ endpoint to bind",
             doc="`tcp://host:0` picks a free port; another interface than loopback without CurveZMQ "
             "logs a `SECURITY` warning. The container image sets `tcp://0.0.0.0:5555`."),
-    Setting("data_dir", ENV_DATA_DIR, "--data-dir", _data_dir, Path("./clearml-relay-data"),
+    Setting("data_dir", ENV_DATA_DIR, "--data-dir", _path, Path("./clearml-relay-data"),
             "journal, files and records", doc="The container image sets `/data` (its volume)."),
     Setting("fsync", ENV_FSYNC, "--fsync", _choice(*FSYNC_POLICIES), "batch", "journal fsync policy",
             choices=FSYNC_POLICIES,
             doc="`batch`: fsync every touched journal once per group commit, before acknowledging; "
             "`never`: rely on the page cache (survives `kill -9`, not a power loss)."),
-    Setting("max_body_bytes", ENV_MAX_BODY_BYTES, "--max-body-bytes", _positive_int, protocol.MAX_BODY_BYTES,
-            "largest message body and file chunk accepted", unit="bytes", flag_type=int),
-    Setting("max_journal_bytes", ENV_MAX_JOURNAL_BYTES, "--max-journal-bytes", _positive_int, 10 * 1024**3,
-            "journal size above which producers are told to back off", unit="bytes", flag_type=int,
+    Setting("max_body_bytes", ENV_MAX_BODY_BYTES, "--max-body-bytes", _bytes, protocol.MAX_BODY_BYTES,
+            "largest message body and file chunk accepted", unit="bytes"),
+    Setting("max_journal_bytes", ENV_MAX_JOURNAL_BYTES, "--max-journal-bytes", _bytes, 10 * 1024**3,
+            "journal size above which producers are told to back off", unit="bytes",
             doc="New events and file chunks are refused with `backoff`; producers keep spooling."),
-    Setting("journal_segment_bytes", ENV_SEGMENT_BYTES, "--journal-segment-bytes", _positive_int,
-            8 * 1024 * 1024, "size at which a run's journal starts a new segment file", unit="bytes",
-            flag_type=int),
-    Setting("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout", _positive_float, 120.0,
-            "seconds of silence after which a run is marked aborted", unit="seconds", flag_type=float,
+    Setting("journal_segment_bytes", ENV_SEGMENT_BYTES, "--journal-segment-bytes", _bytes,
+            8 * 1024 * 1024, "size at which a run's journal starts a new segment file", unit="bytes"),
+    Setting("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, "--heartbeat-timeout", _seconds, 120.0,
+            "seconds of silence after which a run is marked aborted", unit="seconds",
             doc="After everything it sent has been applied; a producer that comes back opens it again."),
-    Setting("drain_timeout", ENV_DRAIN_TIMEOUT, "--drain-timeout", _positive_float, 10.0,
-            "seconds a stop waits for journaled events to be applied", unit="seconds", flag_type=float,
+    Setting("drain_timeout", ENV_DRAIN_TIMEOUT, "--drain-timeout", _seconds, 10.0,
+            "seconds a stop waits for journaled events to be applied", unit="seconds",
             doc="What is not applied by then stays journaled for the next start."),
     Setting("backend", ENV_BACKEND, "--backend", _choice(*BACKENDS), "clearml", "where events go",
             choices=BACKENDS,
             doc="`clearml`: a ClearML task per run; `jsonl`: JSON lines (transport tests and demos)."),
     Setting("offline", ENV_OFFLINE, "--offline", _flag, False,
             "ClearML offline mode even if a server is configured", switch=True),
-    Setting("call_timeout", ENV_CALL_TIMEOUT, "--clearml-call-timeout", _positive_float, 60.0,
-            "longest wait for one ClearML call that can block on the network", unit="seconds",
-            flag_type=float),
+    Setting("call_timeout", ENV_CALL_TIMEOUT, "--clearml-call-timeout", _seconds, 60.0,
+            "longest wait for one ClearML call that can block on the network", unit="seconds"),
     Setting("metrics_port", ENV_METRICS_PORT, "--metrics-port", _port, None,
-            "serve /metrics and /healthz on this port", unset="not served", flag_type=int,
+            "serve /metrics and /healthz on this port", unset="not served",
             doc="`0` picks a free port. The container image sets `9555`."),
     Setting("metrics_host", ENV_METRICS_HOST, "--metrics-host", _host, "127.0.0.1",
             "address the metrics server binds", doc="The container image sets `0.0.0.0`."),
     Setting("keep_sessions_days", ENV_KEEP_SESSIONS_DAYS, "--keep-sessions-days", _days, None,
-            "delete finished offline sessions older than this many days", unset="keep", flag_type=float,
+            "delete finished offline sessions older than this many days", unset="keep",
             doc="Sessions of completed and failed runs only: an aborted run's producer may come back."),
     Setting("keep_sessions", ENV_KEEP_SESSIONS, "--keep-sessions", _non_negative_int, None,
-            "keep at most this many finished offline sessions, the newest", unset="all", flag_type=int),
-    Setting("curve_secret_key", ENV_CURVE_SECRET_KEY, "--curve-secret-key", _data_dir, None,
+            "keep at most this many finished offline sessions, the newest", unset="all"),
+    Setting("curve_secret_key", ENV_CURVE_SECRET_KEY, "--curve-secret-key", _path, None,
             "the collector's .key_secret file: encrypt, admit --allow-keys only", unset="none: plain ZeroMQ",
             doc="CurveZMQ; goes together with `--allow-keys`."),
-    Setting("allow_keys", ENV_ALLOW_KEYS, "--allow-keys", _data_dir, None,
+    Setting("allow_keys", ENV_ALLOW_KEYS, "--allow-keys", _path, None,
             "directory of the producer public keys (*.key) allowed to connect; SIGHUP re-reads it",
             unset="none"),
-    Setting("max_file_bytes", ENV_MAX_FILE_BYTES, "--max-file-bytes", _positive_int, 64 * 1024**3,
-            "largest file accepted", unit="bytes", flag_type=int,
+    Setting("max_file_bytes", ENV_MAX_FILE_BYTES, "--max-file-bytes", _bytes, 64 * 1024**3,
+            "largest file accepted", unit="bytes",
             doc="Larger images and models are refused with `too_large` (the event becomes a gap)."),
     Setting("max_runs_per_key", ENV_MAX_RUNS_PER_KEY, "--max-runs-per-key", _positive_int, 1000,
-            "open runs one producer key may own, with CURVE", flag_type=int),
+            "open runs one producer key may own, with CURVE"),
     Setting("nonfinite", ENV_NONFINITE, "--nonfinite", _choice(*NONFINITE_POLICIES), "skip",
             "a NaN or infinite scalar: skip it (noted in the task's console) or hand it to ClearML, "
             "which reports 0", choices=NONFINITE_POLICIES,
@@ -337,11 +354,14 @@ class CollectorConfig:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, flags: bool = False, **overrides: Any
+    ) -> CollectorConfig:
         """Build a config: explicit ``overrides`` > ``environ`` (default ``os.environ``) > default.
 
         An override of ``None`` and an empty variable count as not given, so a CLI can pass
-        every flag through.
+        every flag through. A bad value's message names where it came from: the variable, or
+        the override (its flag when ``flags``: the command line gave the overrides).
 
         Raises:
             ConfigError: a value is malformed or out of range, or an override is unknown.
@@ -350,11 +370,11 @@ class CollectorConfig:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for setting in SETTINGS:
-            raw = overrides.pop(setting.name, None)
+            raw, source = overrides.pop(setting.name, None), setting.flag if flags else setting.name
             if raw is None:
-                raw = env.get(setting.env, "").strip() or None
+                raw, source = env.get(setting.env, "").strip() or None, setting.env
             if raw is not None:
-                values[setting.name] = _parse(setting.env, raw, setting.parse)
+                values[setting.name] = _parse(source, raw, setting.parse)
         if overrides:
             raise ConfigError(f"unknown collector settings: {', '.join(sorted(overrides))}")
         return cls(**values)
@@ -366,14 +386,15 @@ def read_setting(setting: Setting, given: str | None, environ: Mapping[str, str]
     The variable's text goes through ``setting.flag_type`` first, as a flag's would.
 
     Raises:
-        ConfigError: the value is not one ``setting.parse`` accepts; the message names the variable.
+        ConfigError: the value is not one ``setting.parse`` accepts; the message names the flag
+            (``given``) or the variable.
 
     """
     env = os.environ if environ is None else environ
     raw = given or env.get(setting.env, "").strip()
     if not raw:
         return setting.default
-    return _parse(setting.env, setting.flag_type(raw), setting.parse)
+    return _parse(setting.flag if given else setting.env, setting.flag_type(raw), setting.parse)
 
 
 def docs_table(settings: tuple[Setting, ...] = SETTINGS + LOG_SETTINGS) -> str:

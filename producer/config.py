@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,9 @@ from producer.wire.curve import (
     KeySettingError,
     curve_from_env,
 )
+from producer.wire.endpoint import EndpointError, check_endpoint, problem
+from producer.wire.sizes import EXPECTED as SIZE_EXPECTED
+from producer.wire.sizes import SizeError, parse_size
 
 ENV_PREFIX: Final = "CLEARML_RELAY_"
 ENV_ENDPOINT: Final = ENV_PREFIX + "ENDPOINT"
@@ -48,52 +50,57 @@ DEFAULT_MAX_OUTBOX_BYTES: Final = 20 * 1024**3
 FsyncPolicy = Literal["close", "always", "never"]
 FSYNC_POLICIES: Final[tuple[FsyncPolicy, ...]] = ("close", "always", "never")
 
-# tcp://host:port (host may be a bracketed IPv6 address), ipc://path, inproc://name.
-_ENDPOINT = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.*-]+):(\d{1,5})|ipc://.+|inproc://.+)$")
-
 
 class ConfigError(ValueError):
     """A setting with a bad value; the message names the variable (or argument) and the value."""
 
 
 def _endpoint(name: str, raw: object) -> str:
-    match = _ENDPOINT.match(raw) if isinstance(raw, str) else None
-    if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
-        raise ConfigError(f"{name} must look like tcp://host:port, ipc://path or inproc://name, got {raw!r}")
-    return str(raw)
+    try:
+        return check_endpoint(raw)
+    except EndpointError as exc:
+        raise ConfigError(problem(name, raw, exc)) from None
 
 
 def _path(name: str, raw: object) -> Path:
     try:
         return Path(os.fspath(raw)).expanduser()  # type: ignore[call-overload]
     except TypeError:
-        raise ConfigError(f"{name} must be a directory path, got {raw!r}") from None
+        raise ConfigError(problem(name, raw, "expected a directory path")) from None
 
 
 def _seconds(name: str, raw: object) -> float:
     try:
-        value = float(raw)  # type: ignore[arg-type]
+        value = float(raw) if not isinstance(raw, bool) else math.nan  # type: ignore[arg-type]
     except (TypeError, ValueError):
         value = math.nan
     if not value >= 0 or math.isinf(value):  # also rejects NaN
-        raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+        raise ConfigError(problem(name, raw, "expected a number of seconds >= 0"))
     return value
 
 
 def _positive_int(name: str, raw: object) -> int:
+    text = raw.strip().replace("_", "") if isinstance(raw, str) else ""
+    value = raw if type(raw) is int else int(text) if text.isdigit() else 0  # bool is no count
+    if value < 1:
+        raise ConfigError(problem(name, raw, "expected a whole number >= 1"))
+    return value
+
+
+def _bytes(name: str, raw: object) -> int:
     try:
-        value: int = int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1 or isinstance(raw, bool):
-        raise ConfigError(f"{name} must be an integer >= 1, got {raw!r}")
+        value = parse_size(raw)
+    except SizeError as exc:
+        raise ConfigError(problem(name, raw, exc)) from None
+    if value < 1:
+        raise ConfigError(problem(name, raw, SIZE_EXPECTED))
     return value
 
 
 def _fsync(name: str, raw: object) -> FsyncPolicy:
     value = raw.strip().lower() if isinstance(raw, str) else raw
     if value not in FSYNC_POLICIES:
-        raise ConfigError(f"{name} must be one of {', '.join(FSYNC_POLICIES)}, got {raw!r}")
+        raise ConfigError(problem(name, raw, f"expected one of {', '.join(FSYNC_POLICIES)}"))
     return value
 
 
@@ -160,7 +167,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(ENV_FSYNC, "outbox fsync policy: at `close`/`flush`, `always` (every batch) or `never`",
             name="fsync", argument="fsync", parse=_fsync, default="close"),
     Setting(ENV_MAX_OUTBOX_BYTES, "disk one run's outbox may hold unacknowledged; beyond, its new events are "
-            "dropped (counted, logged once)", name="max_outbox_bytes", parse=_positive_int,
+            "dropped (counted, logged once)", name="max_outbox_bytes", parse=_bytes,
             default=DEFAULT_MAX_OUTBOX_BYTES, shown="20 GiB"),
     Setting(ENV_PROJECT, "ClearML project of a training", reader="hooks",
             shown="the trainer's `project`, else `Ultralytics`"),

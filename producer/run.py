@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import operator
 import os
 import threading
 import time
@@ -20,12 +19,13 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec
 
+from producer import arguments as check
 from producer import preemption
+from producer.arguments import CallError
 from producer.config import ProducerConfig
 from producer.context import cheap_context
 from producer.once import Once
 from producer.transport.client import Client, get_client
-from producer.transport.outbox import valid_run_dir
 from producer.transport.runstate import RunState
 from producer.wire import protocol
 
@@ -34,20 +34,9 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _LEVELS: Final[tuple[protocol.TextLevel, ...]] = ("debug", "info", "warning", "error")
 _STATUSES: Final[tuple[protocol.RunStatus, ...]] = ("completed", "failed", "aborted")
-_MAX_NAME: Final = 255
 _MAX_TEXT_BYTES: Final = 1024 * 1024
-_MIN_ITERATION: Final = -(2**31)
-_MAX_ITERATION: Final = 2**62
 #: Stands in for the FileRef the writer thread fills in after copying the file.
 _PENDING_FILE: Final = protocol.FileRef(sha256="0" * 64, size=0, name="pending")
-
-
-class _CallError(Exception):
-    """A call that cannot become an event; ``key`` groups repeats of the same mistake."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def _hook(method: Callable[Concatenate[Run, _P], None]) -> Callable[Concatenate[Run, _P], None]:
@@ -57,7 +46,7 @@ def _hook(method: Callable[Concatenate[Run, _P], None]) -> Callable[Concatenate[
     def safe(self: Run, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         try:
             method(self, *args, **kwargs)
-        except _CallError as exc:
+        except CallError as exc:
             self._reject(method.__name__, exc.key, str(exc))
         except Exception as exc:  # noqa: BLE001 - a logging hook must never stop training
             self._reject(method.__name__, type(exc).__name__, f"unexpected error: {exc!r}")
@@ -84,7 +73,11 @@ class Run:
         task_id: report into this existing ClearML task.
         resume_run: continue the ClearML task of this earlier run id.
 
-    A configuration error does not raise either: it is logged and the run does nothing.
+    Raises:
+        ValueError: a setting or argument is invalid (the message names the variable or
+            argument), or ``run_id`` is in use in this process; nothing has been sent then. When
+            the outbox cannot be made (an unwritable spool), the error is logged instead and the
+            run does nothing: ``client`` is None and ``close()`` returns False.
 
     """
 
@@ -115,27 +108,30 @@ class Run:
             )
             self._flush_timeout = config.flush_timeout
             opening = protocol.RunOpen(
-                run=_run_id(self._id),
+                run=check.run_id(self._id),
                 seq=1,
                 ts=time.time(),
-                project=_name("project", project),
-                name=_name("name", name),
-                tags=[_name("tags", t) for t in ([tags] if isinstance(tags, str) else tags)],
-                task_type=_name("task_type", task_type),
-                hyperparams=_sections(hyperparams or {}),
+                project=check.name("project", project),
+                name=check.name("name", name),
+                tags=[check.name("tags", t) for t in ([tags] if isinstance(tags, str) else tags)],
+                task_type=check.name("task_type", task_type),
+                hyperparams=check.sections(hyperparams or {}),
                 context=cheap_context(),
                 task_id=task_id,
                 resume_run=resume_run,
             )
             protocol.decode_event(protocol.encode(opening))  # what the collector would refuse
+        except (CallError, protocol.ProtocolError) as exc:  # a mistake of the caller's: before any training
+            raise ValueError(exc.reason if isinstance(exc, protocol.ProtocolError) else str(exc)) from None
+        try:
             client = get_client(config)
             state = client.open_run(self._id)
-            problem = "" if state else f"run id {self._id!r} is already in use in this process"
-        except Exception as exc:  # noqa: BLE001 - the constructor is a hook too
-            problem = exc.reason if isinstance(exc, protocol.ProtocolError) else str(exc)
-        if problem or state is None:
-            log.error("clearml-relay: run %s is disabled, its events are not recorded: %s", self._id, problem)
+        except Exception as exc:  # noqa: BLE001 - the spool cannot be written: the run does nothing
+            message = "clearml-relay: run %s is disabled, its events are not recorded: %s"
+            log.error(message, self._id, exc)  # noqa: TRY400 - the reason, not a traceback
             return
+        if state is None:
+            raise ValueError(f"run_id {self._id!r} is already in use in this process")
         self._client, self._state = client, state
         client.submit(state, opening)
         with _open_lock:
@@ -166,15 +162,15 @@ class Run:
         client.submit(state, event, source)
 
     def _ready(self) -> tuple[Client, RunState]:
-        """The client and run state to hand events to, or a _CallError saying why not."""
+        """The client and run state to hand events to, or a CallError saying why not."""
         client, state = self._client, self._state
         if client is None or state is None:
-            raise _CallError("disabled", "the run is disabled (see the error logged when it was created)")
+            raise CallError("disabled", "the run is disabled (see the error logged when it was created)")
         if os.getpid() != client.pid:
             # The parent's locks and sockets are not ours: touch nothing.
-            raise _CallError("forked", "called in a forked child process; only the parent reports")
+            raise CallError("forked", "called in a forked child process; only the parent reports")
         if self._closed:
-            raise _CallError("closed", "the run is closed")
+            raise CallError("closed", "the run is closed")
         return client, state
 
     # ------------------------------------------------------------------------------- events
@@ -187,10 +183,10 @@ class Run:
                 run=self._id,
                 seq=1,
                 ts=time.time(),
-                title=_name("title", title),
-                series=_name("series", series),
-                value=_number("value", value),
-                iteration=_iteration(iteration),
+                title=check.name("title", title),
+                series=check.name("series", series),
+                value=check.number("value", value),
+                iteration=check.iteration(iteration),
             )
         )
 
@@ -201,15 +197,15 @@ class Run:
         Cheaper than one :meth:`scalar` call per series (hooks report losses and learning rates
         this way). A bad title, series or value rejects the whole call (logged once).
         """
-        ts, title, iteration = time.time(), _name("title", title), _iteration(iteration)
+        ts, title, iteration = time.time(), check.name("title", title), check.iteration(iteration)
         events: list[protocol.Event] = [
             protocol.Scalar(
                 run=self._id,
                 seq=1,
                 ts=ts,
                 title=title,
-                series=_name("series", series),
-                value=_number("value", value),
+                series=check.name("series", series),
+                value=check.number("value", value),
                 iteration=iteration,
             )
             for series, value in values.items()
@@ -221,7 +217,11 @@ class Run:
     def single_value(self, name: str, value: float) -> None:
         """Report a summary value (ClearML's single values table)."""
         event = protocol.SingleValue(
-            run=self._id, seq=1, ts=time.time(), name=_name("name", name), value=_number("value", value)
+            run=self._id,
+            seq=1,
+            ts=time.time(),
+            name=check.name("name", name),
+            value=check.number("value", value),
         )
         self._emit(event)
 
@@ -229,7 +229,11 @@ class Run:
     def hyperparams(self, section: str, values: Mapping[str, Any]) -> None:
         """Report (more) hyperparameters of one section."""
         event = protocol.Hyperparams(
-            run=self._id, seq=1, ts=time.time(), section=_name("section", section), values=_params(values)
+            run=self._id,
+            seq=1,
+            ts=time.time(),
+            section=check.name("section", section),
+            values=check.params(values),
         )
         self._emit(event)
 
@@ -251,14 +255,14 @@ class Run:
         iteration: int,
         path: str | os.PathLike[str],
     ) -> None:
-        source = _path(path)
+        source = check.path(path)
         event = kind(
             run=self._id,
             seq=1,
             ts=time.time(),
-            title=_name("title", title),
-            series=_name("series", series),
-            iteration=_iteration(iteration),
+            title=check.name("title", title),
+            series=check.name("series", series),
+            iteration=check.iteration(iteration),
             file=_PENDING_FILE,
         )
         self._emit(event, source)
@@ -268,14 +272,14 @@ class Run:
         self, path: str | os.PathLike[str], name: str | None = None, framework: str = "PyTorch"
     ) -> None:
         """Report a model file (weights) as the task's output model."""
-        source = _path(path)
+        source = check.path(path)
         event = protocol.Model(
             run=self._id,
             seq=1,
             ts=time.time(),
-            name=_name("name", name if name is not None else os.path.basename(source) or "model"),
+            name=check.name("name", name if name is not None else os.path.basename(source) or "model"),
             file=_PENDING_FILE,
-            framework=_name("framework", framework),
+            framework=check.name("framework", framework),
         )
         self._emit(event, source)
 
@@ -283,7 +287,7 @@ class Run:
     def text(self, text: str, level: str = "info") -> None:
         """Report console text."""
         if level not in _LEVELS:
-            raise _CallError("level", f"level must be one of {', '.join(_LEVELS)}, got {level!r:.80}")
+            raise CallError("level", f"level must be one of {', '.join(_LEVELS)}, got {level!r:.80}")
         body = text if isinstance(text, str) else str(text)
         if len(body) > _MAX_TEXT_BYTES // 4:  # only long texts can exceed the byte limit
             body = body.encode("utf-8", "replace")[:_MAX_TEXT_BYTES].decode("utf-8", "ignore")
@@ -293,14 +297,16 @@ class Run:
     def stats(self, values: Mapping[str, float], iteration: int | None = None) -> None:
         """Report machine statistics (GPU/CPU utilisation, memory...)."""
         if not isinstance(values, Mapping):
-            raise _CallError("values-type", f"values must be a mapping of name to number, got {values!r:.80}")
-        converted = {_name("values key", k): _number(f"values[{k!r}]", v) for k, v in values.items()}
+            raise CallError("values-type", f"values must be a mapping of name to number, got {values!r:.80}")
+        converted = {
+            check.name("values key", k): check.number(f"values[{k!r}]", v) for k, v in values.items()
+        }
         event = protocol.MachineStats(
             run=self._id,
             seq=1,
             ts=time.time(),
             values=converted,
-            iteration=None if iteration is None else _iteration(iteration),
+            iteration=None if iteration is None else check.iteration(iteration),
         )
         self._emit(event)
 
@@ -417,84 +423,3 @@ def abort_open_runs(reason: str) -> None:
         if not client.flush(max(0.0, deadline - time.monotonic()), runs=states):
             for line in client.undelivered_report():
                 log.warning("%s", line)
-
-
-# ------------------------------------------------------------------------------ conversions
-
-
-def _run_id(value: str) -> str:
-    # The run id names a directory in the spool: "..", "." or ".x" must not pass.
-    if not valid_run_dir(value):
-        raise _CallError(
-            "run_id", f"run_id must be 1-64 of [A-Za-z0-9_.-], not starting with '.', got {value!r:.80}"
-        )
-    return value
-
-
-def _name(arg: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise _CallError(f"{arg}-type", f"{arg} must be a string, got {type(value).__name__} {value!r:.80}")
-    if not value:
-        raise _CallError(f"{arg}-empty", f"{arg} must not be empty")
-    return value[:_MAX_NAME]
-
-
-def _number(arg: str, value: object) -> float:
-    if type(value) is float:
-        return value
-    if isinstance(value, (str, bytes)):
-        raise _CallError(f"{arg}-type", f"{arg} must be a real number, got the string {value!r:.80}")
-    try:
-        return float(value)  # type: ignore[arg-type]  # numpy/torch scalars convert too
-    except Exception:  # noqa: BLE001 - torch raises RuntimeError for multi-element tensors
-        raise _CallError(
-            f"{arg}-type", f"{arg} must be a real number, got {type(value).__name__} {value!r:.80}"
-        ) from None
-
-
-def _iteration(value: object) -> int:
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        if isinstance(value, float) and value.is_integer():
-            number = int(value)
-        else:
-            raise _CallError(
-                "iteration-type", f"iteration must be an integer, got {type(value).__name__} {value!r:.80}"
-            ) from None
-    if not _MIN_ITERATION <= number <= _MAX_ITERATION:
-        raise _CallError("iteration-range", f"iteration must be in [-2**31, 2**62], got {number}")
-    return number
-
-
-def _path(value: object) -> str:
-    try:
-        return os.fspath(value)  # type: ignore[call-overload,no-any-return]
-    except TypeError:
-        raise _CallError(
-            "path-type", f"path must be a str or os.PathLike, got {type(value).__name__}"
-        ) from None
-
-
-def _param(value: object) -> protocol.ParamValue:
-    if value is None or isinstance(value, (str, bool, float)):
-        return value
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**64 else str(value)  # msgpack's integer range
-    return str(value)
-
-
-def _params(values: object) -> dict[str, protocol.ParamValue]:
-    if not isinstance(values, Mapping):
-        raise _CallError("values-type", f"values must be a mapping, got {type(values).__name__}")
-    return {str(k)[:_MAX_NAME] or "_": _param(v) for k, v in values.items()}
-
-
-def _sections(hyperparams: Mapping[str, Any]) -> dict[str, dict[str, protocol.ParamValue]]:
-    sections: dict[str, dict[str, protocol.ParamValue]] = {}
-    for key, value in hyperparams.items():
-        if isinstance(value, Mapping):
-            sections.setdefault(str(key)[:_MAX_NAME] or "_", {}).update(_params(value))
-        else:
-            sections.setdefault("General", {})[str(key)[:_MAX_NAME] or "_"] = _param(value)
-    return sections

@@ -36,8 +36,9 @@ from collector.config import (
     read_setting,
 )
 from collector.service import logfmt
-from producer.config import ENV_ENDPOINT, ENV_SPOOL_DIR
+from producer.config import DEFAULT_ENDPOINT, ENV_ENDPOINT, ENV_SPOOL_DIR
 from producer.wire.curve import KeySettingError
+from producer.wire.endpoint import EndpointError, check_endpoint, problem
 
 log = logging.getLogger("collector")
 
@@ -59,10 +60,12 @@ def _add_flag(parser: argparse.ArgumentParser, setting: Setting, default: str | 
         setting.flag,
         dest=setting.name,
         type=setting.flag_type,
-        choices=setting.choices,
         default=default,
-        # As argparse names it from the flag (the dest is the config field, which may differ).
-        metavar=None if setting.choices else setting.flag.lstrip("-").replace("-", "_").upper(),
+        # The choices shown as argparse shows them, checked by the setting (one wording for every
+        # bad value); else named as argparse names it from the flag (the dest may differ).
+        metavar="{" + ",".join(setting.choices) + "}"
+        if setting.choices
+        else setting.flag.lstrip("-").replace("-", "_").upper(),
         help=setting.flag_help,
     )
 
@@ -87,20 +90,41 @@ def build_parser() -> argparse.ArgumentParser:
     _keygen_options(commands.add_parser("keygen", help="write a CurveZMQ key pair (NAME.key_secret)"))
 
     sync = commands.add_parser("sync", help="deliver the producer outboxes left in a spool directory")
-    sync.add_argument("--spool-dir", help=f"spool directory (env {ENV_SPOOL_DIR})")
-    sync.add_argument("--endpoint", help=f"collector endpoint (env {ENV_ENDPOINT})")
-    sync.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    sync.add_argument(
+        "--spool-dir",
+        help=f"spool directory (env {ENV_SPOOL_DIR}; default: $XDG_CACHE_HOME/clearml-relay/spool, "
+        "else ~/.cache/clearml-relay/spool)",
+    )
+    sync.add_argument(
+        "--endpoint", help=f"collector endpoint (env {ENV_ENDPOINT}; default: {DEFAULT_ENDPOINT})"
+    )
+    sync.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds (default: 60 s)"
+    )
+    sync.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="give up when no collector answered within this many seconds (default: 5 s)",
+    )
     _log_options(sync, argparse.SUPPRESS)
     sync.set_defaults(func=_sync)
 
     status = commands.add_parser("status", help="a live view of a running collector (runs, backlog, rates)")
-    status.add_argument("--endpoint", help=f"the collector's endpoint (env {ENV_ENDPOINT})")
+    status.add_argument(
+        "--endpoint", help=f"the collector's endpoint (env {ENV_ENDPOINT}; default: {DEFAULT_ENDPOINT})"
+    )
     status.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     status.add_argument("--watch", action="store_true", help="refresh every --interval until Ctrl-C")
     status.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between the two samples rates come from"
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between the two samples rates come from (default: 1 s)",
     )
-    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the collector")
+    status.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for the collector (default: 3 s)"
+    )
     _log_options(status, argparse.SUPPRESS)
     status.set_defaults(func=_status)
 
@@ -108,13 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--url", help=f"default: /healthz on {ENV_METRICS_HOST}:{ENV_METRICS_PORT} (0.0.0.0 means 127.0.0.1)"
     )
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5 s)"
+    )
     _log_options(health, argparse.SUPPRESS)
     health.set_defaults(func=_healthcheck)
 
     runs = commands.add_parser("runs", help="list the runs a collector's data directory knows")
     runs.add_argument("--data-dir", help=f"the collector's data directory (env {ENV_DATA_DIR})")
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.add_argument(
+        "--wide", action="store_true", help="print every column in full (default: fit the terminal)"
+    )
     _log_options(runs, argparse.SUPPRESS)
     runs.set_defaults(func=_runs)
 
@@ -127,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run a collector and a training process that logs through it")
     demo.add_argument("--workdir", help="keep everything here (default: a new temporary directory)")
-    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--epochs", type=int, default=5, help="epochs of the training (default: 5)")
     _log_options(demo, argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
     return parser
@@ -173,7 +202,9 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         ConfigError: a flag or variable has a bad value.
 
     """
-    return CollectorConfig.from_env(**{setting.name: getattr(args, setting.name) for setting in SETTINGS})
+    return CollectorConfig.from_env(
+        flags=True, **{setting.name: getattr(args, setting.name) for setting in SETTINGS}
+    )
 
 
 def _collector(args: argparse.Namespace) -> int:
@@ -232,31 +263,47 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    # Lazy: a sync needs only producer code, never the collector's.
+    # Lazy: a sync needs only producer code, never the collector's (and rich only to draw).
     from producer.config import ConfigError as ProducerConfigError  # noqa: PLC0415
     from producer.config import ProducerConfig  # noqa: PLC0415
-    from producer.transport.sync import SyncProgress, sync  # noqa: PLC0415
+    from producer.transport.sync import SyncView, sync  # noqa: PLC0415
 
+    endpoint = args.endpoint
+    if endpoint is not None:  # the variable is checked, and named, by ProducerConfig
+        try:
+            endpoint = check_endpoint(endpoint)
+        except EndpointError as exc:
+            return _config_error(problem("--endpoint", args.endpoint, exc))
+    for flag, seconds in (("--timeout", args.timeout), ("--connect-timeout", args.connect_timeout)):
+        if not 0 < seconds < float("inf"):
+            return _config_error(f"{flag}={seconds:g}: expected a number of seconds > 0")
     try:
-        config = ProducerConfig.from_env(endpoint=args.endpoint, spool_dir=args.spool_dir)
+        config = ProducerConfig.from_env(endpoint=endpoint, spool_dir=args.spool_dir)
     except ProducerConfigError as exc:
         return _config_error(str(exc))
-
-    def progress(report: SyncProgress) -> None:
-        log.info(
-            "sync: %d/%d events acknowledged, %d runs left, %.1f s",
-            report.events_acked,
-            report.events_total,
-            report.runs_left,
-            report.elapsed,
+    view = SyncView(config.spool_dir, config.endpoint)
+    try:
+        result = sync(
+            config.spool_dir,
+            config.endpoint,
+            args.timeout,
+            view.progress,
+            connect_timeout=args.connect_timeout,
         )
-
-    result = sync(config.spool_dir, config.endpoint, args.timeout, progress)
-    print(
-        f"delivered {len(result.delivered)} runs ({result.events_acked}/{result.events_total} events)"
-        + (f"; locked by a live producer: {', '.join(result.locked)}" if result.locked else "")
-        + (f"; not delivered: {result.left}" if result.left else "")
-    )
+    except KeyboardInterrupt:
+        view.close()
+        print(f"sync: interrupted; what was not delivered stays in {view.spool_dir}", file=sys.stderr)
+        return EXIT_FORCED
+    view.close()
+    if result.unreachable:
+        waited = min(args.timeout, args.connect_timeout)
+        print(
+            f"sync: no collector answered at {config.endpoint} within {waited:g} s; is it running? "
+            f"(--endpoint / {ENV_ENDPOINT})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(view.report(result))
     return 0 if result.ok else EXIT_FAILURE
 
 
@@ -284,12 +331,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _status_problem(endpoint: str, args: argparse.Namespace) -> str | None:
-    if "://" not in endpoint:
-        return f"endpoint {endpoint!r}: expected a ZeroMQ endpoint such as tcp://host:5555"
+    try:
+        check_endpoint(endpoint)
+    except EndpointError as exc:
+        return problem("--endpoint" if args.endpoint else ENV_ENDPOINT, endpoint, exc)
     if not args.timeout > 0:
-        return f"--timeout {args.timeout:g}: expected seconds > 0"
+        return f"--timeout={args.timeout:g}: expected a number of seconds > 0"
     if args.interval < 0 or (args.watch and not args.interval > 0):
-        return f"--interval {args.interval:g}: expected seconds >= 0 (> 0 with --watch)"
+        return f"--interval={args.interval:g}: expected a number of seconds >= 0 (> 0 with --watch)"
     return None
 
 
@@ -332,13 +381,13 @@ def _runs(args: argparse.Namespace) -> int:
     from collector.service.runs import list_runs, render  # noqa: PLC0415
 
     try:
-        config = CollectorConfig.from_env(data_dir=args.data_dir)
+        config = CollectorConfig.from_env(flags=True, data_dir=args.data_dir)
     except ConfigError as exc:
         return _config_error(str(exc))
     if not (config.data_dir / "journal").is_dir():
         print(f"clearml-relay: no collector data in {config.data_dir.absolute()}", file=sys.stderr)
         return EXIT_FAILURE
-    print(render(list_runs(config.data_dir), args.json))
+    print(render(list_runs(config.data_dir), args.json, wide=args.wide))
     return 0
 
 

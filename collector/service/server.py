@@ -247,7 +247,9 @@ class Collector:
         if self._ingest is not None or self._closed.is_set():
             raise RuntimeError("a Collector starts once")
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if not config.data_dir.exists():  # a typo in --data-dir must not go unnoticed
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            log.info("created data directory %s", config.data_dir.absolute())
         self._lock_data_dir(config.data_dir)
         try:
             fsync = config.fsync == "batch"

@@ -33,6 +33,18 @@ from producer.run import Run
 
 log = logging.getLogger(__name__)
 
+#: Each reason a training is not recorded is told at ERROR once in the process at its start
+#: (attach, or the run's opening), and at the end of every training it costs.
+_NOT_RECORDED = Once()
+
+
+def not_recorded(problem: str) -> None:
+    """Tell the user, at ERROR, that trainings are not recorded and why (once per reason)."""
+    _NOT_RECORDED.log(
+        log, logging.ERROR, problem, "clearml-relay: nothing will be recorded for this training: %s", problem
+    )
+
+
 #: Written in the training's directory: its run id (a resumed training continues its task) and
 #: the file versions already sent.
 STATE_FILE: Final = "clearml-relay.json"
@@ -124,6 +136,7 @@ class Reporter:
         self.training, self.options, self.save_dir = training, training.options, save_dir
         self.console = training.console
         self.run: Run | None = None
+        self.problem = ""  # why the run could not be opened: the training goes on unrecorded
         trainer = training.trainer
         self._trainer: Callable[[], object] = lambda: trainer
         with contextlib.suppress(TypeError):  # not weak-referenceable: only its thread's end counts
@@ -150,7 +163,11 @@ class Reporter:
         return False
 
     def open(self) -> bool:
-        """Open the run; False, logged, if it cannot be (the training goes on unreported)."""
+        """Open the run; False if it cannot be.
+
+        ``problem`` then says why, at ERROR now and again at the training's end; the training
+        goes on unrecorded.
+        """
         try:
             resume_run: str | None = None
             if self.resuming():
@@ -158,9 +175,13 @@ class Reporter:
                 self.watcher = FileWatcher(sent)
             self.run = self.training.run = self.open_run(resume_run)
         except Exception as exc:  # noqa: BLE001 - the training goes on without reporting
-            log.warning("clearml-relay: the run could not be opened, nothing is reported: %r", exc)
+            self.problem = str(exc) if isinstance(exc, ValueError) else repr(exc)
+        else:
+            if self.run.client is None:  # the error logged by the run says why
+                self.problem = f"the outbox of run {self.run.id} could not be made in the spool directory"
+        if self.problem:
+            not_recorded(self.problem)
             self.console.stop()
-            self.training.closed()
             return False
         interval = float(self.options["stats_interval"])
         if interval > 0:
@@ -183,6 +204,9 @@ class Reporter:
 
         """
         inbox = self.training.inbox
+        if self.problem:  # nothing to report to
+            inbox.clear()
+            return 0
         while inbox:
             method, args = inbox.popleft()
             try:
@@ -203,6 +227,10 @@ class Reporter:
 
     def finish(self) -> None:
         """Wait (bounded) for helper threads and files still being written, send them, close the run."""
+        if self.problem:
+            log.error("clearml-relay: nothing was recorded for this training because %s", self.problem)
+            self.training.closed()
+            return
         timeout = float(self.options["late_files_timeout"])
         try:
             deadline = time.monotonic() + timeout

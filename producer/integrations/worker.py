@@ -85,7 +85,8 @@ def _opened(training: Training) -> Reporter | None:
         training.console.stop()
         training.closed()
         return None
-    return reporter if reporter.open() else None
+    reporter.open()  # one that cannot open is served too: its training's end says so
+    return reporter
 
 
 def _stepped(reporter: Reporter) -> bool:

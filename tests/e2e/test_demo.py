@@ -6,7 +6,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e import env
+from e2e import ROOT, env
+
+
+def _shape(line: str) -> str:
+    """A line of the demo's output without what changes from run to run: ids, paths, numbers."""
+    line = re.sub(r"[0-9a-f]{32}", "<id>", line)
+    line = re.sub(r"(?<![\w.])/\S+", "<path>", line)
+    return re.sub(r"\d+(\.\d+)?", "<n>", line)
+
+
+def _own_lines(text: str) -> list[str]:
+    """The demo's own lines (``label      what``, the hooks' timings), not the training's."""
+    return [
+        _shape(line)
+        for line in text.splitlines()
+        if re.match(r"([a-z]+ {2,}|  [a-z_]+ +\d+ calls +)\S", line)
+    ]
+
+
+def documented_sample() -> str:
+    """The demo's sample output in docs/user-guide.md ("Try it")."""
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    return guide.split("## Try it", 1)[1].split("```\n", 2)[1]
 
 
 @pytest.mark.slow
@@ -53,3 +75,5 @@ def test_the_demo_trains_yolo_through_a_collector_and_everything_lands(tmp_path:
     assert Path(session).is_dir()
     assert not Path(session + ".zip").exists(), "one copy of the session: the folder"
     assert Path(session).is_relative_to(tmp_path), "the demo keeps everything in its work folder"
+    # What the docs show is what a run prints, but for its ids, paths and numbers.
+    assert _own_lines(documented_sample()) == _own_lines(out)

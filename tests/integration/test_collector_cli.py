@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -136,3 +137,116 @@ def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], 
 def test_unknown_override_is_an_error() -> None:
     with pytest.raises(ConfigError, match="colour"):
         CollectorConfig.from_env({}, colour="blue")
+
+
+def _start(data: Path) -> tuple[subprocess.Popen[str], Lines]:
+    command = ["collector", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data), "--backend", "jsonl"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", *command],
+        cwd=ROOT,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, Lines(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_a_data_dir_it_creates_is_logged_once(tmp_path: Path) -> None:
+    data = tmp_path / "not" / "there" / "data"
+    proc, lines = _start(data)
+    try:
+        created = lines.wait_for(r"INFO collector.service.server: created data directory (\S+)$").group(1)
+        lines.wait_for(r"listening on ")
+    finally:
+        _stop(proc)
+    assert created == str(data.absolute())
+    assert data.is_dir()
+
+    proc, lines = _start(data)  # there now: nothing to say about it
+    try:
+        lines.wait_for(r"listening on ")
+    finally:
+        _stop(proc)
+    assert not [line for line in lines.seen if "created data directory" in line]
+
+
+def _runs_data(data: Path, runs: dict[str, str]) -> None:
+    """A data directory as a ClearML collector leaves it: each run finished, with its offline session."""
+    from collector.backends.clearml import state
+    from collector.storage import paths
+    from collector.storage.journal import META
+
+    for run, session in runs.items():
+        journal = data / paths.JOURNAL / run
+        journal.mkdir(parents=True)
+        meta = {"project": "yolo experiments", "name": "train", "state": "completed", "position": 12}
+        (journal / META).write_text(json.dumps(meta))
+        (data / paths.CLEARML).mkdir(exist_ok=True)
+        task = session.rpartition("/")[2]
+        state.save(data / paths.CLEARML, state.RunState(run=run, task_id=task, applied=12, session=session))
+
+
+def _runs(data: Path, *args: str, columns: int = 80) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "runs", "--data-dir", str(data), *args],
+        cwd=ROOT,
+        env=clean_env(COLUMNS=str(columns)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stderr == ""
+    return result.stdout
+
+
+TASK = "0123456789abcdef0123456789abcdef"
+SESSION = f"/home/someone/.clearml/cache/offline/{TASK}"
+
+
+@pytest.mark.slow
+def test_runs_fits_the_terminal_folding_the_session_path(tmp_path: Path) -> None:
+    run = "6a1f0c2e9b7d4e3f8a2b1c0d9e8f7a6b"
+    _runs_data(tmp_path, {run: SESSION, "second": "/tmp/offline/" + "f" * 32})
+    lines = _runs(tmp_path).splitlines()
+    assert lines[0] == "2 runs"
+    assert max(len(line) for line in lines) <= 80
+    header = next(i for i, line in enumerate(lines) if line.endswith("session"))
+    column = lines[header].index("session")
+    rule = header + 1
+    assert set(lines[rule]) == {"─"}
+    # The first run's rows, up to where the second one starts: its session path folds whole.
+    second = next(i for i, line in enumerate(lines) if line.startswith("second"))
+    folded = "".join(line[column:].strip() for line in lines[rule + 1 : second])
+    assert folded == SESSION
+    project = lines[header].index("project")
+    assert "".join(line[:project].strip() for line in lines[rule + 1 : second]) == run  # it folds too
+
+
+@pytest.mark.slow
+def test_runs_wide_prints_every_column_in_full(tmp_path: Path) -> None:
+    _runs_data(tmp_path, {"only": SESSION})
+    lines = _runs(tmp_path, "--wide").splitlines()
+    row = f"only  yolo experiments  train  completed        12       12        0  {TASK}  {SESSION}"
+    assert lines == [
+        "1 run",
+        "run   project           name   state      received  applied  backlog  task id"
+        + " " * 27
+        + "offline session",
+        "─" * len(row),
+        row,
+    ]

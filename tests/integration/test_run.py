@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -179,31 +180,43 @@ def test_context_manager_closes_failed_and_keeps_the_exception(fake: FakeCollect
     assert (closing.status, closing.error) == ("failed", "ValueError: boom")
 
 
-def test_bad_configuration_disables_the_run_without_raising(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR):
-        run = Run("proj", "cfg", endpoint="localhost:5555")
-    assert _warnings(caplog, "endpoint must look like tcp://host:port")
-    run.scalar("a", "b", 1.0, 1)
-    assert run.client is None
-    assert run.flush(0.1) is False
-    assert run.close() is False
-
-
-def test_invalid_run_fields_and_duplicate_ids_disable_the_run(
-    fake: FakeCollector, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("env", "arguments", "message"),
+    [
+        ({}, {"endpoint": "localhost:5555"},
+         "endpoint='localhost:5555': expected a ZeroMQ endpoint: tcp://host:port, ipc://path or "
+         "inproc://name"),
+        ({"CLEARML_RELAY_FLUSH_TIMEOUT": "abc"}, {},
+         "CLEARML_RELAY_FLUSH_TIMEOUT='abc': expected a number of seconds >= 0"),
+        ({"CLEARML_RELAY_ENDPOINT": "127.0.0.1:5555"}, {},
+         "CLEARML_RELAY_ENDPOINT='127.0.0.1:5555': expected a ZeroMQ endpoint: tcp://host:port, "
+         "ipc://path or inproc://name"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_raises_at_construction_naming_it(
+    env: dict[str, str], arguments: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with caplog.at_level(logging.ERROR):
-        empty = Run("", "name", endpoint=fake.endpoint)
-        bad_id = Run("proj", "name", run_id="../escape", endpoint=fake.endpoint)
-        first = Run("proj", "name", run_id="same-id", endpoint=fake.endpoint)
-        second = Run("proj", "name", run_id="same-id", endpoint=fake.endpoint)
-    assert empty.client is None
-    assert bad_id.client is None
-    assert second.client is None
-    assert _warnings(caplog, "project must not be empty")
-    assert _warnings(caplog, "'../escape'")
-    assert _warnings(caplog, "run id 'same-id' is already in use in this process")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        Run("proj", "cfg", **arguments)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert not any(Path(os.environ["CLEARML_RELAY_SPOOL_DIR"]).glob("*")), "an outbox was made"
+
+
+def test_invalid_run_fields_and_duplicate_ids_raise_at_construction(fake: FakeCollector) -> None:
+    with pytest.raises(ValueError, match=r"^project must not be empty$"):
+        Run("", "name", endpoint=fake.endpoint)
+    with pytest.raises(
+        ValueError, match=r"^run_id must be 1-64 of \[A-Za-z0-9_.-\], not starting with '.', got "
+    ):
+        Run("proj", "name", run_id="../escape", endpoint=fake.endpoint)
+    first = Run("proj", "name", run_id="same-id", endpoint=fake.endpoint)
+    with pytest.raises(ValueError, match=r"^run_id 'same-id' is already in use in this process$"):
+        Run("proj", "name", run_id="same-id", endpoint=fake.endpoint)
+    first.scalar("a", "b", 1.0, 1)  # the first run is untouched by the refused second
     assert first.close()
+    assert [type(e).__name__ for e in fake.events["same-id"]] == ["RunOpen", "Scalar", "RunClose"]
 
 
 def test_forked_child_calls_are_silent_no_ops(fake: FakeCollector) -> None:

@@ -144,10 +144,33 @@ def test_status_without_a_collector_fails_clearly_within_its_timeout() -> None:
     assert elapsed < 1 + 15, f"took {elapsed:.1f} s"  # the timeout plus an interpreter start
 
 
+EXPECTED = "expected a ZeroMQ endpoint: tcp://host:port, ipc://path or inproc://name"
+
+
 @pytest.mark.slow
-def test_status_with_a_malformed_endpoint_is_a_configuration_error() -> None:
-    for endpoint in ("localhost:5555", "tcp://no port here"):
-        result = _status("--endpoint", endpoint, "--timeout", "1")
-        assert result.returncode == 2, result.stderr
-        assert endpoint in result.stderr
-        assert "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    ("args", "environ", "line"),
+    [
+        (["--endpoint", "127.0.0.1:5555"], {}, f"--endpoint='127.0.0.1:5555': {EXPECTED}"),
+        (["--endpoint", "http://127.0.0.1:5555"], {}, f"--endpoint='http://127.0.0.1:5555': {EXPECTED}"),
+        (["--endpoint", "tcp://no port here"], {}, f"--endpoint='tcp://no port here': {EXPECTED}"),
+        ([], {"CLEARML_RELAY_ENDPOINT": "localhost:5555"},
+         f"CLEARML_RELAY_ENDPOINT='localhost:5555': {EXPECTED}"),
+        (["--endpoint", "tcp://127.0.0.1:9", "--timeout", "0"], {},
+         "--timeout=0: expected a number of seconds > 0"),
+    ],
+)  # fmt: skip
+def test_status_with_a_malformed_endpoint_is_a_configuration_error(
+    args: list[str], environ: dict[str, str], line: str
+) -> None:
+    """The producers' endpoint check and its one message, naming the flag or the variable."""
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "status", *args],
+        env=env(**environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"clearml-relay: configuration error: {line}\n"

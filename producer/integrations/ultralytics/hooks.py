@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from producer import preemption
+from producer.config import ConfigError, ProducerConfig
 from producer.integrations.console import Console, Router, router
 from producer.integrations.process import main_rank
+from producer.integrations.reporter import not_recorded
 from producer.integrations.ultralytics import trainer as ul
 from producer.integrations.ultralytics.session import ULTRALYTICS_LOGGER, Session
 from producer.integrations.worker import Worker, worker
@@ -92,6 +94,15 @@ class RelayHooks:
         self._router = router(ULTRALYTICS_LOGGER)  # the console capture's handler (addHandler locks)
         self._refill()
         preemption.install(abort_open_runs)  # main thread only: its runs end as aborted on SIGTERM
+        options = self._options
+        try:  # a bad setting is told now, before the training starts (its end tells it again)
+            ProducerConfig.from_env(
+                endpoint=options["endpoint"],
+                spool_dir=options["spool_dir"],
+                flush_timeout=options["flush_timeout"],
+            )
+        except ConfigError as exc:
+            not_recorded(str(exc))
 
     @property
     def callbacks(self) -> dict[str, Callable[[ul.Trainer], None]]:
