@@ -13,7 +13,7 @@ def _shape(line: str) -> str:
     """A line of the demo's output without what changes from run to run: ids, paths, numbers."""
     line = re.sub(r"[0-9a-f]{32}", "<id>", line)
     line = re.sub(r"(?<![\w.])/\S+", "<path>", line)
-    return re.sub(r"\d+(\.\d+)?", "<n>", line)
+    return re.sub(r" +", " ", re.sub(r"\d+(\.\d+)?", "<n>", line))  # numbers are padded to widths
 
 
 def _own_lines(text: str) -> list[str]:
