@@ -15,13 +15,12 @@ import pytest
 import zmq
 from collector_helpers import running
 from e2e import env
-from producer_helpers import free_endpoint
+from producer_helpers import free_endpoint, leftover_outbox
 from waiting import wait_for
 
 from collector.storage.journal import read_position
 from producer.config import ENV_ENDPOINT
 from producer.transport.client import close_clients
-from producer.transport.outbox import Outbox
 from producer.transport.sync import (
     DELIVERED,
     LOCKED,
@@ -62,19 +61,6 @@ def _sync(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _leftover(spool: Path, run_id: str, n: int) -> Outbox:
-    """An outbox as a crashed producer leaves it (once closed): n events, none acknowledged."""
-    outbox = Outbox.open(spool, run_id)
-    assert outbox is not None
-    events: list[protocol.Event] = [protocol.RunOpen(run=run_id, seq=1, project="p", name=run_id)]
-    events += [
-        protocol.Scalar(run=run_id, seq=s, title="t", series="s", value=float(s), iteration=s)
-        for s in range(2, n + 1)
-    ]
-    outbox.append([(e.seq, protocol.encode(e)) for e in events])
-    return outbox
-
-
 def _snapshot(spool: Path) -> dict[str, tuple[bytes, int] | None]:
     """Every path under ``spool``: a file's bytes and mtime, None for a directory."""
     return {
@@ -101,7 +87,7 @@ def test_a_bad_endpoint_or_timeout_is_one_line_naming_where_it_came_from(
     tmp_path: Path, args: list[str], environ: dict[str, str], line: str
 ) -> None:
     spool = tmp_path / "spool"
-    _leftover(spool, "kept", 3).close()
+    leftover_outbox(spool, "kept", 3).close()
     before = _snapshot(spool)
     result = _sync("--spool-dir", str(spool), *args, **environ)
     assert (result.returncode, result.stdout) == (2, "")
@@ -112,8 +98,8 @@ def test_a_bad_endpoint_or_timeout_is_one_line_naming_where_it_came_from(
 @pytest.mark.slow
 def test_with_no_collector_it_says_so_fast_and_leaves_the_outboxes_untouched(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    _leftover(spool, "run-a", 11).close()
-    _leftover(spool, "run-b", 4).close()
+    leftover_outbox(spool, "run-a", 11).close()
+    leftover_outbox(spool, "run-b", 4).close()
     before = _snapshot(spool)
     endpoint = free_endpoint()
     result = _sync(
@@ -130,7 +116,7 @@ def test_with_no_collector_it_says_so_fast_and_leaves_the_outboxes_untouched(tmp
 @pytest.mark.slow
 def test_the_variable_gives_the_endpoint_and_the_message_names_it(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    _leftover(spool, "run-a", 2).close()
+    leftover_outbox(spool, "run-a", 2).close()
     endpoint = free_endpoint()
     result = _sync(
         "--connect-timeout",
@@ -150,9 +136,9 @@ def test_the_variable_gives_the_endpoint_and_the_message_names_it(tmp_path: Path
 @pytest.mark.slow
 def test_delivers_and_ends_with_a_table_of_every_outbox(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    _leftover(spool, "run-a", 11).close()
-    _leftover(spool, "run-b", 5).close()
-    live = _leftover(spool, "live-run", 3)  # its producer holds the lock: left to it
+    leftover_outbox(spool, "run-a", 11).close()
+    leftover_outbox(spool, "run-b", 5).close()
+    live = leftover_outbox(spool, "live-run", 3)  # its producer holds the lock: left to it
     try:
         with running(tmp_path / "data") as collector:
             endpoint = collector.bound_endpoint
@@ -269,7 +255,7 @@ def test_a_partial_sync_ends_with_what_is_left_and_where(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_the_engine_gives_up_after_connect_timeout_without_touching_an_outbox(spool: Path) -> None:
-    _leftover(spool, "stuck", 7).close()
+    leftover_outbox(spool, "stuck", 7).close()
     before = _snapshot(spool)
     started = time.monotonic()
     result = sync(spool, free_endpoint(), timeout=30, connect_timeout=0.5)
@@ -281,7 +267,7 @@ def test_the_engine_gives_up_after_connect_timeout_without_touching_an_outbox(sp
 
 @pytest.mark.slow
 def test_a_collector_that_starts_within_connect_timeout_gets_everything(spool: Path, tmp_path: Path) -> None:
-    _leftover(spool, "late", 9).close()
+    leftover_outbox(spool, "late", 9).close()
     endpoint = free_endpoint()
     reports: list[SyncProgress] = []
     results: list[SyncResult] = []
@@ -331,7 +317,7 @@ class _StatusOnly:
 @pytest.mark.slow
 def test_a_collector_that_answers_but_acks_nothing_yet_is_waited_for_until_timeout(spool: Path) -> None:
     """As while a big file goes over first: its acknowledgement comes only at the end."""
-    _leftover(spool, "slow", 5).close()
+    leftover_outbox(spool, "slow", 5).close()
     collector = _StatusOnly()
     try:
         result = sync(spool, collector.endpoint, timeout=1.5, connect_timeout=0.2)

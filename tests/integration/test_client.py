@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from producer_helpers import FakeCollector, free_endpoint, other_version_header
+from producer_helpers import FakeCollector, free_endpoint, leftover_outbox, other_version_header
 from waiting import wait_for
 
 from producer import Run
@@ -35,19 +35,6 @@ def spool() -> Path:
     return Path(os.environ["CLEARML_RELAY_SPOOL_DIR"])
 
 
-def _leftover(spool: Path, run_id: str, n: int) -> Outbox:
-    """An outbox as a crashed producer leaves it: n events, none acked."""
-    outbox = Outbox.open(spool, run_id)
-    assert outbox is not None
-    events: list[protocol.Event] = [protocol.RunOpen(run=run_id, seq=1, project="p", name=run_id)]
-    events += [
-        protocol.Scalar(run=run_id, seq=s, title="t", series="s", value=float(s), iteration=s)
-        for s in range(2, n + 1)
-    ]
-    outbox.append([(e.seq, protocol.encode(e)) for e in events])
-    return outbox
-
-
 def _client(endpoint: str, spool: Path, **kwargs: object) -> Client:
     return Client(ProducerConfig.from_env(endpoint=endpoint, spool_dir=spool), at_exit=False, **kwargs)  # type: ignore[arg-type]
 
@@ -63,8 +50,8 @@ def _python(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 def test_leftover_outbox_is_adopted_and_a_locked_one_is_not(spool: Path) -> None:
-    _leftover(spool, "crashed", 30).close()  # lock released: its producer is gone
-    live = _leftover(spool, "alive", 5)  # lock held: a live producer owns it
+    leftover_outbox(spool, "crashed", 30).close()  # lock released: its producer is gone
+    live = leftover_outbox(spool, "alive", 5)  # lock held: a live producer owns it
     with FakeCollector() as fake:
         client = _client(fake.endpoint, spool)
         assert fake.wait_for(lambda f: f.positions.get("crashed") == 30)
@@ -315,8 +302,8 @@ def test_import_producer_loads_no_heavy_library() -> None:
 
 def test_sync_delivers_leftovers_and_reports_locked(spool: Path) -> None:
     for name in ("left-a", "left-b"):
-        _leftover(spool, name, 50).close()
-    live = _leftover(spool, "live-run", 3)
+        leftover_outbox(spool, name, 50).close()
+    live = leftover_outbox(spool, "live-run", 3)
     reports: list[SyncProgress] = []
     with FakeCollector() as fake:
         result = sync(spool, fake.endpoint, timeout=10, progress=reports.append)
@@ -331,7 +318,7 @@ def test_sync_delivers_leftovers_and_reports_locked(spool: Path) -> None:
 
 
 def test_sync_with_collector_down_reports_what_is_left(spool: Path) -> None:
-    _leftover(spool, "stuck", 7).close()
+    leftover_outbox(spool, "stuck", 7).close()
     started = time.monotonic()
     result = sync(spool, free_endpoint(), timeout=0.5, progress=None)
     assert time.monotonic() - started < 2.0

@@ -247,6 +247,13 @@ def test_a_real_producer_with_keys_from_the_environment_delivers_and_a_refused_r
     assert len(refused) == 1
     assert second.id in refused[0].getMessage()
     assert "CLEARML_RELAY_MAX_RUNS_PER_KEY" in refused[0].getMessage()
+    # The refused run's events stay in its outbox, and the process's exit would say so.
+    assert second.client is not None
+    left = second.client.undelivered_report()
+    second.client.stop()
+    assert len(left) == 1, left
+    assert left[0].startswith("clearml-relay: 1 run(s) not fully delivered to "), left
+    assert "22 events stay in" in left[0], left  # its open, 20 scalars and its close
 
 
 def test_a_file_over_the_size_limit_becomes_a_gap_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -376,3 +383,8 @@ def test_an_outbox_at_its_byte_limit_drops_new_events_and_the_run_still_closes(
     landed = [r["event"] for r in records(tmp_path / "data", run.id)]
     assert [e["t"] for e in landed] == ["open", "scalar", "image", "close"]
     assert [e["seq"] for e in landed] == [1, 2, 3, 4]
+    # The exit would tell what was lost on this side (its own producer's exit report).
+    assert run.client.undelivered_report() == [
+        f"clearml-relay: run {run.id}: 50 of its events could not be recorded (the errors above say why)"
+    ]
+    run.client.stop()

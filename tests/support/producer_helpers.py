@@ -14,9 +14,11 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 
+from producer.transport.outbox import Outbox
 from producer.wire import protocol
 
 
@@ -182,3 +184,16 @@ def free_endpoint() -> str:
 
 def other_version_header(version: int) -> bytes:
     return protocol.MAGIC + struct.pack(">H", version)
+
+
+def leftover_outbox(spool: Path, run_id: str, n: int) -> Outbox:
+    """An outbox as a crashed producer leaves it: n events (open, then scalars), none acknowledged."""
+    outbox = Outbox.open(spool, run_id)
+    assert outbox is not None
+    events: list[protocol.Event] = [protocol.RunOpen(run=run_id, seq=1, project="p", name=run_id)]
+    events += [
+        protocol.Scalar(run=run_id, seq=s, title="t", series="s", value=float(s), iteration=s)
+        for s in range(2, n + 1)
+    ]
+    outbox.append([(e.seq, protocol.encode(e)) for e in events])
+    return outbox
