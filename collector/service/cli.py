@@ -264,9 +264,10 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     # Lazy: a sync needs only producer code, never the collector's (and rich only to draw).
+    from collector.service.syncview import SyncView  # noqa: PLC0415
     from producer.config import ConfigError as ProducerConfigError  # noqa: PLC0415
     from producer.config import ProducerConfig  # noqa: PLC0415
-    from producer.transport.sync import SyncView, sync  # noqa: PLC0415
+    from producer.transport.sync import sync  # noqa: PLC0415
 
     endpoint = args.endpoint
     if endpoint is not None:  # the variable is checked, and named, by ProducerConfig

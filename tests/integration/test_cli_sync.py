@@ -18,6 +18,7 @@ from e2e import env
 from producer_helpers import free_endpoint, leftover_outbox
 from waiting import wait_for
 
+from collector.service.syncview import SyncView
 from collector.storage.journal import read_position
 from producer.config import ENV_ENDPOINT
 from producer.transport.client import close_clients
@@ -28,7 +29,6 @@ from producer.transport.sync import (
     RunOutcome,
     SyncProgress,
     SyncResult,
-    SyncView,
     sync,
 )
 from producer.wire import protocol

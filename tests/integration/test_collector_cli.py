@@ -52,41 +52,42 @@ class Lines:
                 return match
 
 
-def test_collector_subprocess_accepts_events_and_stops_on_sigterm(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def _start(data: Path) -> tuple[subprocess.Popen[str], Lines]:
+    command = ["collector", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data), "--backend", "jsonl"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "collector",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--data-dir",
-            str(data),
-            "--backend",
-            "jsonl",
-        ],
+        [sys.executable, "-m", "collector", *command],
         cwd=ROOT,
         env=clean_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        lines = Lines(proc)
-        endpoint = lines.wait_for(r"listening on (tcp://\S+), data dir (\S+), backend (\w+)").group(1)
-        with Producer(endpoint) as producer:
-            producer.submit(run_events("cli", 3))
-            assert producer.until_acked("cli", 3)[-1] == protocol.Ack(runs={"cli": 3})
+    return proc, Lines(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+    try:
         assert proc.wait(timeout=DEADLINE) == 0
-        lines.thread.join(DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_collector_subprocess_accepts_events_and_stops_on_sigterm(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc, lines = _start(data)
+    try:
+        endpoint = lines.wait_for(r"listening on (tcp://\S+), data dir (\S+), backend (\w+)").group(1)
+        with Producer(endpoint) as producer:
+            producer.submit(run_events("cli", 3))
+            assert producer.until_acked("cli", 3)[-1] == protocol.Ack(runs={"cli": 3})
+    finally:
+        _stop(proc)
+    lines.thread.join(DEADLINE)
     assert [line["seq"] for line in records(data, "cli")] == [1, 2, 3]
 
 
@@ -137,31 +138,6 @@ def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], 
 def test_unknown_override_is_an_error() -> None:
     with pytest.raises(ConfigError, match="colour"):
         CollectorConfig.from_env({}, colour="blue")
-
-
-def _start(data: Path) -> tuple[subprocess.Popen[str], Lines]:
-    command = ["collector", "--bind", "tcp://127.0.0.1:0", "--data-dir", str(data), "--backend", "jsonl"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", *command],
-        cwd=ROOT,
-        env=clean_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return proc, Lines(proc)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=DEADLINE) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.mark.slow
