@@ -47,6 +47,7 @@ ENV_ALLOW_KEYS: Final = PREFIX + "ALLOW_KEYS"
 ENV_MAX_FILE_BYTES: Final = PREFIX + "MAX_FILE_BYTES"
 ENV_MAX_RUNS_PER_KEY: Final = PREFIX + "MAX_RUNS_PER_KEY"
 ENV_NONFINITE: Final = PREFIX + "NONFINITE"
+ENV_ALLOW_PICKLED_FIGURES: Final = PREFIX + "ALLOW_PICKLED_FIGURES"
 #: Read by the CLI only: a library never configures logging.
 ENV_LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
 ENV_LOG_FORMAT: Final = PREFIX + "LOG_FORMAT"
@@ -298,6 +299,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "show 0, so a diverged loss would look perfect), counts it (`nonfinite_skipped`) and says "
             "so once per series in the task's console; `clearml` hands it to ClearML, which reports "
             "its `Logger.set_reporting_nan_value` / `set_reporting_inf_value` value (0 unless changed)."),
+    Setting("allow_pickled_figures", ENV_ALLOW_PICKLED_FIGURES, "--allow-pickled-figures", _flag, False,
+            "draw matplotlib figures that producers send pickled (`CLEARML_RELAY_FIGURES=pickle`)",
+            switch=True,
+            doc="Unpickling runs the sender's code: allowed only with CurveZMQ (every producer "
+            "authenticated) or a bind only this machine reaches (`ipc://`, loopback). Without it a "
+            "pickled figure is refused (a gap the producer logs). See docs/logger.md."),
 )  # fmt: skip
 """Every setting of :class:`CollectorConfig`, in the order of its fields."""
 
@@ -345,12 +352,20 @@ class CollectorConfig:
     max_file_bytes: int = _DEFAULTS["max_file_bytes"]
     max_runs_per_key: int = _DEFAULTS["max_runs_per_key"]
     nonfinite: NonfinitePolicy = _DEFAULTS["nonfinite"]
+    allow_pickled_figures: bool = _DEFAULTS["allow_pickled_figures"]
 
     def __post_init__(self) -> None:
         if (self.curve_secret_key is None) != (self.allow_keys is None):
             raise ConfigError(
                 f"{ENV_CURVE_SECRET_KEY} (--curve-secret-key) and {ENV_ALLOW_KEYS} (--allow-keys) "
                 "go together: the secret key encrypts, the allow-list says who may connect"
+            )
+        if self.allow_pickled_figures and self.curve_secret_key is None and not local_only(self.bind):
+            raise ConfigError(
+                f"{ENV_ALLOW_PICKLED_FIGURES} (--allow-pickled-figures) with --bind {self.bind}: unpickling "
+                "a figure runs its sender's code, so it needs authenticated producers (CurveZMQ: "
+                "--curve-secret-key and --allow-keys) or a bind only this machine reaches "
+                "(ipc://..., tcp://127.0.0.1:...)"
             )
 
     @classmethod
@@ -378,6 +393,14 @@ class CollectorConfig:
         if overrides:
             raise ConfigError(f"unknown collector settings: {', '.join(sorted(overrides))}")
         return cls(**values)
+
+
+def local_only(bind: str) -> bool:
+    """Whether only processes on this machine can reach ``bind`` (ipc, inproc, loopback TCP)."""
+    if bind.startswith(("ipc://", "inproc://")):
+        return True
+    host = bind.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def read_setting(setting: Setting, given: str | None, environ: Mapping[str, str] | None = None) -> Any:

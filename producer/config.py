@@ -38,6 +38,8 @@ ENV_FLUSH_TIMEOUT: Final = ENV_PREFIX + "FLUSH_TIMEOUT"
 ENV_MAX_PENDING: Final = ENV_PREFIX + "MAX_PENDING"
 ENV_FSYNC: Final = ENV_PREFIX + "FSYNC"
 ENV_MAX_OUTBOX_BYTES: Final = ENV_PREFIX + "MAX_OUTBOX_BYTES"
+ENV_MAX_PENDING_BYTES: Final = ENV_PREFIX + "MAX_PENDING_BYTES"
+ENV_FIGURES: Final = ENV_PREFIX + "FIGURES"
 # Read by the Ultralytics hooks (producer.integrations.ultralytics): they name the ClearML task of a training.
 ENV_PROJECT: Final = ENV_PREFIX + "PROJECT"
 ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
@@ -46,9 +48,13 @@ DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5555"
 DEFAULT_FLUSH_TIMEOUT: Final = 5.0
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_MAX_OUTBOX_BYTES: Final = 20 * 1024**3
+DEFAULT_MAX_PENDING_BYTES: Final = 1024**3
 
 FsyncPolicy = Literal["close", "always", "never"]
 FSYNC_POLICIES: Final[tuple[FsyncPolicy, ...]] = ("close", "always", "never")
+#: How a matplotlib figure travels: drawn to PNG on the producer, or pickled for the collector.
+FigureMode = Literal["render", "pickle"]
+FIGURE_MODES: Final[tuple[FigureMode, ...]] = ("render", "pickle")
 
 
 class ConfigError(ValueError):
@@ -101,6 +107,13 @@ def _fsync(name: str, raw: object) -> FsyncPolicy:
     value = raw.strip().lower() if isinstance(raw, str) else raw
     if value not in FSYNC_POLICIES:
         raise ConfigError(problem(name, raw, f"expected one of {', '.join(FSYNC_POLICIES)}"))
+    return value
+
+
+def _figures(name: str, raw: object) -> FigureMode:
+    value = raw.strip().lower() if isinstance(raw, str) else raw
+    if value not in FIGURE_MODES:
+        raise ConfigError(problem(name, raw, f"expected one of {', '.join(FIGURE_MODES)}"))
     return value
 
 
@@ -169,6 +182,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(ENV_MAX_OUTBOX_BYTES, "disk one run's outbox may hold unacknowledged; beyond, its new events are "
             "dropped (counted, logged once)", name="max_outbox_bytes", parse=_bytes,
             default=DEFAULT_MAX_OUTBOX_BYTES, shown="20 GiB"),
+    Setting(ENV_MAX_PENDING_BYTES, "memory the snapshots of Logger calls (arrays, figures, tables) may hold "
+            "while they wait for the writer thread; beyond, calls are dropped (counted, logged once)",
+            name="max_pending_bytes", parse=_bytes, default=DEFAULT_MAX_PENDING_BYTES, shown="1 GiB"),
+    Setting(ENV_FIGURES, "how `report_matplotlib_figure` travels: `render` (drawn to PNG by the producer's "
+            "writer thread) or `pickle` (drawn by the collector, interactive; it must allow pickled figures)",
+            name="figures", parse=_figures, default="render"),
     Setting(ENV_PROJECT, "ClearML project of a training", reader="hooks",
             shown="the trainer's `project`, else `Ultralytics`"),
     Setting(ENV_TASK_NAME, "ClearML task name of a training", reader="hooks", shown="the trainer's `name`"),
@@ -210,6 +229,10 @@ class ProducerConfig:
             batch) or ``never``.
         max_outbox_bytes: disk one run's outbox may hold (events and copied files not yet
             acknowledged); beyond it new events of the run are dropped, counted and logged once.
+        max_pending_bytes: memory the snapshots handed to the writer thread (Logger arrays,
+            figures, tables) may hold; beyond it such calls are dropped, counted and logged once.
+        figures: ``render`` (a figure is drawn to PNG by the writer thread) or ``pickle`` (its
+            pickle goes to the collector, which must allow it: see docs/logger.md).
         curve: CurveZMQ keys (``CLEARML_RELAY_SERVER_KEY`` and this producer's key pair, see
             :mod:`producer.wire.curve`); None: a plain connection.
 
@@ -221,6 +244,8 @@ class ProducerConfig:
     max_pending: int = DEFAULT_MAX_PENDING
     fsync: FsyncPolicy = "close"
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    figures: FigureMode = "render"
     curve: CurveKeys | None = None
 
     @classmethod

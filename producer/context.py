@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from producer.wire.protocol import ExecutionContext, GitInfo
+from producer.wire.execution import ExecutionContext, GitInfo
 
 log = logging.getLogger(__name__)
 

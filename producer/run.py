@@ -24,8 +24,12 @@ from producer import preemption
 from producer.arguments import CallError
 from producer.config import ProducerConfig
 from producer.context import cheap_context
+from producer.logger import base as logger_base
+from producer.logger.logger import Logger
+from producer.logger.task import TaskCalls
 from producer.once import Once
 from producer.transport.client import Client, get_client
+from producer.transport.payload import Source
 from producer.transport.runstate import RunState
 from producer.wire import protocol
 
@@ -54,7 +58,7 @@ def _hook(method: Callable[Concatenate[Run, _P], None]) -> Callable[Concatenate[
     return safe
 
 
-class Run:
+class Run(TaskCalls):
     """One training run, reported into its own ClearML task by the collector.
 
     Args:
@@ -102,11 +106,13 @@ class Run:
         self._closed = False
         self._once = Once()  # per run: each run reports each kind of mistake once
         self._flush_timeout: float | None = None
+        self._figures = "render"
+        self._logger: Logger | None = None
         try:
             config = ProducerConfig.from_env(
                 endpoint=endpoint, spool_dir=spool_dir, flush_timeout=flush_timeout
             )
-            self._flush_timeout = config.flush_timeout
+            self._flush_timeout, self._figures = config.flush_timeout, config.figures
             opening = protocol.RunOpen(
                 run=check.run_id(self._id),
                 seq=1,
@@ -144,6 +150,17 @@ class Run:
         return self._id
 
     @property
+    def logger(self) -> Logger:
+        """The run's ``clearml.Logger``-compatible API (see :class:`producer.logger.Logger`)."""
+        if self._logger is None:
+            self._logger = Logger(self)
+        return self._logger
+
+    def get_logger(self) -> Logger:
+        """``Task.get_logger()``: the same as :attr:`logger`."""
+        return self.logger
+
+    @property
     def client(self) -> Client | None:
         """The client delivering this run (None when the run is disabled); see ``Client.stats``."""
         return self._client
@@ -155,9 +172,10 @@ class Run:
             self._client.count("api_rejected")
         # A state (closed, forked, disabled) is reported once; a bad argument once per method.
         once_key = key if key in ("closed", "forked", "disabled") else (method, key)
-        self._once.log(log, logging.WARNING, once_key, "clearml-relay: Run.%s ignored: %s", method, message)
+        where = method if "." in method else f"Run.{method}"
+        self._once.log(log, logging.WARNING, once_key, "clearml-relay: %s ignored: %s", where, message)
 
-    def _emit(self, event: protocol.Event, source: str | None = None) -> None:
+    def _emit(self, event: protocol.Event, source: Source = None) -> None:
         client, state = self._ready()
         client.submit(state, event, source)
 
@@ -400,6 +418,15 @@ class Run:
 # SIGTERM handler runs on the main thread, maybe while that thread is inside this lock.
 _open_lock = threading.RLock()
 _open_runs: dict[Run, None] = {}
+
+
+def _newest_run() -> Run | None:
+    """The newest open run of this process (``Logger.current_logger()``'s)."""
+    with _open_lock:
+        return next(reversed(_open_runs), None)
+
+
+logger_base.newest_run = _newest_run
 
 
 def abort_open_runs(reason: str) -> None:

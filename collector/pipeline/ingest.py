@@ -105,6 +105,7 @@ class Ingest:
         curve: tuple[bytes, bytes] | None = None,
         owners: Owners | None = None,
         max_runs_per_key: int = 1000,
+        allow_pickled_figures: bool = False,
     ) -> None:
         if curve is not None and owners is None:
             raise ValueError("CURVE needs a run ownership map")
@@ -120,7 +121,12 @@ class Ingest:
         self.journal_cap = Episodes("journal_cap", "the journal's size cap", counters)
         self.files_space = Episodes("files_disk", "the file store's disk", counters)
         self._submits = Submits(
-            journal, files, counters=counters, owners=self.owners, max_runs_per_key=max_runs_per_key
+            journal,
+            files,
+            counters=counters,
+            owners=self.owners,
+            max_runs_per_key=max_runs_per_key,
+            allow_pickled_figures=allow_pickled_figures,
         )
         #: Last heartbeat (monotonic seconds) per run.
         self.heartbeats: dict[str, float] = {}

@@ -27,6 +27,12 @@ from producer.wire import protocol
 
 log = logging.getLogger("collector.pipeline.ingest")  # split out of ingest: log lines keep its name
 
+#: Why a pickled figure is refused (the producer logs it; the run's task shows the gap).
+PICKLE_REFUSED = (
+    "this collector does not accept pickled figures (unpickling runs the sender's code): start it "
+    "with --allow-pickled-figures, or set CLEARML_RELAY_FIGURES=render on the producer"
+)
+
 
 class Submits:
     """Takes each event of a Submit into a :class:`Batch`, or answers why not.
@@ -37,6 +43,7 @@ class Submits:
         counters: Where duplicates, gaps and missing files are counted.
         owners: Run ownership by producer key (CURVE); None: any peer writes any run.
         max_runs_per_key: Open runs one key may own; beyond, new runs are refused (``limit``).
+        allow_pickled_figures: Accept figures sent as pickles (else each one is refused).
 
     """
 
@@ -48,12 +55,14 @@ class Submits:
         counters: Counters,
         owners: Owners | None,
         max_runs_per_key: int,
+        allow_pickled_figures: bool = False,
     ) -> None:
         self.journal = journal
         self.files = files
         self.counters = counters
         self.owners = owners
         self.max_runs_per_key = max_runs_per_key
+        self.allow_pickled_figures = allow_pickled_figures
         #: (run, writer) pairs refused as conflicting, logged once each.
         self._conflicts: set[tuple[str, str]] = set()
 
@@ -179,6 +188,8 @@ class Submits:
         if isinstance(event, protocol.Gap) and event.last < event.seq:
             error = protocol.ProtocolError("invalid", f"gap ends at {event.last}, before {seq}")
             event = None
+        if isinstance(event, protocol.Figure) and event.format == "pickle" and not self.allow_pickled_figures:
+            error, event = protocol.ProtocolError("invalid", PICKLE_REFUSED), None
         if event is None:
             assert error is not None
             # A refused event still consumes its seq, so the run never stalls behind it.

@@ -76,6 +76,7 @@ def make_backend(config: CollectorConfig, counters: Counters | None = None) -> B
             call_timeout=config.call_timeout,
             nonfinite=config.nonfinite,
             counters=counters,
+            allow_pickled_figures=config.allow_pickled_figures,
         )
     raise ValueError(f"unknown backend {config.backend!r}")
 
@@ -292,6 +293,7 @@ class Collector:
                 curve=curve,
                 owners=security.Owners(config.data_dir) if curve is not None else None,
                 max_runs_per_key=config.max_runs_per_key,
+                allow_pickled_figures=config.allow_pickled_figures,
             )
             security.warn_if_exposed(self._ingest.endpoint, curve is not None)
             if config.metrics_port is not None:

@@ -34,6 +34,7 @@ import zmq
 
 from producer.config import ProducerConfig
 from producer.transport.outbox import Outbox
+from producer.transport.payload import Payload, PendingBytes, Source
 from producer.transport.report import undelivered_report
 from producer.transport.runstate import STOP, FlushMark, Handoff, Item, RunState
 from producer.transport.sender import Sender
@@ -74,6 +75,8 @@ class Client:
         # deque.append and popleft are atomic: the caller's only synchronisation.
         self._queue: collections.deque[Item] = collections.deque()
         self._writer_wake = threading.Event()
+        #: Memory held by Logger snapshots until the writer has written them.
+        self.pending_bytes = PendingBytes(config.max_pending_bytes)
         self._closed = False
         self._stopped = False
         # A flush timed out and no ack came since: the exit handler then waits no longer, so
@@ -94,6 +97,7 @@ class Client:
             queue=self._queue,
             wake=self._writer_wake,
             sender_wake=wake_out,
+            pending_bytes=self.pending_bytes,
         )
         self.sender = Sender(self, config, self.tally, self._ctx, wake_in, adopt=adopt)
         self._writer_thread = threading.Thread(target=writer.run, name="clearml-relay-writer", daemon=True)
@@ -121,9 +125,26 @@ class Client:
             self._runs[run_id] = state
             return state
 
-    def submit(self, run: RunState, event: protocol.Event, source: str | None = None) -> bool:
-        """Hand an event (seq unset) to the writer; False if it was dropped. Never blocks."""
+    def submit(self, run: RunState, event: protocol.Event, source: Source = None) -> bool:
+        """Hand an event (seq unset) to the writer; False if it was dropped. Never blocks.
+
+        ``source``: the file the event refers to (copied by the writer), or a :class:`Payload`
+        (a snapshot the writer finishes); a payload beyond ``max_pending_bytes`` is dropped.
+        """
         if not self._admit(run, 1):
+            return False
+        if isinstance(source, Payload) and not self.pending_bytes.take(source.size):
+            self.tally.count("dropped_overflow")
+            run.lost += 1
+            self.tally.log_once(
+                log,
+                logging.WARNING,
+                "overflow-bytes",
+                "clearml-relay: Logger snapshots waiting to be written hold %d bytes "
+                "(CLEARML_RELAY_MAX_PENDING_BYTES); dropping such calls until the writer catches up "
+                "(counted as dropped_overflow)",
+                self.pending_bytes.held,
+            )
             return False
         self._queue.append(Handoff(run, event, source))
         return True

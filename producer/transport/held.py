@@ -12,12 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import time
 from typing import Final
 
 from producer.config import ProducerConfig
 from producer.transport.outbox import free_bytes
+from producer.transport.payload import source_name, source_size
 from producer.transport.runstate import Handoff, RunState
 from producer.transport.tally import Tally
 from producer.wire import protocol
@@ -94,10 +94,10 @@ class HeldFiles:
         state, event = item.run, item.event
         assert item.source is not None
         spool_dir = self._config.spool_dir
-        needed = _size_of(item.source)
+        needed = source_size(item.source)
         free = free_bytes(spool_dir)
         where = f"the spool {spool_dir} ({describe_bytes(free)} free, the file is {describe_bytes(needed)})"
-        name = os.path.basename(item.source)
+        name = source_name(item.source)
         now = time.monotonic()
         if now < state.held_deadline:
             self._tally.log_once(
@@ -126,13 +126,6 @@ class HeldFiles:
             where,
         )
         return protocol.Gap(run=state.run_id, seq=seq, last=seq, ts=time.time(), reason=reason)
-
-
-def _size_of(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
 
 
 def describe_bytes(n: int | None) -> str:

@@ -192,6 +192,37 @@ class Outbox:
         name = os.path.basename(os.fspath(source))[:255] or "file"
         return FileRef(sha256=digest.hexdigest(), size=size, name=name)
 
+    def spool_bytes(
+        self, seq: int, data: bytes | bytearray | memoryview, name: str, *, fsync: bool = False
+    ) -> FileRef:
+        """Write ``data`` (a Logger payload) to ``blobs/<seq>``; a failed write leaves nothing.
+
+        Raises:
+            SpoolWriteError: the blob cannot be written (a full spool...).
+
+        """
+        target = self.blob_path(seq)
+        view = memoryview(data).cast("B")
+        try:
+            fd = _spool_call(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                for start in range(0, len(view), COPY_BYTES):
+                    _spool_call(_write_all, fd, view[start : start + COPY_BYTES])
+                if fsync:
+                    _spool_call(os.fsync, fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+            raise
+        size = len(view)
+        with self._io:
+            self._blobs.append(seq)
+            self._blob_sizes[seq] = size
+            self.bytes_held += size
+        return FileRef(sha256=hashlib.sha256(view).hexdigest(), size=size, name=name[:255] or "file")
+
     def append(self, records: list[tuple[int, bytes]]) -> None:
         """Append encoded events (seq, body) with one write."""
         with self._io:

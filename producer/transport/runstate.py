@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from producer.transport.outbox import Outbox
+from producer.transport.payload import Payload
 from producer.wire import protocol
 
 
@@ -98,7 +99,7 @@ class Handoff(NamedTuple):
 
     run: RunState
     event: protocol.Event
-    source: str | None
+    source: str | Payload | None
 
 
 class FlushMark:

@@ -25,9 +25,10 @@ from producer.config import ProducerConfig
 from producer.context import complete_context
 from producer.transport.held import NO_ROOM, HeldFiles, describe_bytes
 from producer.transport.outbox import Outbox, SpoolWriteError, free_bytes
+from producer.transport.payload import Payload, PayloadError, PendingBytes
 from producer.transport.runstate import FlushMark, Handoff, Item, RunState
 from producer.transport.tally import Tally
-from producer.wire import protocol
+from producer.wire import protocol, reports
 
 # The name the client's messages have always been logged under.
 log = logging.getLogger("producer.transport.client")
@@ -36,6 +37,8 @@ log = logging.getLogger("producer.transport.client")
 WRITE_BATCH: Final = 5000
 #: An encoded event must leave room in a Submit body for its batch overhead.
 MAX_EVENT_BYTES: Final = protocol.MAX_BODY_BYTES - 64 * 1024
+#: A Logger call larger than this travels in a file (chunks, sha256) instead of its event.
+INLINE_CALL_BYTES: Final = 256 * 1024
 #: Writer poll interval while events flow, and the longest one when idle.
 MIN_POLL: Final = 0.001
 MAX_POLL: Final = 0.02
@@ -51,6 +54,7 @@ class Writer:
         queue: the hand-off deque (the caller appends, only this thread pops).
         wake: set to wake the writer at once (flush, stop).
         sender_wake: the inproc socket that wakes the sender; this thread's alone, closed at the end.
+        pending_bytes: the memory Logger payloads hold; given back as each one is written.
 
     """
 
@@ -63,6 +67,7 @@ class Writer:
         queue: collections.deque[Item],
         wake: threading.Event,
         sender_wake: zmq.Socket[bytes],
+        pending_bytes: PendingBytes | None = None,
     ) -> None:
         self._config = config
         self._tally = tally
@@ -71,6 +76,7 @@ class Writer:
         self._wake = wake
         self._sender_wake = sender_wake
         self._held = HeldFiles(config, tally)
+        self._pending_bytes = pending_bytes or PendingBytes(config.max_pending_bytes)
 
     def run(self) -> None:
         dirty: set[RunState] = set()
@@ -152,9 +158,12 @@ class Writer:
             self._tally.count("writer_errors")
             self._tally.log_once(log, logging.ERROR, ("writer", state.run_id), "clearml-relay: writer failed")
             log.debug("writer failure", exc_info=True)
-            return 1
+            record = None
         if state.held and state.held[-1] is item:
             return 0
+        if isinstance(item.source, Payload):
+            self._pending_bytes.give(item.source.size)
+            item.source.release()
         if record is not None:
             records.setdefault(state, []).append(record)
             if isinstance(item.event, protocol.RunClose):
@@ -284,21 +293,33 @@ class Writer:
                 complete_context(event.context)
             except Exception as exc:  # noqa: BLE001 - optional details are never worth losing the run
                 log.debug("execution context incomplete: %s", exc)
-        if item.source is not None and isinstance(event, protocol.FILE_EVENTS):
+        has_file = item.source is not None and isinstance(event, protocol.FILE_EVENTS)
+        if has_file or isinstance(event, protocol.Report):
             return self._prepare_file(item, event, outbox, seq)
         return self._record(item, event, outbox, seq)
 
     def _prepare_file(
         self,
         item: Handoff,
-        event: protocol.DebugImage | protocol.Plot | protocol.Model,
+        event: protocol.Event,
         outbox: Outbox,
         seq: int,
     ) -> tuple[int, bytes] | None:
         """Copy the event's file into the outbox, then record it; or what to record instead."""
-        assert item.source is not None
+        assert isinstance(event, protocol.FILE_EVENTS)
+        fsync = self._config.fsync == "always"
         try:
-            event.file = outbox.spool_file(seq, item.source, fsync=self._config.fsync == "always")
+            if item.source is None or isinstance(item.source, Payload):
+                data = self._make(item, event)
+                if data is None:
+                    return self._record(item, event, outbox, seq)
+                name = item.source.name if item.source is not None else "call.msgpack"
+                event.file = outbox.spool_bytes(seq, data, name, fsync=fsync)
+            else:
+                event.file = outbox.spool_file(seq, item.source, fsync=fsync)
+        except PayloadError as exc:
+            self._unmade(item, event, exc)
+            return None
         except SpoolWriteError as exc:
             if exc.errno in NO_ROOM:
                 return self._no_room(item, seq, exc)
@@ -308,6 +329,29 @@ class Writer:
             self._unreadable(item, event, exc)
             return None
         return self._record(item, event, outbox, seq)
+
+    def _make(self, item: Handoff, event: protocol.Event) -> bytes | bytearray | memoryview | None:
+        """Finish a payload's event; a Logger call too large for an event goes into its file."""
+        data = item.source.make(event) if isinstance(item.source, Payload) else None
+        if isinstance(event, protocol.Report) and event.call is not None:
+            body = reports.encode_call(event.call)
+            if len(body) > INLINE_CALL_BYTES:
+                event.method, event.call, data = reports.method(event.call), None, body
+        return data
+
+    def _unmade(self, item: Handoff, event: protocol.Event, exc: PayloadError) -> None:
+        """A Logger snapshot that cannot become its event (a figure that fails to draw): dropped."""
+        self._tally.count("dropped_invalid")
+        item.run.lost += 1
+        self._tally.log_once(
+            log,
+            logging.WARNING,
+            ("unmade", type(event).__name__, str(exc)[:80]),
+            "clearml-relay: dropping a %s event of run %s: %s",
+            type(event).__name__,
+            item.run.run_id,
+            exc,
+        )
 
     def _record(
         self, item: Handoff, event: protocol.Event, outbox: Outbox, seq: int

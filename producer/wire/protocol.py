@@ -13,6 +13,9 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from producer.wire.execution import ExecutionContext
+from producer.wire.reports import ITEMSIZE, MAX_ELEMENTS, Call, Dtype
+
 PROTOCOL_VERSION: Final = 2
 MAGIC: Final = b"CRLY"
 HEADER: Final = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
@@ -76,27 +79,6 @@ class FileRef(msgspec.Struct, kw_only=True, frozen=True):
     name: _Name
 
 
-class GitInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    repository: _Short = ""
-    commit: _Short = ""
-    branch: _Short = ""
-    diff: _Text = ""
-
-
-class ExecutionContext(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Where the run executes: becomes the ClearML task's execution section."""
-
-    argv: list[_Text] = []
-    script: _Text = ""
-    cwd: _Text = ""
-    host: _Short = ""
-    pid: int = 0
-    user: _Short = ""
-    python: _Short = ""
-    packages: list[_Short] = []
-    git: GitInfo | None = None
-
-
 class _Event(_Struct):
     run: RunId
     seq: Seq
@@ -137,11 +119,109 @@ class Hyperparams(_Event, tag="params", kw_only=True):
     values: dict[_Name, ParamValue]
 
 
+#: Which of a series' file names a debug sample reuses (``max_image_history``): ``seq`` when None.
+_Slot = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+_Dim = Annotated[int, msgspec.Meta(ge=1, le=2**20)]
+
+
 class DebugImage(_Event, tag="image", kw_only=True):
     title: _Name
     series: _Name
     iteration: _Iteration
     file: FileRef
+    slot: _Slot | None = None
+
+
+class ImageArray(_Event, tag="image_array", kw_only=True):
+    """``report_image(image=...)``: the file holds the array's pixels; the collector encodes them."""
+
+    title: _Name
+    series: _Name
+    iteration: _Iteration
+    file: FileRef
+    dtype: Dtype
+    #: (height, width) or (height, width, channels) with 1, 3 or 4 channels.
+    shape: Annotated[list[_Dim], msgspec.Meta(min_length=2, max_length=3)]
+    slot: _Slot | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.shape) == 3 and self.shape[2] not in (1, 3, 4):
+            raise ValueError(f"an image has 1, 3 or 4 channels, got shape {self.shape}")
+        count = self.shape[0] * self.shape[1] * (self.shape[2] if len(self.shape) == 3 else 1)
+        if count > MAX_ELEMENTS or count * ITEMSIZE[self.dtype] != self.file.size:
+            raise ValueError(
+                f"an image of shape {self.shape} and dtype {self.dtype} is "
+                f"{count * ITEMSIZE[self.dtype]} bytes, its file {self.file.size}"
+            )
+
+
+class Media(_Event, tag="media", kw_only=True):
+    """``report_media``: the file is the media (``local_path`` or ``stream``) as it is."""
+
+    title: _Name
+    series: _Name
+    iteration: _Iteration
+    file: FileRef
+    extension: _Short = ""
+    slot: _Slot | None = None
+
+
+class Figure(_Event, tag="figure", kw_only=True):
+    """``report_matplotlib_figure``: the file is the figure's pickle, or its PNG drawn by the producer."""
+
+    title: _Name
+    series: _Name
+    iteration: _Iteration
+    file: FileRef
+    format: Literal["pickle", "png"]
+    report_image: bool = False
+    report_interactive: bool = True
+
+
+class Report(_Event, tag="report", kw_only=True):
+    """A Logger call replayed by the collector (``producer.wire.reports``).
+
+    The call travels in ``call``, or, when it is too large for an event, encoded in ``file``
+    (``method`` names it then).
+    """
+
+    title: _Name
+    series: _Name
+    iteration: _Iteration | None = None
+    call: Call | None = None
+    file: FileRef | None = None
+    method: _Short = ""
+
+    def __post_init__(self) -> None:
+        if (self.call is None) == (self.file is None):
+            raise ValueError("a report holds its call, or a file with the call in it, not both")
+
+
+class Parameters(_Event, tag="parameters", kw_only=True):
+    """``Task.connect`` (a dict into ``section``), ``set_parameters`` or ``update_parameters``.
+
+    ``values`` are as the caller gave them (nested for ``connect``, ``Section/name`` keys for the
+    other two); the collector calls the task's method of the same name with them.
+    """
+
+    values: dict[str, Any]
+    how: Literal["connect", "set", "update"]
+    section: _Name | None = None
+
+
+class Configuration(_Event, tag="config", kw_only=True):
+    """``Task.connect_configuration``: a dictionary (``value``) or a file's text (``text``)."""
+
+    name: _Name
+    description: _Text = ""
+    value: dict[str, Any] | list[Any] | None = None
+    text: _Text | None = None
+    #: The file's name, for a configuration read from a file.
+    file_name: _Short = ""
+
+    def __post_init__(self) -> None:
+        if (self.value is None) == (self.text is None):
+            raise ValueError("a configuration is a dictionary or a text, not both")
 
 
 class Plot(_Event, tag="plot", kw_only=True):
@@ -158,6 +238,8 @@ class Model(_Event, tag="model", kw_only=True):
     file: FileRef
     framework: _Short = "PyTorch"
     tags: list[_Name] = []
+    comment: _Text = ""
+    iteration: _Iteration | None = None
 
 
 class ConsoleText(_Event, tag="text", kw_only=True):
@@ -192,6 +274,12 @@ Event = (
     | SingleValue
     | Hyperparams
     | DebugImage
+    | ImageArray
+    | Media
+    | Figure
+    | Report
+    | Parameters
+    | Configuration
     | Plot
     | Model
     | ConsoleText
@@ -199,7 +287,7 @@ Event = (
     | RunClose
     | Gap
 )
-FILE_EVENTS: Final = (DebugImage, Plot, Model)
+FILE_EVENTS: Final = (DebugImage, ImageArray, Media, Figure, Report, Plot, Model)
 
 
 def event_file(event: Event) -> FileRef | None:

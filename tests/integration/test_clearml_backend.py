@@ -26,6 +26,7 @@ from collector.config import ENV_NONFINITE, CollectorConfig
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
 from collector.service.server import make_backend
+from producer.wire import execution
 from producer.wire import protocol as p
 
 # A tiny valid PNG (1x1, RGB), so PIL can read its size.
@@ -106,7 +107,7 @@ def state_dir(tmp_path: Path) -> Path:
 def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: FileStore) -> None:
     backend = ClearMLBackend(state_dir, offline=True, call_timeout=10)
     run = "r1"
-    context = p.ExecutionContext(
+    context = execution.ExecutionContext(
         argv=["train.py", "--epochs", "3"],
         script="train.py",
         cwd="/src",
@@ -115,7 +116,7 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
         user="ann",
         python="3.11.9",
         packages=["torch==2.3.0", "ultralytics==8.4.0"],
-        git=p.GitInfo(repository="https://example.com/y.git", commit="abc123", branch="main", diff="+x"),
+        git=execution.GitInfo(repository="https://example.com/y.git", commit="abc123", branch="main", diff="+x"),
     )
     events: list[p.Event] = [
         opening(
@@ -405,6 +406,7 @@ import sys, threading
 from pathlib import Path
 from collector.backends.clearml.backend import ClearMLBackend
 from collector.pipeline.files import FileStore
+from producer.wire import execution
 from producer.wire import protocol as p
 
 rounds, width, root = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from producer.wire import execution
 from producer.wire import protocol as p
 
 SHA = "ab" * 32
@@ -21,7 +22,7 @@ ONE_OF_EACH: list[p.Event] = [
         name="exp",
         tags=["Ultralytics"],
         hyperparams={"General": {"lr0": 0.01, "epochs": 3, "name": "x", "flag": True, "none": None}},
-        context=p.ExecutionContext(argv=["train.py"], git=p.GitInfo(commit="abc")),
+        context=execution.ExecutionContext(argv=["train.py"], git=execution.GitInfo(commit="abc")),
         task_id="t",
         resume_run="r0",
     ),

@@ -164,6 +164,8 @@ def test_every_producer_variable_is_in_the_table_and_reaches_its_field(tmp_path:
         "max_pending": ("7", 7),
         "fsync": ("never", "never"),
         "max_outbox_bytes": ("1000", 1000),
+        "max_pending_bytes": ("1000", 1000),
+        "figures": ("pickle", "pickle"),
     }
     assert examples.keys() == fields
     defaults = producer_config.ProducerConfig.from_env(environ={})

@@ -163,6 +163,7 @@ class ClearMLBackend:
         fsync: bool = True,
         nonfinite: NonfinitePolicy = "skip",
         counters: Counters | None = None,
+        allow_pickled_figures: bool = False,
     ) -> None:
         self.directory = directory
         self.offline = offline
@@ -176,7 +177,12 @@ class ClearMLBackend:
         directory.mkdir(parents=True, exist_ok=True)
         self._call = TimedCalls(call_timeout)
         self._mapper = EventMapper(
-            directory, offline=offline, nonfinite=nonfinite, counters=self.counters, calls=self._call
+            directory,
+            offline=offline,
+            nonfinite=nonfinite,
+            counters=self.counters,
+            calls=self._call,
+            allow_pickled_figures=allow_pickled_figures,
         )
         # Guards the dict only; never held across a ClearML call.
         self._lock = threading.Lock()

@@ -30,7 +30,7 @@ _MISSING: BaseException | None = None
 try:  # what a clearml that moved these would fail on: install() says which version it is
     from clearml import OutputModel, Task
     from clearml.backend_api.services import tasks as api_tasks
-    from clearml.backend_interface.metrics.events import ImageEvent, UploadEvent
+    from clearml.backend_interface.metrics.events import ImageEvent, MediaEvent, UploadEvent
     from clearml.backend_interface.metrics.interface import Metrics
     from clearml.config import ConfigWrapper, get_offline_dir
     from clearml.storage.helper import _StorageHelper
@@ -232,20 +232,46 @@ class TaskWriters:
         self.reporter._report_service.send_all_events(wait=True)
 
     def _upload(
-        self, kind: Any, title: str, series: str, *, iteration: int, path: Path, name: str, ext: str
+        self,
+        kind: Any,
+        title: str,
+        series: str,
+        *,
+        iteration: int,
+        path: Path | None,
+        name: str,
+        ext: str | None,
+        image: Any = None,
     ) -> tuple[str, Any]:
         upload_uri: str = self.logger.get_default_upload_destination()
+        data = {"stream": image} if kind is MediaEvent else {"image_data": image}
         return upload_uri, kind(
             metric=title,
             variant=series,
             iter=iteration,
-            image_data=None,
-            local_image_path=str(path),
+            **data,
+            local_image_path=None if path is None else str(path),
             upload_uri=upload_uri,
             file_history_size=-1,
             override_filename=name,
             override_filename_ext=ext,
         )
+
+    def report_image_array(self, title: str, series: str, *, iteration: int, image: Any, name: str) -> None:
+        """A debug image of an array, encoded by the SDK as ``Logger.report_image(image=...)`` does."""
+        _, upload = self._upload(
+            ImageEvent, title, series, iteration=iteration, path=None, name=name, ext=None, image=image
+        )
+        self.reporter._report(upload)
+
+    def report_media(
+        self, title: str, series: str, *, iteration: int, path: Path, name: str, ext: str
+    ) -> None:
+        """A debug sample of a media file as it is (``Logger.report_media``), uploaded as ``name + ext``."""
+        _, upload = self._upload(
+            MediaEvent, title, series, iteration=iteration, path=path, name=name, ext=ext
+        )
+        self.reporter._report(upload)
 
     def report_image(
         self, title: str, series: str, *, iteration: int, path: Path, name: str, ext: str

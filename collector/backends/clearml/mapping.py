@@ -37,10 +37,12 @@ from clearml import OutputModel
 from collector.backends.clearml import compat
 from collector.backends.clearml.calls import TimedCalls
 from collector.backends.clearml.live import LiveRun
+from collector.backends.clearml.replay import Replay
 from collector.config import ENV_NONFINITE, NonfinitePolicy
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
 from producer.wire import protocol
+from producer.wire.execution import ExecutionContext, GitInfo
 
 log = logging.getLogger("collector.backends.clearml.backend")  # split out of it: log lines keep its name
 
@@ -68,6 +70,13 @@ def safe_name(name: str, default: str) -> str:
     return cleaned or default
 
 
+def sample_name(event: protocol.Event) -> str:
+    """A debug sample's file name: by its ``max_image_history`` slot (as ClearML's), else its seq."""
+    slot = getattr(event, "slot", None)
+    number = event.seq if slot is None else slot
+    return f"{getattr(event, 'title', '')}_{getattr(event, 'series', '')}_{number:08d}"
+
+
 def _suffix(name: str) -> str:
     suffix = Path(safe_name(name, "file")).suffix.lower()
     return suffix if suffix and suffix != "." else ".png"
@@ -82,6 +91,7 @@ class EventMapper:
         nonfinite: What happens to a NaN or infinity (see :class:`ClearMLBackend`).
         counters: Where skipped values are counted.
         calls: Runs the calls that may block on the network, with a timeout.
+        allow_pickled_figures: Draw figures sent pickled (``--allow-pickled-figures``).
 
     """
 
@@ -93,12 +103,14 @@ class EventMapper:
         nonfinite: NonfinitePolicy,
         counters: Counters,
         calls: TimedCalls,
+        allow_pickled_figures: bool = False,
     ) -> None:
         self.directory = directory
         self.offline = offline
         self.nonfinite = nonfinite
         self.counters = counters
         self._call = calls
+        self.replay = Replay(counters=counters, allow_pickled_figures=allow_pickled_figures, name=sample_name)
 
     def apply(self, live: LiveRun, event: protocol.Event, files: FileStore) -> None:  # noqa: PLR0912  (a branch per event type)
         logger = live.logger
@@ -118,6 +130,12 @@ class EventMapper:
             self._report_upload(live, event, files.path(live.state.run, event.file.sha256), plot=True)
         elif isinstance(event, protocol.Model):
             self._apply_model(live, event, files.path(live.state.run, event.file.sha256))
+        elif isinstance(event, protocol.ImageArray | protocol.Media | protocol.Figure | protocol.Report):
+            self.replay.apply(live, event, files)
+        elif isinstance(event, protocol.Parameters):
+            self._apply_parameters(live, event)
+        elif isinstance(event, protocol.Configuration):
+            self._apply_configuration(live, event)
         elif isinstance(event, protocol.ConsoleText):
             logger.report_text(event.text, level=_LEVELS[event.level], print_console=False)
         elif isinstance(event, protocol.MachineStats):
@@ -180,8 +198,8 @@ class EventMapper:
         # server's values flow back into the dict.
         live.task.update_parameters({f"{section}/{key}": value for key, value in values.items()})
 
-    def _set_context(self, live: LiveRun, context: protocol.ExecutionContext) -> None:
-        git = context.git or protocol.GitInfo()
+    def _set_context(self, live: LiveRun, context: ExecutionContext) -> None:
+        git = context.git or GitInfo()
         version = ".".join(context.python.split(".")[:2])
         compat.set_script(
             live.task,
@@ -210,7 +228,7 @@ class EventMapper:
         The file name comes from the event's seq (see the module doc); every sample is kept, as
         a name is never reused.
         """
-        name, ext = f"{event.title}_{event.series}_{event.seq:08d}", _suffix(event.file.name)
+        name, ext = sample_name(event), _suffix(event.file.name)
         writers, iteration = live.writers, event.iteration
         if plot:
             writers.report_image_plot(
@@ -230,6 +248,7 @@ class EventMapper:
     def _apply_model(self, live: LiveRun, event: protocol.Model, path: Path) -> None:
         run, task = live.state.run, live.task
         marker = f"clearml-relay {run}#{event.seq}"
+        comment = f"{event.comment}\n{marker}" if event.comment else marker
         if not self.offline and live.uncertain and event.seq > live.uncertain_after:
             models = self._call(run, "list-models", lambda: list(task.models["output"]))
             if any(marker in (model.comment or "") for model in models):
@@ -247,11 +266,15 @@ class EventMapper:
 
         def register() -> None:
             model = OutputModel(
-                task=task, name=event.name, tags=list(event.tags), comment=marker, framework=event.framework
+                task=task, name=event.name, tags=list(event.tags), comment=comment, framework=event.framework
             )
             model.connect(task=task, name=event.name)
             model.update_weights(
-                weights_filename=str(staged), auto_delete_file=False, update_comment=False, async_enable=False
+                weights_filename=str(staged),
+                auto_delete_file=False,
+                update_comment=False,
+                async_enable=False,
+                iteration=event.iteration,
             )
 
         self._call(run, "model", register)
@@ -262,6 +285,38 @@ class EventMapper:
             shutil.rmtree(staged.parent, ignore_errors=True)
             with contextlib.suppress(OSError):
                 staged.parent.parent.rmdir()  # the run's staging folder, once empty
+
+    def _apply_parameters(self, live: LiveRun, event: protocol.Parameters) -> None:
+        """``Task.connect`` / ``set_parameters`` / ``update_parameters`` with the caller's values."""
+        task, values = live.task, event.values
+        live.task_changed = True
+        if event.how == "connect":
+            self._call(live.state.run, "parameters", lambda: task.connect(values, name=event.section))
+        elif event.how == "set":
+            self._call(live.state.run, "parameters", lambda: task.set_parameters(values))
+        else:
+            self._call(live.state.run, "parameters", lambda: task.update_parameters(values))
+
+    def _apply_configuration(self, live: LiveRun, event: protocol.Configuration) -> None:
+        """``Task.connect_configuration``: a dict as it is, a file's text from a file of its name."""
+        task, run = live.task, live.state.run
+        live.task_changed = True
+        description = event.description or None
+        if event.value is not None:
+            value = event.value
+            self._call(
+                run, "configuration", lambda: task.connect_configuration(value, event.name, description)
+            )
+            return
+        staged = self.directory / f"{run}.config" / str(event.seq) / safe_name(event.file_name, "config.txt")
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(event.text or "", encoding="utf-8")
+        try:
+            self._call(
+                run, "configuration", lambda: task.connect_configuration(staged, event.name, description)
+            )
+        finally:
+            shutil.rmtree(staged.parent.parent, ignore_errors=True)
 
     def set_status(self, live: LiveRun, status: str, message: str) -> None:
         task, message = live.task, message[:_STATUS_MESSAGE_CHARS]
