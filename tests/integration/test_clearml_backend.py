@@ -116,7 +116,9 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
         user="ann",
         python="3.11.9",
         packages=["torch==2.3.0", "ultralytics==8.4.0"],
-        git=execution.GitInfo(repository="https://example.com/y.git", commit="abc123", branch="main", diff="+x"),
+        git=execution.GitInfo(
+            repository="https://example.com/y.git", commit="abc123", branch="main", diff="+x"
+        ),
     )
     events: list[p.Event] = [
         opening(
