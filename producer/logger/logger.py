@@ -173,7 +173,9 @@ class Logger(PlotCalls):
         if render:
             image = bool(report_image)
             payload = Payload(
-                "figure.png", len(pickled), lambda _: snapshot.render_figure(pickled, report_image=image)
+                "figure.jpeg" if image else "figure.png",
+                len(pickled),
+                lambda _: snapshot.render_figure(pickled, report_image=image),
             )
         else:
             payload = Payload("figure.pickle", len(pickled), lambda _: pickled)

@@ -240,14 +240,15 @@ def _reduce_figure(figure: Any) -> Any:
 
 
 def render_figure(pickled: bytes, *, report_image: bool) -> bytes:
-    """(writer thread) The figure as ClearML saves a figure it does not convert: a PNG.
+    """(writer thread) The figure as ClearML saves a figure it does not convert.
 
-    For the plots section at 300 dpi, as a debug sample at the figure's own dpi; both cropped
-    to the drawing (``bbox_inches="tight"``, no padding), as ``binding/matplotlib_bind.py`` does.
+    For the plots section a PNG at 300 dpi, as a debug sample (``report_image``) a JPEG at the
+    figure's own dpi; both cropped to the drawing (``bbox_inches="tight"``, no padding), as
+    ``clearml/binding/matplotlib_bind.py`` does.
     """
     os.environ.setdefault("MPLBACKEND", "Agg")
     figure = pickle.loads(pickled)  # noqa: S301 - this process's own pickle, made by figure_pickle
     buffer = io.BytesIO()
-    dpi = None if report_image else FIGURE_PLOT_DPI
-    figure.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0, facecolor=None)
+    dpi, kind = (None, "jpeg") if report_image else (FIGURE_PLOT_DPI, "png")
+    figure.savefig(buffer, dpi=dpi, format=kind, bbox_inches="tight", pad_inches=0, facecolor=None)
     return buffer.getvalue()

@@ -180,7 +180,7 @@ def test_every_event_kind_lands_where_clearml_puts_it(state_dir: Path, files: Fi
 
     logs = [(e["level"], e["msg"]) for e in log_lines(session)]
     assert ("warning", "epoch 1 done") in logs
-    assert ("warning", "clearml-relay: events 10..11 of run r1 were lost: refused as invalid") in logs
+    assert ("warning", "clearml-relay: events 10..11 were lost, run r1: refused as invalid") in logs
     assert ("error", "CUDA out of memory") in logs
 
     task = task_json(session)

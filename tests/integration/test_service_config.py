@@ -11,6 +11,7 @@ import pytest
 from e2e import env, free_port
 
 from collector.config import (
+    ENV_ALLOW_PICKLED_FIGURES,
     ENV_BIND,
     ENV_DRAIN_TIMEOUT,
     ENV_HEARTBEAT_TIMEOUT,
@@ -145,6 +146,39 @@ def test_the_collector_names_the_flag_or_the_variable_that_gave_a_bad_value(
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"clearml-relay: configuration error: {line}\n"
     assert not (tmp_path / "data").exists(), "a refused configuration made the data directory"
+
+
+@pytest.mark.parametrize(
+    ("bind", "curve", "allowed"),
+    [
+        ("tcp://0.0.0.0:5555", False, False),
+        ("tcp://10.1.2.3:5555", False, False),
+        ("tcp://127.0.0.1:5555", False, True),
+        ("tcp://localhost:5555", False, True),
+        ("ipc:///run/relay.sock", False, True),
+        ("tcp://0.0.0.0:5555", True, True),
+    ],
+)
+def test_pickled_figures_need_authenticated_producers_or_a_local_bind(
+    bind: str, curve: bool, allowed: bool
+) -> None:
+    """Unpickling runs the sender's code: only CURVE-authenticated or same-machine producers."""
+    import zmq
+
+    keys = {}
+    if curve:
+        public, secret = zmq.curve_keypair()
+        keys = {
+            "CLEARML_RELAY_CURVE_SECRET_KEY": secret.decode(),
+            "CLEARML_RELAY_ALLOW_KEYS": public.decode(),
+        }
+    environ = {ENV_BIND: bind, ENV_ALLOW_PICKLED_FIGURES: "1", **keys}
+    if allowed:
+        assert CollectorConfig.from_env(environ).allow_pickled_figures is True
+        return
+    with pytest.raises(ConfigError, match=r"CLEARML_RELAY_ALLOW_PICKLED_FIGURES \(--allow-pickled-figures\)"):
+        CollectorConfig.from_env(environ)
+    assert CollectorConfig.from_env({ENV_BIND: bind}).allow_pickled_figures is False
 
 
 def test_a_busy_metrics_port_stops_the_collector_with_one_clear_line(tmp_path: Path) -> None:

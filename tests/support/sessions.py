@@ -68,7 +68,7 @@ KEPT_FIELDS = ("type", "metric", "variant", "iter")
 #: new task id=...``, ``ClearML running in offline mode, session stored in ...``) and records of its
 #: ``clearml.*`` Python loggers (``2026-01-01 10:00:00,000 - clearml.Task - INFO - No repository
 #: found, ...``), which a background thread writes or not depending on timing.
-CLEARML_OWN_LINE = re.compile(r"ClearML |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - clearml[\w.]* - ")
+CLEARML_OWN_LINE = re.compile(r"ClearML |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - clearml[\w. ]* - ")
 #: Keys of a hyperparameter or configuration entry that are compared.
 PARAM_FIELDS = ("type", "value", "description")
 

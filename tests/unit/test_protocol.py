@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer.wire import execution
+from producer.wire import execution, reports
 from producer.wire import protocol as p
 
 SHA = "ab" * 32
@@ -36,7 +36,31 @@ ONE_OF_EACH: list[p.Event] = [
     p.MachineStats(run="r1", seq=9, values={"cpu": 12.5}, iteration=3),
     p.RunClose(run="r1", seq=10, status="failed", error="boom"),
     p.Gap(run="r1", seq=11, last=12, reason="corrupt"),
-]
+    # The ClearML-compatible Logger API (producer.logger):
+    p.ImageArray(
+        run="r1", seq=13, title="t", series="s", iteration=0, dtype="float32", shape=[1, 3, 1],
+        file=p.FileRef(sha256=SHA, size=12, name="image.raw"), slot=1,
+    ),
+    p.Media(run="r1", seq=14, title="t", series="s", iteration=0, file=REF, extension=".mp4", slot=0),
+    p.Figure(
+        run="r1", seq=15, title="t", series="s", iteration=2, file=REF, format="pickle",
+        report_image=True, report_interactive=False,
+    ),
+    p.Report(
+        run="r1", seq=16, title="t", series="s", iteration=3,
+        call=reports.Histogram(
+            values=reports.Array(dtype="int64", shape=[2], data=bytes(16)), xlabels=["a", "b"],
+            extra_layout={"height": 600, "nested": {"list": [1, "x", None]}},
+        ),
+    ),
+    p.Report(run="r1", seq=17, title="t", series="s", file=REF, method="report_scatter2d"),
+    p.Report(run="r1", seq=18, title="t", series="s", call=reports.Table(rows=[["a", 1], ["b", 2.5]])),
+    p.Parameters(run="r1", seq=19, values={"lr": 0.1, "nested": {"a": [1, 2]}}, how="connect", section="opt"),
+    p.Configuration(run="r1", seq=20, name="data", text="a: 1\n", file_name="data.yaml", description="d"),
+    p.Configuration(run="r1", seq=21, name="model", value={"depth": 3}),
+    p.Model(run="r1", seq=22, name="best", file=REF, comment="mAP 0.7", iteration=7, tags=["x"]),
+    p.DebugImage(run="r1", seq=23, title="Mosaic", series="train_batch", iteration=1, file=REF, slot=4),
+]  # fmt: skip
 
 
 def test_protocol_version_is_pinned() -> None:
@@ -172,8 +196,13 @@ def test_replies_round_trip() -> None:
 
 
 def test_event_file_finds_the_file_of_file_events_only() -> None:
-    assert [p.event_file(e) for e in ONE_OF_EACH].count(REF) == 3
+    with_file = [type(e).__name__ for e in ONE_OF_EACH if p.event_file(e) is not None]
+    assert with_file == [
+        "DebugImage", "Plot", "Model", "ImageArray", "Media", "Figure", "Report", "Model", "DebugImage",
+    ]  # fmt: skip
     assert p.event_file(ONE_OF_EACH[1]) is None
+    inline = next(e for e in ONE_OF_EACH if isinstance(e, p.Report) and e.call is not None)
+    assert p.event_file(inline) is None
 
 
 @given(st.lists(st.binary(max_size=64), max_size=4))
@@ -211,3 +240,76 @@ def test_structured_garbage_only_raises_protocol_error(obj: dict[str, object]) -
             decode()
     with contextlib.suppress(p.ProtocolError):
         p.decode_reply([p.HEADER, body])
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"t": "report", "title": "t", "series": "s"}, "holds its call, or a file"),
+        ({"t": "config", "name": "n"}, "a dictionary or a text"),
+        ({"t": "config", "name": "n", "value": {}, "text": "x"}, "a dictionary or a text"),
+        ({"t": "image_array", "title": "t", "series": "s", "iteration": 0, "dtype": "uint8",
+          "shape": [2, 2, 2], "file": {"sha256": SHA, "size": 8, "name": "x"}}, "1, 3 or 4 channels"),
+        ({"t": "image_array", "title": "t", "series": "s", "iteration": 0, "dtype": "uint8",
+          "shape": [65536, 65536, 3], "file": {"sha256": SHA, "size": 8, "name": "x"}}, "its file 8"),
+        ({"t": "figure", "title": "t", "series": "s", "iteration": 0, "format": "svg",
+          "file": {"sha256": SHA, "size": 8, "name": "x"}}, "format"),
+        ({"t": "parameters", "values": {}, "how": "replace"}, "how"),
+    ],
+)  # fmt: skip
+def test_logger_events_are_validated(fields: dict[str, object], where: str) -> None:
+    body = msgspec.msgpack.encode({"run": "r1", "seq": 2, **fields})
+    with pytest.raises(p.ProtocolError, match=where):
+        p.decode_event(body)
+
+
+def test_every_logger_call_round_trips_and_names_its_sdk_method() -> None:
+    array = reports.Array(dtype="float64", shape=[2, 2], data=bytes(32))
+    calls: list[reports.Call] = [
+        reports.Histogram(values=array),
+        reports.Vector(values=array),
+        reports.LinePlot(series=[reports.SeriesData(name="a", data=array)], xaxis="x", yaxis="y"),
+        reports.Scatter2d(scatter=array),
+        reports.Scatter3d(scatter=reports.Array(dtype="float64", shape=[1, 3], data=bytes(24))),
+        reports.ConfusionMatrix(matrix=array, xlabels=["a", "b"]),
+        reports.Matrix(matrix=array),
+        reports.Surface(matrix=array, camera=[1.0, 2.0, 3.0]),
+        reports.Table(csv="a,b\n1,2\n"),
+        reports.Plotly(figure={"data": [], "layout": {}}),
+        reports.ImageUrl(url="https://example.com/a.png"),
+        reports.MediaUrl(url="https://example.com/a.mp4"),
+    ]
+    assert {type(c) for c in calls} == set(reports.CALL_TYPES)
+    for call in calls:
+        assert reports.decode_call(reports.encode_call(call)) == call
+    assert [reports.method(c) for c in calls] == [
+        "report_histogram", "report_vector", "report_line_plot", "report_scatter2d", "report_scatter3d",
+        "report_confusion_matrix", "report_matrix", "report_surface", "report_table", "report_plotly",
+        "report_image", "report_media",
+    ]  # fmt: skip
+
+
+_CALL_TAGS = [str(t.__struct_config__.tag) for t in reports.CALL_TYPES]
+_CALL_FIELDS = ["values", "scatter", "matrix", "series", "figure", "rows", "csv", "frame", "url", "labels"]
+_arrays = st.fixed_dictionaries(
+    {"dtype": st.sampled_from([*reports.ITEMSIZE, "complex64"]),
+     "shape": st.lists(st.integers(-1, 2**40), max_size=5), "data": st.binary(max_size=32)}
+)  # fmt: skip
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_CALL_TAGS),
+    st.dictionaries(st.sampled_from(_CALL_FIELDS), _arrays | _msgpack_values, max_size=4),
+)
+@pytest.mark.slow
+def test_a_spilled_call_file_only_raises_what_the_collector_catches(
+    tag: str, fields: dict[str, object]
+) -> None:
+    """The collector's replay reads a large call from a file: garbage raises only what it skips."""
+    body = msgspec.msgpack.encode({"m": tag, **fields})
+    with contextlib.suppress(msgspec.MsgspecError, ValueError, RecursionError):
+        reports.decode_call(body)
+    report = {"t": "report", "run": "r1", "seq": 2, "title": "t", "series": "s", "call": {"m": tag, **fields}}
+    with contextlib.suppress(p.ProtocolError):
+        p.decode_event(msgspec.msgpack.encode(report))

@@ -151,9 +151,13 @@ class EventMapper:
             if event.error:
                 logger.report_text(event.error, level=logging.ERROR, print_console=False)
         elif isinstance(event, protocol.Gap):
-            lost = f"{event.seq}" if event.last == event.seq else f"{event.seq}..{event.last}"
+            lost = (
+                f"event {event.seq} was"
+                if event.last == event.seq
+                else f"events {event.seq}..{event.last} were"
+            )
             logger.report_text(
-                f"clearml-relay: events {lost} of run {event.run} were lost: {event.reason}",
+                f"clearml-relay: {lost} lost, run {event.run}: {event.reason}",
                 level=logging.WARNING,
                 print_console=False,
             )

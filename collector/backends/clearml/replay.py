@@ -7,9 +7,11 @@ plot JSON). The exceptions, for exactly-once: a debug sample's file is named aft
 seq (or its ``max_image_history`` slot) instead of ClearML's process-wide counter, as for
 ``Run.image`` (see :mod:`collector.backends.clearml.mapping`).
 
-A call the SDK refuses (a bad argument that got past the producer's checks) or a figure that
-cannot be unpickled or drawn is not retried: it is counted (``reports_failed``), logged, and the
-task's console says which event it was, so the run goes on without it.
+A call the SDK refuses (a bad argument that got past the producer's checks: it raises
+ValueError, TypeError, even AssertionError) or a figure that cannot be unpickled or drawn is not
+retried: it is counted (``reports_failed``), logged, and the task's console says which event it
+was, so the run goes on without it. Only an OSError (the file store or the session's disk) is
+raised, for the applier to retry.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import pickle
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +36,9 @@ log = logging.getLogger("collector.backends.clearml.backend")
 
 #: matplotlib is not thread-safe, and appliers run one thread per run: one figure at a time.
 _FIGURES: Final = threading.Lock()
+#: The SDK warns that report_vector, report_line_plot and report_matrix are deprecated: the
+#: producer's caller chose them, and a shared collector's log is no place to say so per call.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"clearml\.logger")
 #: Width of the image plot ClearML makes over a figure it cannot convert (as mapping.PLOT_WIDTH).
 _PLOT_WIDTH: Final = 640
 
@@ -121,8 +127,11 @@ class Replay:
             self._apply(live, event, files)
         except ReplayError as exc:
             self._skipped(live, event, str(exc))
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            # The SDK's own checks of a call's arguments: retrying would fail the same way.
+        except OSError:
+            raise  # a file of the store or of the session that cannot be read or written: retried
+        except Exception as exc:  # noqa: BLE001 - the SDK's own checks (it asserts too): a retry fails alike
+            # A Logger call only builds and queues events, online or offline: nothing in it is
+            # transient but disk I/O, so any other error is the call's and would come back.
             self._skipped(live, event, f"{type(exc).__name__}: {exc}")
 
     def _skipped(self, live: LiveRun, event: protocol.Event, reason: str) -> None:
@@ -175,11 +184,13 @@ class Replay:
 
     def _figure(self, live: LiveRun, event: protocol.Figure, path: Path) -> None:
         if event.format == "png":
-            # Drawn by the producer as ClearML draws a figure it does not convert (a PNG).
+            # Drawn by the producer as ClearML draws a figure it does not convert: a PNG for the
+            # plots section, a JPEG as a debug sample.
             name, series = self._name(event), event.series or "plot image"
             if event.report_image:
+                ext = os.path.splitext(event.file.name)[1] or ".jpeg"
                 live.writers.report_image(
-                    event.title, series, iteration=event.iteration, path=path, name=name, ext=".png"
+                    event.title, series, iteration=event.iteration, path=path, name=name, ext=ext
                 )
             else:
                 live.writers.report_image_plot(
