@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copyreg
 import io
-import math
 import os
 import pickle
 import sys
@@ -163,20 +162,32 @@ def _column(name: object, series: Any) -> reports.Column:
     return reports.Column(name=label, cells=[_cell(v) for v in series.tolist()])
 
 
+#: The cell types a table carries, most specific first (bool is an int), as builtins: a numpy
+#: scalar that subclasses one (numpy.float64, numpy.str_) becomes the builtin.
+_CELL_TYPES: Final = (bool, int, float, str)
+
+
 def _cell(value: object) -> reports.Cell:
-    if value is None or isinstance(value, (str, bool, int)):
-        return value if not isinstance(value, int) or -(2**63) <= value < 2**64 else str(value)
-    if isinstance(value, float):
-        return value
+    """A table cell as a plain value: numpy scalars converted, big ints and the rest as text."""
+    if value is None:
+        return None
+    plain = next((kind(value) for kind in _CELL_TYPES if isinstance(value, kind)), None)
+    if plain is None and hasattr(value, "isoformat"):
+        plain = str(value.isoformat())
+    item = getattr(value, "item", None)
+    if plain is None and callable(item):
+        converted = item()
+        plain = _cell(converted) if isinstance(converted, (*_CELL_TYPES, type(None))) else None
+    if isinstance(plain, int) and not isinstance(plain, bool) and not -(2**63) <= plain < 2**64:
+        return str(plain)
+    return str(value) if plain is None else plain
     if hasattr(value, "isoformat"):
         return str(value.isoformat())
     item = getattr(value, "item", None)
     if callable(item):
         converted = item()
-        if isinstance(converted, (str, bool, int, float)) or converted is None:
-            return converted
-    if isinstance(value, float) and math.isnan(value):
-        return None
+        if converted is None or isinstance(converted, (str, bool, int, float)):
+            return _cell(converted)
     return str(value)
 
 

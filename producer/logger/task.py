@@ -44,16 +44,16 @@ def connect_event(run_id: str, mutable: object, name: str | None) -> protocol.Pa
     if isinstance(mutable, Mapping):
         values = _plain_dict("mutable", mutable)
     else:
+        if not hasattr(mutable, "__dict__"):
+            raise CallError(
+                "mutable-type", f"cannot connect a {type(mutable).__name__}: pass a dict or an object"
+            )
         attributes = {
             key: value
             for cls in getattr(mutable, "__mro__", [mutable])
             for key, value in vars(cls).items()
             if not str(key).startswith("_") and isinstance(value, _ALLOWED) and _jsonable(value)
         }
-        if not attributes and not hasattr(mutable, "__dict__"):
-            raise CallError(
-                "mutable-type", f"cannot connect a {type(mutable).__name__}: pass a dict or an object"
-            )
         values = _plain_dict("mutable", attributes)
     return protocol.Parameters(**_base(run_id), values=values, section=section, how="connect")
 

@@ -334,7 +334,10 @@ class Writer:
         """Finish a payload's event; a Logger call too large for an event goes into its file."""
         data = item.source.make(event) if isinstance(item.source, Payload) else None
         if isinstance(event, protocol.Report) and event.call is not None:
-            body = reports.encode_call(event.call)
+            try:
+                body = reports.encode_call(event.call)
+            except (TypeError, ValueError, OverflowError) as exc:  # a value msgpack cannot carry
+                raise PayloadError(f"{reports.method(event.call)} cannot be encoded: {exc}") from exc
             if len(body) > INLINE_CALL_BYTES:
                 event.method, event.call, data = reports.method(event.call), None, body
         return data
