@@ -30,14 +30,9 @@ from producer.wire import protocol, reports
 
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
+    """Tests here drop events on purpose: stop the clients before the suite's leak check reports them."""
     yield
     close_clients(timeout=0)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCollector]:
-    with FakeCollector() as collector:
-        yield collector
 
 
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:

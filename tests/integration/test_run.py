@@ -25,12 +25,6 @@ def _close_clients() -> Iterator[None]:
     close_clients(timeout=0)
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeCollector]:
-    with FakeCollector() as collector:
-        yield collector
-
-
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
