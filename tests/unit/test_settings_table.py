@@ -50,9 +50,15 @@ EXAMPLES: dict[str, str] = {
     "max_file_bytes": "1000000",
     "max_runs_per_key": "10",
     "nonfinite": "clearml",
+    "allow_pickled_figures": "true",
 }
-#: Settings that are only valid together (CurveZMQ: the secret key and the allow-list).
-TOGETHER = {"curve_secret_key": "allow_keys", "allow_keys": "curve_secret_key"}
+#: Settings that are only valid together (CurveZMQ: the secret key and the allow-list; pickled
+#: figures and a bind only this machine reaches, or CURVE).
+TOGETHER = {
+    "curve_secret_key": "allow_keys",
+    "allow_keys": "curve_secret_key",
+    "allow_pickled_figures": "bind",
+}
 BY_NAME = {setting.name: setting for setting in config.SETTINGS}
 
 
