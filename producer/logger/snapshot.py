@@ -171,24 +171,17 @@ def _cell(value: object) -> reports.Cell:
     """A table cell as a plain value: numpy scalars converted, big ints and the rest as text."""
     if value is None:
         return None
-    plain = next((kind(value) for kind in _CELL_TYPES if isinstance(value, kind)), None)
-    if plain is None and hasattr(value, "isoformat"):
-        plain = str(value.isoformat())
-    item = getattr(value, "item", None)
-    if plain is None and callable(item):
-        converted = item()
-        plain = _cell(converted) if isinstance(converted, (*_CELL_TYPES, type(None))) else None
-    if isinstance(plain, int) and not isinstance(plain, bool) and not -(2**63) <= plain < 2**64:
-        return str(plain)
-    return str(value) if plain is None else plain
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())
-    item = getattr(value, "item", None)
-    if callable(item):
-        converted = item()
-        if converted is None or isinstance(converted, (str, bool, int, float)):
-            return _cell(converted)
-    return str(value)
+    kind = next((k for k in _CELL_TYPES if isinstance(value, k)), None)
+    if kind is None:  # a date, a numpy scalar (numpy.int64, numpy.bool_), anything else
+        if hasattr(value, "isoformat"):
+            return str(value.isoformat())
+        item = getattr(value, "item", None)
+        converted = item() if callable(item) else None
+        return _cell(converted) if isinstance(converted, _CELL_TYPES) else str(value)
+    plain: reports.Cell = kind(value)  # type: ignore[call-overload,arg-type]  # an instance of kind
+    if isinstance(plain, int) and kind is int and not -(2**63) <= plain < 2**64:
+        return str(plain)  # beyond what msgpack carries
+    return plain
 
 
 def rows(value: Sequence[Any]) -> list[list[reports.Cell]]:

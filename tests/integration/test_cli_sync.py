@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from waiting import wait_for
 from collector.service.syncview import SyncView
 from collector.storage.journal import read_position
 from producer.config import ENV_ENDPOINT
-from producer.transport.client import close_clients
 from producer.transport.sync import (
     DELIVERED,
     LOCKED,
@@ -42,10 +40,9 @@ def spool() -> Path:
     return Path(os.environ["CLEARML_RELAY_SPOOL_DIR"])
 
 
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients(timeout=0)
+#: Stop the producer clients after each test (some drop events on purpose), before the
+#: suite's leak check (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("clients_stopped")
 
 
 def _sync(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:

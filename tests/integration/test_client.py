@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,16 @@ from waiting import wait_for
 
 from producer import Run
 from producer.config import ProducerConfig
-from producer.transport.client import Client, close_clients
+from producer.transport.client import Client
 from producer.transport.outbox import Outbox
 from producer.transport.sync import SyncProgress, sync
 from producer.transport.transfer import CREDIT
 from producer.transport.window import RESEND_AFTER, WINDOW_EVENTS
 from producer.wire import protocol
 
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients(timeout=0)
+#: Stop the producer clients after each test (some drop events on purpose), before the
+#: suite's leak check (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("clients_stopped")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import io
 import logging
 import pickle
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,17 +26,14 @@ from producer_helpers import FakeCollector
 
 from producer import Run
 from producer.logger import Logger, SeriesInfo, snapshot
-from producer.transport.client import close_clients
 from producer.wire import protocol, reports
 
 C = TypeVar("C")
 
 
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Tests here drop events on purpose: stop the clients before the suite's leak check reports them."""
-    yield
-    close_clients(timeout=0)
+#: Stop the producer clients after each test (some drop events on purpose), before the
+#: suite's leak check (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("clients_stopped")
 
 
 def _delivered(fake: FakeCollector, run: Run, *, complete: bool = True) -> list[protocol.Event]:

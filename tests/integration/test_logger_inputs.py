@@ -12,7 +12,7 @@ import errno
 import io
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,15 +24,11 @@ from waiting import wait_for
 from producer import Run
 from producer.logger import Logger, base
 from producer.logger import logger as logger_module
-from producer.transport.client import close_clients
 from producer.wire import protocol, reports
 
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Tests here drop events on purpose: stop the clients before the suite's leak check reports them."""
-    yield
-    close_clients(timeout=0)
+#: Stop the producer clients after each test (some drop events on purpose), before the
+#: suite's leak check (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("clients_stopped")
 
 
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:

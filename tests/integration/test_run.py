@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,11 @@ from waiting import wait_for
 
 from producer import Run
 from producer.context import git_info
-from producer.transport.client import close_clients
 from producer.wire import protocol
 
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    close_clients(timeout=0)
+#: Stop the producer clients after each test (some drop events on purpose), before the
+#: suite's leak check (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("clients_stopped")
 
 
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
