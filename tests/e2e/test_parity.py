@@ -20,6 +20,7 @@ import pytest
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready
 
 from collector.backends.clearml import state as clearml_state
+from collector.service.demo_data import TASKS, make_dataset
 
 TRAIN = Path(__file__).resolve().parents[1] / "support" / "parity_train.py"
 #: Added by ClearML's ``task.connect(..., ignore_remote_overrides=True)``, not a training argument.
@@ -111,12 +112,10 @@ def _train(mode: str, task: str, data: str, workdir: Path, extra_env: dict[str, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["detect", "segment", "classify"])
+@pytest.mark.parametrize("task", TASKS)
 def test_relay_logs_everything_the_builtin_callback_logs(
     tmp_path: Path, task: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from collector.service.demo_data import make_dataset
-
     data = str(make_dataset(tmp_path / "data", task))
 
     builtin_cache = tmp_path / "builtin-cache"

@@ -21,8 +21,8 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["builtin", "relay"], required=True)
-    ap.add_argument("--task", choices=["detect", "segment", "classify"], required=True)
-    ap.add_argument("--data", required=True, help="dataset: data.yaml (detect, segment) or folder (classify)")
+    ap.add_argument("--task", choices=["detect", "segment", "classify", "pose", "obb"], required=True)
+    ap.add_argument("--data", required=True, help="dataset: data.yaml, or a folder for classify")
     ap.add_argument("--project", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--epochs", type=int, default=2)
@@ -34,7 +34,13 @@ def main() -> int:
     from collector.service.demo_data import only_clearml_integration, tiny_training
 
     only_clearml_integration()
-    cfg = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "classify": "yolov8n-cls.yaml"}[args.task]
+    cfg = {
+        "detect": "yolov8n.yaml",
+        "segment": "yolov8n-seg.yaml",
+        "classify": "yolov8n-cls.yaml",
+        "pose": "yolov8n-pose.yaml",
+        "obb": "yolov8n-obb.yaml",
+    }[args.task]
     model = YOLO(cfg)
     hooks = None
     if args.mode == "relay":
