@@ -40,6 +40,7 @@ ENV_FSYNC: Final = ENV_PREFIX + "FSYNC"
 ENV_MAX_OUTBOX_BYTES: Final = ENV_PREFIX + "MAX_OUTBOX_BYTES"
 ENV_MAX_PENDING_BYTES: Final = ENV_PREFIX + "MAX_PENDING_BYTES"
 ENV_FIGURES: Final = ENV_PREFIX + "FIGURES"
+ENV_PLOTS: Final = ENV_PREFIX + "PLOTS"
 # Read by the Ultralytics hooks (producer.integrations.ultralytics): they name the ClearML task of a training.
 ENV_PROJECT: Final = ENV_PREFIX + "PROJECT"
 ENV_TASK_NAME: Final = ENV_PREFIX + "TASK_NAME"
@@ -55,6 +56,8 @@ FSYNC_POLICIES: Final[tuple[FsyncPolicy, ...]] = ("close", "always", "never")
 #: How a matplotlib figure travels: drawn to PNG on the producer, or pickled for the collector.
 FigureMode = Literal["render", "pickle"]
 FIGURE_MODES: Final[tuple[FigureMode, ...]] = ("render", "pickle")
+PlotsMode = Literal["trainer", "collector"]
+PLOTS_MODES: Final[tuple[PlotsMode, ...]] = ("trainer", "collector")
 
 
 class ConfigError(ValueError):
@@ -114,6 +117,13 @@ def _figures(name: str, raw: object) -> FigureMode:
     value = raw.strip().lower() if isinstance(raw, str) else raw
     if value not in FIGURE_MODES:
         raise ConfigError(problem(name, raw, f"expected one of {', '.join(FIGURE_MODES)}"))
+    return value
+
+
+def _plots(name: str, raw: object) -> PlotsMode:
+    value = raw.strip().lower() if isinstance(raw, str) else raw
+    if value not in PLOTS_MODES:
+        raise ConfigError(problem(name, raw, f"expected one of {', '.join(PLOTS_MODES)}"))
     return value
 
 
@@ -188,6 +198,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(ENV_FIGURES, "how `report_matplotlib_figure` travels: `render` (drawn to PNG by the producer's "
             "writer thread) or `pickle` (drawn by the collector, interactive; it must allow pickled figures)",
             name="figures", parse=_figures, default="render"),
+    Setting(ENV_PLOTS, "who draws an Ultralytics training's plots (with `plots=True`): `trainer` "
+            "(Ultralytics, as without the relay) or `collector` (from raw data; the trainer draws only the "
+            "image mosaics)",
+            argument="plots", parse=_plots, default="trainer", reader="hooks"),
     Setting(ENV_PROJECT, "ClearML project of a training", reader="hooks",
             shown="the trainer's `project`, else `Ultralytics`"),
     Setting(ENV_TASK_NAME, "ClearML task name of a training", reader="hooks", shown="the trainer's `name`"),

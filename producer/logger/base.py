@@ -165,5 +165,16 @@ class LoggerBase:
         self._emit(protocol.Report(**self._event_base(), **where, call=call))
 
 
+def report_call(
+    logger: LoggerBase, title: str, series: str, iteration: int | None, call: reports.Call
+) -> None:
+    """Send ``call`` as a Report event of the logger's run.
+
+    For integrations: calls such as the drawings of ``producer.wire.reports``, which
+    ``clearml.Logger`` has no method for.
+    """
+    logger._report(title, series, iteration, call)
+
+
 def text_or_none(value: object) -> str | None:
     return None if value is None else str(value)[:255]

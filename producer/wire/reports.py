@@ -227,6 +227,45 @@ class MediaUrl(_Call, tag="media_url", kw_only=True):
     url: _Url
 
 
+class YoloResults(_Call, tag="yolo_results", kw_only=True):
+    """``results.png`` from the training's ``results.csv`` (the collector draws it)."""
+
+    csv: Annotated[str, msgspec.Meta(max_length=64 * 1024 * 1024)]
+
+
+class YoloLabels(_Call, tag="yolo_labels", kw_only=True):
+    """``labels.jpg`` from the training set's boxes (``(N, 4)`` x, y, w, h normalized) and classes."""
+
+    boxes: Array
+    classes: Array
+    names: list[_Label]
+
+
+class YoloCurve(_Call, tag="yolo_curve", kw_only=True):
+    """A ``*PR_curve.png`` (with ``ap``: each class's AP@0.5) or ``*F1/P/R_curve.png``."""
+
+    x: Array
+    y: Array
+    names: list[_Label]
+    xlabel: _Short
+    ylabel: _Short
+    ap: Array | None = None
+
+
+class YoloConfusion(_Call, tag="yolo_confusion", kw_only=True):
+    """``confusion_matrix.png`` or, ``normalize``d, ``confusion_matrix_normalized.png``."""
+
+    matrix: Array
+    names: list[_Label]
+    normalize: bool = False
+    background: bool = True
+
+
+#: The plots of an Ultralytics training with ``plots="collector"``: the collector draws them with
+#: matplotlib (:mod:`collector.backends.clearml.drawings`); no ``clearml.Logger`` method replays them.
+Drawing = YoloResults | YoloLabels | YoloCurve | YoloConfusion
+DRAWING_TYPES: Final = Drawing.__args__
+
 Call = (
     Histogram
     | Vector
@@ -240,6 +279,10 @@ Call = (
     | Plotly
     | ImageUrl
     | MediaUrl
+    | YoloResults
+    | YoloLabels
+    | YoloCurve
+    | YoloConfusion
 )
 CALL_TYPES: Final = Call.__args__
 
@@ -248,8 +291,14 @@ _decoder = msgspec.msgpack.Decoder(Call)
 
 
 def method(call: Call) -> str:
-    """The ``clearml.Logger`` method a call replays (a URL is ``report_image``/``report_media``'s ``url``)."""
-    return f"report_{str(call.__struct_config__.tag).removesuffix('_url')}"
+    """The ``clearml.Logger`` method a call replays; a drawing's is ``draw_<its tag>``.
+
+    A URL is ``report_image``/``report_media``'s ``url``.
+    """
+    tag = str(call.__struct_config__.tag)
+    if isinstance(call, DRAWING_TYPES):
+        return f"draw_{tag}"
+    return f"report_{tag.removesuffix('_url')}"
 
 
 def encode_call(call: Call) -> bytes:

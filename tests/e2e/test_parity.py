@@ -14,13 +14,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import numpy as np
 import pytest
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready
+from PIL import Image
+from sessions import local_file, raw_events
 
 from collector.backends.clearml import state as clearml_state
 from collector.service.demo_data import TASKS, make_dataset
+from producer.integrations.ultralytics import charts
 
 TRAIN = Path(__file__).resolve().parents[1] / "support" / "parity_train.py"
 #: Added by ClearML's ``task.connect(..., ignore_remote_overrides=True)``, not a training argument.
@@ -47,6 +51,50 @@ def _session_summary(session: Path) -> dict[str, Any]:
         "project_name": task.get("project_name"),
         "name": task.get("name"),
     }
+
+
+def _relay_training(
+    tmp_path: Path,
+    task: str,
+    data: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *extra_args: str,
+    name: str = "relay",
+) -> tuple[dict[str, Any], Path]:
+    """One training through the hooks and a collector (ClearML backend, offline): its outcome
+    (with what its final validation held) and its offline session, once applied and completed."""
+    cache = tmp_path / f"{name}-cache"
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(cache))  # the collector process inherits it
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data_dir = tmp_path / f"{name}-collector"
+    collector = start_collector(
+        endpoint, data_dir, tmp_path / f"{name}-collector.log", "--backend", "clearml", "--offline"
+    )
+    try:
+        wait_ready(endpoint, collector)
+        outcome = _train(
+            "relay",
+            task,
+            data,
+            tmp_path / name,
+            {"CLEARML_RELAY_ENDPOINT": endpoint, "CLEARML_CACHE_DIR": str(cache)},
+            *extra_args,
+            runs="ultralytics-runs" if name == "relay" else f"{name}-runs",  # a save_dir of its own
+        )
+        assert outcome["returncode"] == 0, outcome["output"]
+        run = outcome["run"]
+
+        def completed() -> bool:
+            reply = status(endpoint)
+            info = next((r for r in reply.runs if r.run == run), None) if reply else None
+            return info is not None and info.state == "completed" and info.applied >= info.journaled
+
+        wait_for(completed, 120, f"run {run} to be applied and completed")
+    finally:
+        stop(collector)
+    state = clearml_state.load(data_dir / "clearml", run)
+    assert state is not None
+    return outcome, Path(state.session)
 
 
 def _only_session(cache: Path) -> Path:
@@ -76,7 +124,15 @@ def _plain_script_env(extra: dict[str, str]) -> dict[str, str]:
     return {**out, **extra}
 
 
-def _train(mode: str, task: str, data: str, workdir: Path, extra_env: dict[str, str]) -> dict[str, Any]:
+def _train(
+    mode: str,
+    task: str,
+    data: str,
+    workdir: Path,
+    extra_env: dict[str, str],
+    *extra_args: str,
+    runs: str = "ultralytics-runs",
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     result = workdir / "result.json"
     proc = subprocess.run(
@@ -92,11 +148,12 @@ def _train(mode: str, task: str, data: str, workdir: Path, extra_env: dict[str, 
             "--project",
             # Absolute, and the same for both runs: Ultralytics would put a relative project under
             # its own install's git root (this repo), and the project name is part of the parity.
-            str(workdir.parent / "ultralytics-runs"),
+            str(workdir.parent / runs),
             "--name",
             task,
             "--result",
             str(result),
+            *extra_args,
         ],
         cwd=workdir,
         env=_plain_script_env(extra_env),
@@ -137,36 +194,9 @@ def test_relay_logs_everything_the_builtin_callback_logs(
     assert "locked" in builtin.get("error", ""), builtin["output"]
     oracle = _session_summary(_only_session(builtin_cache))
 
-    relay_cache = tmp_path / "relay-cache"
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(relay_cache))  # the collector process inherits it
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    data_dir = tmp_path / "collector"
-    collector = start_collector(
-        endpoint, data_dir, tmp_path / "collector.log", "--backend", "clearml", "--offline"
-    )
-    try:
-        wait_ready(endpoint, collector)
-        relay = _train(
-            "relay",
-            task,
-            data,
-            tmp_path / "relay",
-            {"CLEARML_RELAY_ENDPOINT": endpoint, "CLEARML_CACHE_DIR": str(relay_cache)},
-        )
-        assert relay["returncode"] == 0, relay["output"]
-        run = relay["run"]
-
-        def completed() -> bool:
-            reply = status(endpoint)
-            info = next((r for r in reply.runs if r.run == run), None) if reply else None
-            return info is not None and info.state == "completed" and info.applied >= info.journaled
-
-        wait_for(completed, 120, f"run {run} to be applied and completed")
-    finally:
-        stop(collector)
-    state = clearml_state.load(data_dir / "clearml", run)
-    assert state is not None
-    ours = _session_summary(Path(state.session))
+    relay, session = _relay_training(tmp_path, task, data, monkeypatch)
+    ours = _session_summary(session)
+    _assert_interactive_plots(task, session, relay["validator"])
 
     for kind in ("scalars", "single_values", "images", "plots", "tags"):
         missing = oracle[kind] - ours[kind]
@@ -179,4 +209,87 @@ def test_relay_logs_everything_the_builtin_callback_logs(
     assert (ours["project_name"], ours["name"]) == (oracle["project_name"], oracle["name"])
     assert not oracle["models"], "the built-in callback loses the model offline"
     assert [m["init"]["name"] for m in ours["models"]] == [task], "the relay must log the output model"
-    assert (Path(state.session) / "models").is_dir()
+    assert (session / "models").is_dir()
+
+    # plots="collector": the trainer draws the mosaics only, the collector the rest; the task
+    # holds every plot title of the default run all the same.
+    offloaded, offloaded_session = _relay_training(
+        tmp_path, task, data, monkeypatch, "--plots", "collector", name="offloaded"
+    )
+    drawn_by_ultralytics = set(relay["validator"]["files"]) & DRAWABLE
+    assert drawn_by_ultralytics, relay["validator"]["files"]
+    assert not set(offloaded["validator"]["files"]) & DRAWABLE, "the trainer drew what the collector draws"
+    assert any(f.startswith("train_batch") for f in offloaded["validator"]["files"]), "mosaics stay"
+    titles = _session_summary(offloaded_session)["plots"]
+    missing = ours["plots"] - titles
+    assert not missing, f"{task}: plots='collector' lacks the default run's plots {sorted(missing)}"
+    for name in drawn_by_ultralytics:
+        assert _image_plot_size(offloaded_session, Path(name).stem) == _png_size(name, relay), name
+    _assert_interactive_plots(task, offloaded_session, offloaded["validator"])
+
+
+#: What Ultralytics draws with plots=True that plots="collector" leaves to the collector.
+DRAWABLE: Final = {
+    "results.png", "labels.jpg", "confusion_matrix.png", "confusion_matrix_normalized.png",
+    *(f"{part}{curve}_curve.png" for part in ("Box", "Mask", "Pose") for curve in ("PR", "F1", "P", "R")),
+}  # fmt: skip
+
+
+def _plots(session: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each plot of the session, ``(title, series)`` -> its plotly figure."""
+    return {
+        (e["metric"], e["variant"]): json.loads(e["plot_str"])
+        for e in raw_events(session)
+        if e["type"] == "plot"
+    }
+
+
+def _assert_interactive_plots(task: str, session: Path, validator: dict[str, Any]) -> None:
+    """The curves, the confusion matrix and the per-class table, equal to the validator's arrays."""
+    plots = _plots(session)
+    names = {int(k): v for k, v in validator["names"].items()}
+    assert (task == "classify") == (not validator["curves"])
+    for title, curve in validator["curves"].items():
+        figure = plots[(title, "")]  # a line plot's series are its traces
+        traces = {trace["name"]: trace for trace in figure["data"]}
+        expected = [names[c] for c in curve["classes"]]
+        assert list(traces) == [*expected, charts.ALL_CLASSES], f"{task} {title}: series {list(traces)}"
+        for name, row in zip(expected, curve["y"], strict=True):
+            assert np.allclose(traces[name]["x"], curve["x"]), f"{task} {title} {name}: x"
+            assert np.allclose(traces[name]["y"], row), f"{task} {title} {name}: y"
+        assert np.allclose(
+            np.asarray(traces[charts.ALL_CLASSES]["y"]).mean(), np.asarray(curve["y"]).mean(), atol=0.05
+        )
+        assert figure["layout"]["xaxis"]["title"] == curve["xlabel"]
+    labels = list(validator["confusion_names"])
+    if validator["confusion_task"] != "classify":
+        labels.append("background")
+    counts = np.asarray(validator["confusion"])
+    assert counts.sum() > 0, "the validator counted nothing"
+    for series, matrix in (("Counts", counts), ("Normalized", counts / (counts.sum(0) + 1e-9))):
+        heatmap = plots[(charts.CONFUSION_TITLE, series)]["data"][0]
+        assert heatmap["x"] == labels, f"{task} {series}: labels"
+        assert heatmap["y"] == labels, f"{task} {series}: labels"
+        assert np.allclose(np.asarray(heatmap["z"], dtype=float), matrix), f"{task} {series}: values"
+    table = plots[(charts.TABLE_TITLE, charts.TABLE_SERIES)]["data"][0]
+    header = table["header"]["values"]
+    assert all(any(key in str(h) for h in header) for key in validator["summary"][0]), header
+    cells = [v for column in table["cells"]["values"] for v in column]
+    for row in validator["summary"]:
+        first = next(iter(row.values()))
+        assert any(str(first) in str(v) for v in cells), f"{task}: {first} not in the table"
+
+
+def _image_plot_size(session: Path, title: str) -> tuple[int, int]:
+    """The pixel size of the image behind an image plot (a PNG or JPEG the session holds)."""
+    figure = _plots(session)[(title, "plot image")]
+    source = figure["layout"]["images"][0]["source"]
+    path = local_file(session, source)
+    assert path is not None, f"{title}: {source}"
+    with Image.open(path) as image:
+        return image.size
+
+
+def _png_size(name: str, outcome: dict[str, Any]) -> tuple[int, int]:
+    with Image.open(Path(outcome["validator"]["save_dir"]) / name) as image:
+        return image.size

@@ -9,6 +9,7 @@ filter would make the SDK's plotly conversion fail.)
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+from PIL import Image
+from sessions import local_file
 from test_clearml_backend import console, metrics, opening, put, scalar, session_of, task_json
 
 from collector.backends.clearml.backend import ClearMLBackend
@@ -166,3 +169,71 @@ def test_an_array_whose_file_does_not_match_its_header_is_refused_at_decode() ->
     for array in ({"shape": [100_000, 100_000]}, {"shape": [2, 2]}, {"dtype": "complex128"}):
         with pytest.raises((ValueError, msgspec.ValidationError)):
             reports.decode_call(msgspec.msgpack.encode({**call, "scatter": {**call["scatter"], **array}}))
+
+
+RESULTS_CSV = "epoch,time,train/box_loss,metrics/mAP50(B)\n1,2,0.9,0.1\n2,4,0.8,0.2\n"
+
+
+def _drawings(run: str) -> list[p.Report]:
+    """Each Ultralytics drawing once, as ``plots="collector"`` sends them, and a bad one (seq 7)."""
+    x = np.linspace(0, 1, 50)
+    y = np.stack([x, 1 - x])
+    labels = reports.Array(dtype="int32", shape=[3], data=np.array([0, 1, 1], dtype="<i4").tobytes())
+    calls: list[tuple[str, reports.Call]] = [
+        ("results", reports.YoloResults(csv=RESULTS_CSV)),
+        ("labels", reports.YoloLabels(boxes=_array(np.full((3, 4), 0.3)), classes=labels, names=["a", "b"])),
+        ("BoxPR_curve", reports.YoloCurve(x=_array(x), y=_array(y), names=["a", "b"], xlabel="Recall",
+                                          ylabel="Precision", ap=_array([0.5, 0.25]))),
+        ("BoxF1_curve", reports.YoloCurve(x=_array(x), y=_array(y), names=["a", "b"], xlabel="Confidence",
+                                          ylabel="F1")),
+        ("confusion_matrix", reports.YoloConfusion(matrix=_array(np.eye(3)), names=["a", "b"])),
+        ("confusion_matrix_normalized", reports.YoloConfusion(matrix=_array(np.eye(2)), names=["a", "b"])),
+        ("confusion_matrix_normalized", reports.YoloConfusion(matrix=_array(np.eye(3)), names=["a", "b"],
+                                                              normalize=True)),
+    ]  # fmt: skip
+    return [
+        p.Report(run=run, seq=seq, title=title, series="plot image", iteration=0, call=call)
+        for seq, (title, call) in enumerate(calls, start=2)
+    ]
+
+
+@pytest.mark.slow
+def test_ultralytics_drawings_land_as_image_plots_and_a_bad_one_is_skipped(
+    tmp_path: Path, files: FileStore
+) -> None:
+    """``plots="collector"``: the collector draws each plot into an image plot of Ultralytics' size."""
+    counters = Counters()
+    backend = ClearMLBackend(tmp_path / "clearml", offline=True, call_timeout=10, counters=counters)
+    run = "r4"
+    events: list[p.Event] = [
+        opening(run),
+        *_drawings(run),
+        scalar(run, 9),
+        p.RunClose(run=run, seq=10, status="completed"),
+    ]
+    for event in events:
+        backend.apply(run, event, files)
+    assert backend.applied(run) == 10
+    assert counters.get("reports_failed") == 1  # the 2x2 matrix of 3 labels (seq 7)
+    session = session_of(tmp_path / "clearml", run)
+    assert any(
+        "(event 7)" in line and "needs shape (3, 3), got (2, 2)" in line for _, line in console(session)
+    )
+    plots = {e["metric"]: e for e in metrics(session) if e["type"] == "plot"}
+    sizes = {
+        "results": (800, 1200),  # (2 columns + 2) x 6 inches at 200 dpi
+        "labels": (1600, 1600),
+        "BoxPR_curve": (2250, 1500),
+        "BoxF1_curve": (2250, 1500),
+        "confusion_matrix": (3000, 2250),
+        "confusion_matrix_normalized": (3000, 2250),
+    }
+    assert set(plots) == set(sizes)
+    for title, size in sizes.items():
+        source = json.loads(plots[title]["plot_str"])["layout"]["images"][0]["source"]
+        path = local_file(session, source)
+        assert path is not None, title
+        with Image.open(path) as image:
+            assert image.size == size, title
+    assert plots["labels"]["variant"] == "plot image"
+    backend.close()

@@ -64,3 +64,42 @@ def test_a_bad_setting_is_told_before_the_training_and_at_its_end(tmp_path: Path
     assert result.stderr.splitlines() == [BEFORE, "-- training starts", AFTER, "-- training ended"]
     spool = Path(os.environ["CLEARML_RELAY_SPOOL_DIR"])
     assert not spool.exists() or not any(spool.iterdir()), "an outbox was made"
+
+
+def test_a_bad_plots_argument_is_refused_when_the_hooks_are_made() -> None:
+    import producer
+
+    model = type("Model", (), {"callbacks": {}, "add_callback": lambda self, e, f: None})()
+    with pytest.raises(ValueError, match=r"^plots='nowhere': expected one of trainer, collector$"):
+        producer.attach(model, plots="nowhere")
+
+
+ATTACH = """
+import producer
+model = type("Model", (), {"callbacks": {}, "add_callback": lambda self, e, f: None})()
+producer.attach(model, **eval(__import__("sys").argv[1]))
+print("-- attached", file=__import__("sys").stderr, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "told"),
+    [
+        ("{}", "clearml-relay: CLEARML_RELAY_PLOTS='sideways': expected one of trainer, collector; "
+               "Ultralytics draws the plots"),
+        ("{'plots': 'collector'}", None),  # the argument wins over the variable
+    ],
+)  # fmt: skip
+def test_a_bad_plots_variable_is_told_and_ultralytics_draws(options: str, told: str | None) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ATTACH), options],
+        env=env(CLEARML_RELAY_PLOTS="sideways"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "-- attached"
+    assert lines[:-1] == ([told] if told else []), result.stderr

@@ -16,6 +16,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 
 def main() -> int:
@@ -27,6 +28,7 @@ def main() -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--result", type=Path, required=True)
+    ap.add_argument("--plots", choices=["trainer", "collector"], help="relay: the hooks' plots option")
     args = ap.parse_args()
 
     from ultralytics import YOLO
@@ -46,7 +48,7 @@ def main() -> int:
     if args.mode == "relay":
         import producer
 
-        hooks = producer.attach(model)
+        hooks = producer.attach(model, **({"plots": args.plots} if args.plots else {}))
     result: dict[str, object] = {"mode": args.mode}
     try:
         model.train(data=args.data, **tiny_training(args.task, Path(args.project), args.name, args.epochs))
@@ -57,8 +59,38 @@ def main() -> int:
         status = 3
     if hooks is not None and hooks.run is not None:
         result["run"] = hooks.run.id
+        result["validator"] = _validator(model.trainer)
     args.result.write_text(json.dumps(result))
     return status
+
+
+def _validator(trainer: Any) -> dict[str, Any]:
+    """What the final validation held: the oracle of the interactive plots (and the files drawn)."""
+    metrics = trainer.validator.metrics
+    part = {"(B)": "box", "(M)": "seg", "(P)": "pose"}
+    curves = {}
+    for title, (x, y, xlabel, ylabel) in zip(metrics.curves, metrics.curves_results, strict=True):
+        owner = getattr(metrics, part[title[-3:]])
+        curves[title] = {
+            "x": [float(v) for v in x],
+            "y": [[float(v) for v in row] for row in y],
+            "classes": [int(c) for c in owner.ap_class_index],
+            "xlabel": xlabel,
+            "ylabel": ylabel,
+        }
+    matrix = metrics.confusion_matrix
+    return {
+        "names": {int(k): v for k, v in getattr(metrics, "names", {}).items()},
+        "curves": curves,
+        "confusion": matrix.matrix.tolist(),
+        "confusion_names": list(matrix.names.values()),
+        "confusion_task": matrix.task,
+        "summary": [
+            {k: v if isinstance(v, str) else float(v) for k, v in r.items()} for r in metrics.summary()
+        ],
+        "files": sorted(p.name for p in Path(trainer.save_dir).iterdir()),
+        "save_dir": str(trainer.save_dir),
+    }
 
 
 if __name__ == "__main__":

@@ -278,6 +278,12 @@ def test_every_logger_call_round_trips_and_names_its_sdk_method() -> None:
         reports.Plotly(figure={"data": [], "layout": {}}),
         reports.ImageUrl(url="https://example.com/a.png"),
         reports.MediaUrl(url="https://example.com/a.mp4"),
+        reports.YoloResults(csv="epoch,train/box_loss\n1,0.5\n"),
+        reports.YoloLabels(
+            boxes=array, classes=reports.Array(dtype="int32", shape=[2], data=bytes(8)), names=["a"]
+        ),
+        reports.YoloCurve(x=array, y=array, names=["a", "b"], xlabel="Recall", ylabel="Precision", ap=array),
+        reports.YoloConfusion(matrix=array, names=["a"], normalize=True),
     ]
     assert {type(c) for c in calls} == set(reports.CALL_TYPES)
     for call in calls:
@@ -286,11 +292,15 @@ def test_every_logger_call_round_trips_and_names_its_sdk_method() -> None:
         "report_histogram", "report_vector", "report_line_plot", "report_scatter2d", "report_scatter3d",
         "report_confusion_matrix", "report_matrix", "report_surface", "report_table", "report_plotly",
         "report_image", "report_media",
+        "draw_yolo_results", "draw_yolo_labels", "draw_yolo_curve", "draw_yolo_confusion",
     ]  # fmt: skip
 
 
 _CALL_TAGS = [str(t.__struct_config__.tag) for t in reports.CALL_TYPES]
-_CALL_FIELDS = ["values", "scatter", "matrix", "series", "figure", "rows", "csv", "frame", "url", "labels"]
+_CALL_FIELDS = [
+    "values", "scatter", "matrix", "series", "figure", "rows", "csv", "frame", "url", "labels",
+    "boxes", "classes", "names", "x", "y", "ap", "xlabel", "ylabel", "normalize",
+]  # fmt: skip
 _arrays = st.fixed_dictionaries(
     {"dtype": st.sampled_from([*reports.ITEMSIZE, "complex64"]),
      "shape": st.lists(st.integers(-1, 2**40), max_size=5), "data": st.binary(max_size=32)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +26,17 @@ from typing import Any, Final
 
 import msgspec
 
+from collector.backends.clearml import drawings
 from collector.backends.clearml.live import LiveRun
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
+from collector.storage import paths
 from producer.wire import protocol, reports
 
 log = logging.getLogger("collector.backends.clearml.backend")
 
 #: matplotlib is not thread-safe, and appliers run one thread per run: one figure at a time.
-_FIGURES: Final = threading.Lock()
+_FIGURES: Final = drawings.LOCK
 #: The SDK warns that report_vector, report_line_plot and report_matrix are deprecated: the
 #: producer's caller chose them, and a shared collector's log is no place to say so per call.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"clearml\.logger")
@@ -165,9 +166,9 @@ class Replay:
             assert path is not None
             self._figure(live, event, path)
         elif isinstance(event, protocol.Report):
-            self._report(live, event, path)
+            self._report(live, event, path, files)
 
-    def _report(self, live: LiveRun, event: protocol.Report, path: Path | None) -> None:
+    def _report(self, live: LiveRun, event: protocol.Report, path: Path | None, files: FileStore) -> None:
         call = event.call
         if call is None:
             assert path is not None
@@ -175,12 +176,38 @@ class Replay:
                 call = reports.decode_call(path.read_bytes())
             except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
                 raise ReplayError(f"its {event.method or 'call'} cannot be decoded: {exc}") from None
+        if isinstance(call, reports.DRAWING_TYPES):
+            self._drawing(live, event, call, files)
+            return
         method = getattr(live.logger, reports.method(call))
         kwargs = _kwargs(call)
         if isinstance(call, reports.LinePlot):
             method(event.title, iteration=event.iteration, **kwargs)
         else:
             method(event.title, event.series, iteration=event.iteration, **kwargs)
+
+    def _drawing(
+        self, live: LiveRun, event: protocol.Report, call: reports.Drawing, files: FileStore
+    ) -> None:
+        """Draw an Ultralytics plot (``plots="collector"``) and report it as the trainer's PNG would be.
+
+        The image is written beside the run's stored files (removed with them), under a name of
+        the event's seq: a re-applied event draws and reports the same file again.
+        """
+        try:
+            data, ext = drawings.draw(call, _array)
+        except ValueError as exc:
+            raise ReplayError(f"it cannot be drawn: {exc}") from None
+        folder = paths.run_dir(files.directory, live.state.run)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = folder / f"drawn-{event.seq}{ext}"
+        partial = image.with_name(f".{image.name}.part")
+        partial.write_bytes(data)
+        partial.replace(image)
+        live.writers.report_image_plot(
+            event.title, event.series, iteration=event.iteration or 0, path=image, name=self._name(event),
+            ext=ext, width=_PLOT_WIDTH,
+        )  # fmt: skip
 
     def _figure(self, live: LiveRun, event: protocol.Figure, path: Path) -> None:
         if event.format == "png":

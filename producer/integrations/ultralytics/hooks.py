@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from producer import preemption
-from producer.config import ConfigError, ProducerConfig
+from producer.config import ENV_PLOTS, ConfigError, ProducerConfig, setting
 from producer.integrations.console import Console, Router, router
 from producer.integrations.process import main_rank
 from producer.integrations.reporter import not_recorded
@@ -52,6 +52,13 @@ class RelayHooks:
         flush_timeout: seconds the end of a run waits for the collector's acks.
         stats_interval: seconds between two machine statistics samples (0: none).
         late_files_timeout: seconds the end of a run waits for images still being written.
+        plots: who draws a training's plots when its ``plots`` argument is true: ``"trainer"``
+            (Ultralytics, as without the relay) or ``"collector"`` (the collector draws them from
+            raw data; the trainer draws only the image mosaics). Default: ``CLEARML_RELAY_PLOTS``,
+            else ``"trainer"``.
+
+    Raises:
+        ValueError: a bad ``plots`` value.
 
     """
 
@@ -66,6 +73,7 @@ class RelayHooks:
         flush_timeout: float | None = None,
         stats_interval: float = DEFAULT_STATS_INTERVAL,
         late_files_timeout: float = DEFAULT_LATE_FILES_TIMEOUT,
+        plots: str | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "project": project,
@@ -76,6 +84,7 @@ class RelayHooks:
             "flush_timeout": flush_timeout,
             "stats_interval": float(stats_interval),
             "late_files_timeout": float(late_files_timeout),
+            "plots": None if plots is None else setting(ENV_PLOTS).value(plots, {}),
         }
         self._session: Session | None = None
         self._router: Router | None = None
@@ -103,6 +112,12 @@ class RelayHooks:
             )
         except ConfigError as exc:
             not_recorded(str(exc))
+        if options["plots"] is None:
+            try:
+                options["plots"] = setting(ENV_PLOTS).value(None, os.environ)
+            except ConfigError as exc:
+                log.error("clearml-relay: %s; Ultralytics draws the plots", exc)  # noqa: TRY400
+                options["plots"] = "trainer"
 
     @property
     def callbacks(self) -> dict[str, Callable[[ul.Trainer], None]]:

@@ -17,6 +17,7 @@ from producer.config import ENV_PROJECT, ENV_TASK_NAME, setting
 from producer.integrations.console import Console
 from producer.integrations.process import current_clearml_task
 from producer.integrations.reporter import Reporter, Training
+from producer.integrations.ultralytics import charts, offload
 from producer.integrations.ultralytics.trainer import Trainer, model_info
 from producer.run import Run
 
@@ -30,7 +31,9 @@ _PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure rep
 class Session(Training):
     """A YOLO training as its thread records it, from ``on_pretrain_routine_start`` to its end."""
 
-    __slots__ = ("_model_info_sent", "_validation_dirs", "hyperparams", "removed", "save_dir", "trained")
+    __slots__ = (
+        "_model_info_sent", "_validation_dirs", "hyperparams", "offloaded", "removed", "save_dir", "trained",
+    )  # fmt: skip
 
     def __init__(self, options: Mapping[str, Any], console: Console, refill: Callable[[], None]) -> None:
         super().__init__(options, console, refill)
@@ -40,10 +43,26 @@ class Session(Training):
         self.trained = False
         self._validation_dirs: set[object] = set()  # validation dirs other than save_dir, as given
         self._model_info_sent = False
+        self.offloaded: offload.Offloaded | None = None  # plots="collector": what the trainer skips
 
     def start(self, trainer: Trainer, wake: Callable[[], None]) -> None:
         self.save_dir, self.hyperparams = trainer.save_dir, dict(vars(trainer.args))
         super().start(trainer, wake)
+        if self.options.get("plots") == "collector":
+            self.offloaded = offload.install(trainer, labels=self._draw_labels, results=self._draw_results)
+
+    def _draw_labels(self, trainer: Trainer) -> None:
+        """(Training thread, instead of Ultralytics' ``plot_training_labels``.) Queued, never raises."""
+        try:
+            labels, names = trainer.train_loader.dataset.labels, dict(trainer.data["names"])
+        except Exception as exc:  # noqa: BLE001 - called by the trainer: must not stop it
+            log.warning("clearml-relay: the training's labels cannot be read, labels.jpg is missing: %r", exc)
+            return
+        self.inbox.append((YoloReporter.draw_labels, (labels, names)))
+
+    def _draw_results(self, trainer: Trainer) -> None:
+        """(Training thread, instead of Ultralytics' ``plot_metrics``.) Queued, never raises."""
+        self.inbox.append((YoloReporter.draw_results, (getattr(trainer, "csv", None),)))
 
     def reporter(self) -> YoloReporter:
         return YoloReporter(self)
@@ -76,6 +95,8 @@ class Session(Training):
         best, name, metrics = trainer.best, str(trainer.args.name), trainer.validator.metrics
         self.inbox.append((YoloReporter.train_end, (best, name, plots, metrics)))
         self.trained = True
+        if getattr(trainer.args, "plots", False):  # apart: a failure costs the charts only
+            self.inbox.append((YoloReporter.charts, (metrics, self.offloaded)))
 
     def teardown(self, _: Trainer) -> None:
         exc = sys.exc_info()[1]
@@ -163,3 +184,17 @@ class YoloReporter(Reporter):
                 self.watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
         for key, value in metrics.results_dict.items():
             self.opened.single_value(key, value)
+
+    def charts(self, metrics: Any, offloaded: offload.Offloaded | None) -> None:
+        charts.report(self.opened.logger, metrics)
+        if offloaded is not None:
+            charts.draw_final(
+                self.opened.logger, metrics, curves=offloaded.curves, confusion=offloaded.confusion
+            )
+
+    def draw_labels(self, labels: list[dict[str, Any]], names: dict[int, str]) -> None:
+        charts.draw_labels(self.opened.logger, labels, names)
+
+    def draw_results(self, csv: Path | None) -> None:
+        if csv is not None:
+            charts.draw_results(self.opened.logger, Path(csv))
