@@ -432,3 +432,19 @@ def test_detach_removes_the_callbacks_from_the_model() -> None:
     assert set(registry) == set(hooks.callbacks)
     hooks.detach()
     assert all(not fns for fns in registry.values())
+
+
+def test_plots_collector_on_a_trainer_it_cannot_take_over_leaves_the_drawing_to_it(tmp_path: Path) -> None:
+    """A trainer without Ultralytics' drawing methods (here a fake one) draws its own plots and
+    is recorded as with the default: the option takes over only Ultralytics' own methods."""
+    trainer = fake_trainer(tmp_path / "run")
+    with running(tmp_path / "collector") as collector:
+        hooks = RelayHooks(endpoint=collector.bound_endpoint, stats_interval=0, plots="collector")
+        for event in ("on_pretrain_routine_start", "on_train_epoch_end", "on_fit_epoch_end", "on_train_end"):
+            hooks.callbacks[event](trainer)
+        hooks.callbacks["teardown"](trainer)
+        done = finished(hooks, collector, trainer.save_dir)
+    assert not hasattr(trainer, "get_validator")
+    assert not hasattr(trainer, "plot_metrics")
+    assert done.status()[0] == "completed"
+    assert [e["name"] for e in done.events("single")] == ["fitness"]

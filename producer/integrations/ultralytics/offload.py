@@ -54,7 +54,9 @@ def install(trainer: Any, *, labels: Callable[[Any], None], results: Callable[[A
     if getattr(kind, "plot_metrics", None) is BaseTrainer.plot_metrics:
         trainer.plot_metrics = functools.partial(results, trainer)
         done.results = True
-    make = trainer.get_validator
+    make = getattr(trainer, "get_validator", None)
+    if make is None:
+        return done
 
     def get_validator() -> Any:
         validator = make()

@@ -49,7 +49,13 @@ class Session(Training):
         self.save_dir, self.hyperparams = trainer.save_dir, dict(vars(trainer.args))
         super().start(trainer, wake)
         if self.options.get("plots") == "collector":
+            self._offload(trainer)
+
+    def _offload(self, trainer: Trainer) -> None:
+        try:
             self.offloaded = offload.install(trainer, labels=self._draw_labels, results=self._draw_results)
+        except Exception as exc:  # noqa: BLE001 - then Ultralytics draws, as by default
+            log.warning("clearml-relay: plots='collector' is not possible here, the trainer draws: %r", exc)
 
     def _draw_labels(self, trainer: Trainer) -> None:
         """(Training thread, instead of Ultralytics' ``plot_training_labels``.) Queued, never raises."""
