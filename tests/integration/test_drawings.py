@@ -22,7 +22,6 @@ from producer.wire import reports
 NAMES = {0: "red", 1: "green", 2: "blue"}
 RNG = np.random.default_rng(7)
 X = np.linspace(0, 1, 1000)
-Y = np.clip(np.stack([1 - X**2, 1 - X**3, 1 - X]) + RNG.normal(0, 0.02, (3, 1000)), 0, 1)
 
 
 def _decode(array: reports.Array) -> Any:
@@ -44,36 +43,52 @@ def _assert_same(ultralytics_file: Path, call: reports.Drawing) -> None:
     )
 
 
-def test_curves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("classes", [3, 25])  # a legend of classes, and grey lines without one
+def test_curves(tmp_path: Path, classes: int) -> None:
     from ultralytics.utils.metrics import plot_mc_curve, plot_pr_curve
 
-    ap = np.array([[0.7] * 10, [0.8] * 10, [0.55] * 10])
-    plot_pr_curve(X, Y, ap, tmp_path / "PR_curve.png", NAMES)
+    names = {i: NAMES.get(i, f"class{i}") for i in range(classes)}
+    y = np.clip(
+        1 - X[None, :] ** RNG.uniform(1, 4, (classes, 1)) + RNG.normal(0, 0.02, (classes, 1000)), 0, 1
+    )
+    ap = np.repeat(RNG.uniform(0.3, 0.9, (classes, 1)), 10, axis=1)
+    plot_pr_curve(X, y, ap, tmp_path / "PR_curve.png", names)
     _assert_same(
         tmp_path / "PR_curve.png",
-        reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", Y), names=list(NAMES.values()),
+        reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", y), names=list(names.values()),
                           xlabel="Recall", ylabel="Precision", ap=snapshot.array("ap", ap[:, 0])),
     )  # fmt: skip
-    plot_mc_curve(X, Y, tmp_path / "F1_curve.png", NAMES, ylabel="F1")
+    plot_mc_curve(X, y, tmp_path / "F1_curve.png", names, ylabel="F1")
     _assert_same(
         tmp_path / "F1_curve.png",
-        reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", Y), names=list(NAMES.values()),
+        reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", y), names=list(names.values()),
                           xlabel="Confidence", ylabel="F1"),
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("task", "normalize"), [("detect", True), ("detect", False), ("classify", False)])
-def test_confusion_matrices(tmp_path: Path, task: str, normalize: bool) -> None:
+@pytest.mark.parametrize(
+    ("task", "normalize", "classes"),
+    [
+        ("detect", True, 3),
+        ("detect", False, 3),
+        ("classify", False, 3),
+        ("detect", True, 40),
+        ("detect", True, 130),
+    ],
+)
+def test_confusion_matrices(tmp_path: Path, task: str, normalize: bool, classes: int) -> None:
+    """Small (every cell annotated), middling (tick labels only) and large (every k-th class)."""
     from ultralytics.utils.metrics import ConfusionMatrix
 
-    matrix = ConfusionMatrix(names=NAMES, task=task)
-    size = len(NAMES) + (task != "classify")
+    names = {i: NAMES.get(i, f"class{i}") for i in range(classes)}
+    matrix = ConfusionMatrix(names=names, task=task)
+    size = classes + (task != "classify")
     matrix.matrix = RNG.integers(0, 20, (size, size)).astype(float)
     matrix.plot(normalize=normalize, save_dir=tmp_path)
     stem = "confusion_matrix_normalized" if normalize else "confusion_matrix"
     _assert_same(
         tmp_path / f"{stem}.png",
-        reports.YoloConfusion(matrix=snapshot.array("m", matrix.matrix), names=list(NAMES.values()),
+        reports.YoloConfusion(matrix=snapshot.array("m", matrix.matrix), names=list(names.values()),
                               normalize=normalize, background=task != "classify"),
     )  # fmt: skip
 
@@ -107,8 +122,8 @@ def test_results(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "problem"),
     [
-        (reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", Y[:, :10]), names=[], xlabel="a",
-                           ylabel="b"), r"x of shape \(K,\) and y of shape \(C, K\)"),
+        (reports.YoloCurve(x=snapshot.array("x", X), y=snapshot.array("y", np.ones((2, 10))), names=[],
+                           xlabel="a", ylabel="b"), r"x of shape \(K,\) and y of shape \(C, K\)"),
         (reports.YoloConfusion(matrix=snapshot.array("m", np.eye(2)), names=["a", "b"]),
          r"needs shape \(3, 3\)"),
         (reports.YoloLabels(boxes=snapshot.array("b", np.ones((2, 3))), classes=snapshot.array("c", [0, 1]),
