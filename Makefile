@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint typecheck unit bench benchmarks soak clean
+.PHONY: demo test test-fast lint typecheck unit image bench benchmarks soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: lint typecheck unit
 # integration tests not marked slow. `make test` runs everything (tests/unit, tests/integration, tests/e2e).
 test-fast: lint typecheck
 	$(PY) -m pytest -q tests/unit tests/integration -m "not slow"
+
+# The collector image (docker/collector.Dockerfile) with podman, without a Docker engine or a
+# registry (installs podman when missing, as root); see docker/build-image.sh.
+image:
+	bash docker/build-image.sh clearml-relay-collector:latest
 
 bench: $(VENV)/.installed
 	$(PY) tests/benchmarks/bench_transport.py
