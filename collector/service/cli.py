@@ -90,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     _keygen_options(commands.add_parser("keygen", help="write a CurveZMQ key pair (NAME.key_secret)"))
 
     sync = commands.add_parser("sync", help="deliver the producer outboxes left in a spool directory")
-    sync.add_argument(
+    sync_spool = sync.add_argument(
         "--spool-dir",
         help=f"spool directory (env {ENV_SPOOL_DIR}; default: $XDG_CACHE_HOME/clearml-relay/spool, "
         "else ~/.cache/clearml-relay/spool)",
     )
-    sync.add_argument(
+    sync_endpoint = sync.add_argument(
         "--endpoint", help=f"collector endpoint (env {ENV_ENDPOINT}; default: {DEFAULT_ENDPOINT})"
     )
     sync.add_argument(
@@ -109,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _log_options(sync, argparse.SUPPRESS)
     sync.set_defaults(func=_sync)
+
+    agent = commands.add_parser(
+        "agent", help="deliver, until stopped, the outboxes that exited producers left in a spool directory"
+    )
+    agent.add_argument("--spool-dir", help=sync_spool.help)
+    agent.add_argument("--endpoint", help=sync_endpoint.help)
+    agent.add_argument(
+        "--scan-every", type=float, default=5.0, help="seconds between two looks at the spool (default: 5 s)"
+    )
+    _log_options(agent, argparse.SUPPRESS)
+    agent.set_defaults(func=_agent)
 
     status = commands.add_parser("status", help="a live view of a running collector (runs, backlog, rates)")
     status.add_argument(
@@ -259,6 +270,38 @@ def _keygen(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"public key  {public}  (give it out: --allow-keys dir / CLEARML_RELAY_SERVER_KEY)")
     print(f"secret key  {secret}  (keep it private: --curve-secret-key / CLEARML_RELAY_KEY_FILE)")
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    # Lazy, as for sync: the agent runs on training nodes and needs only producer code.
+    import threading  # noqa: PLC0415
+
+    from producer.config import ConfigError as ProducerConfigError  # noqa: PLC0415
+    from producer.config import ProducerConfig  # noqa: PLC0415
+    from producer.transport.agent import run_agent  # noqa: PLC0415
+
+    if not 0 < args.scan_every < float("inf"):
+        return _config_error(f"--scan-every={args.scan_every:g}: expected a number of seconds > 0")
+    endpoint = args.endpoint
+    if endpoint is not None:
+        try:
+            endpoint = check_endpoint(endpoint)
+        except EndpointError as exc:
+            return _config_error(problem("--endpoint", args.endpoint, exc))
+    try:
+        config = ProducerConfig.from_env(endpoint=endpoint, spool_dir=args.spool_dir)
+    except ProducerConfigError as exc:
+        return _config_error(str(exc))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping; undelivered outboxes stay in the spool", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_agent(config.spool_dir, config.endpoint, scan_every=args.scan_every, stop=stop)
     return 0
 
 

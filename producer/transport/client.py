@@ -37,7 +37,7 @@ from producer.transport.outbox import Outbox
 from producer.transport.payload import Payload, PendingBytes, Source
 from producer.transport.report import undelivered_report
 from producer.transport.runstate import STOP, FlushMark, Handoff, Item, RunState
-from producer.transport.sender import Sender
+from producer.transport.sender import ADOPT_EVERY, Sender
 from producer.transport.tally import DamageCallback, Tally
 from producer.transport.writer import Writer
 from producer.wire import protocol
@@ -57,10 +57,18 @@ class Client:
         config: endpoint, spool directory, flush timeout, queue bound and fsync policy.
         adopt: deliver leftover outboxes found in the spool directory (crashed producers).
         at_exit: flush and stop at interpreter exit.
+        adopt_every: seconds between two scans of the spool directory for leftovers.
 
     """
 
-    def __init__(self, config: ProducerConfig, *, adopt: bool = True, at_exit: bool = True) -> None:
+    def __init__(
+        self,
+        config: ProducerConfig,
+        *,
+        adopt: bool = True,
+        at_exit: bool = True,
+        adopt_every: float = ADOPT_EVERY,
+    ) -> None:
         self.config = config
         self.pid = os.getpid()
         self.tally = Tally()
@@ -99,7 +107,9 @@ class Client:
             sender_wake=wake_out,
             pending_bytes=self.pending_bytes,
         )
-        self.sender = Sender(self, config, self.tally, self._ctx, wake_in, adopt=adopt)
+        self.sender = Sender(
+            self, config, self.tally, self._ctx, wake_in, adopt=adopt, adopt_every=adopt_every
+        )
         self._writer_thread = threading.Thread(target=writer.run, name="clearml-relay-writer", daemon=True)
         self._sender_thread = threading.Thread(
             target=self.sender.run, name="clearml-relay-sender", daemon=True

@@ -86,8 +86,10 @@ class Sender:
         wake: zmq.Socket[bytes],
         *,
         adopt: bool,
+        adopt_every: float = ADOPT_EVERY,
     ) -> None:
         self._host = host
+        self._adopt_every = adopt_every
         self._config = config
         self._tally = tally
         self._ctx = ctx
@@ -137,7 +139,7 @@ class Sender:
                     if ready.get(sock, 0) & zmq.POLLIN:
                         self._receive(sock, now)
                     if self._adopt and now >= next_adopt:
-                        next_adopt = now + ADOPT_EVERY
+                        next_adopt = now + self._adopt_every
                         self._adopt_leftovers()
                     if now >= next_heartbeat:
                         next_heartbeat = now + HEARTBEAT_EVERY

@@ -308,3 +308,9 @@ def test_compose_brings_up_the_collector_and_the_trainers_yolo_run_lands(image: 
         assert any(e["type"] == "plot" for e in events)
     finally:
         run("--profile", "trainer", "down", "--volumes", "--timeout", "0", timeout=120)
+
+
+def test_the_node_agent_is_in_the_image(image: str) -> None:
+    result = _podman("run", "--rm", "--entrypoint=clearml-relay", image, "agent", "--help", check=False)
+    assert result.returncode == 0, result.stderr
+    assert "--spool-dir" in result.stdout
