@@ -11,6 +11,7 @@ every setting has a variable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from producer.wire.curve import (
     KeySettingError,
     curve_from_env,
 )
-from producer.wire.endpoint import EndpointError, check_endpoint, problem
+from producer.wire.endpoint import EndpointError, check_endpoints, home_of, problem
 from producer.wire.sizes import EXPECTED as SIZE_EXPECTED
 from producer.wire.sizes import SizeError, parse_size
 
@@ -65,8 +66,9 @@ class ConfigError(ValueError):
 
 
 def _endpoint(name: str, raw: object) -> str:
+    """One endpoint, or a comma-separated list of them (several collectors), normalized."""
     try:
-        return check_endpoint(raw)
+        return ",".join(check_endpoints(raw))
     except EndpointError as exc:
         raise ConfigError(problem(name, raw, exc)) from None
 
@@ -173,7 +175,8 @@ class Setting:
 
 ENDPOINT: Final = Setting(
     ENV_ENDPOINT,
-    "where the collector listens",
+    "where the collector listens; a comma-separated list for several collectors (each run goes to one, "
+    "by rendezvous hashing of its id)",
     name="endpoint",
     argument="endpoint",
     parse=_endpoint,
@@ -233,7 +236,8 @@ class ProducerConfig:
     """Settings of one producer client.
 
     Attributes:
-        endpoint: ZeroMQ endpoint of the collector's ROUTER socket.
+        endpoint: ZeroMQ endpoint of the collector's ROUTER socket; a comma-separated list names
+            several collectors, and each run goes to one of them (:meth:`for_run`).
         spool_dir: directory holding one durable outbox per run.
         flush_timeout: seconds ``close``/exit wait for the collector's acks before giving up
             (the unacked events stay in the outbox).
@@ -303,6 +307,16 @@ class ProducerConfig:
         # The spool's default depends on the environment it is read from (XDG_CACHE_HOME).
         values["spool_dir"] = values["spool_dir"] or default_spool_dir(env)
         return cls(**values, curve=curve)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The collectors ``endpoint`` names (a comma-separated list names several)."""
+        return tuple(self.endpoint.split(","))
+
+    def for_run(self, run_id: str) -> ProducerConfig:
+        """The config of one run: ``endpoint`` is the one collector ``run_id`` goes to (its home)."""
+        endpoints = self.endpoints
+        return self if len(endpoints) == 1 else dataclasses.replace(self, endpoint=home_of(run_id, endpoints))
 
 
 def docs_table(settings: tuple[Setting, ...] = SETTINGS) -> str:

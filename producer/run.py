@@ -130,7 +130,7 @@ class Run(TaskCalls):
         except (CallError, protocol.ProtocolError) as exc:  # a mistake of the caller's: before any training
             raise ValueError(exc.reason if isinstance(exc, protocol.ProtocolError) else str(exc)) from None
         try:
-            client = get_client(config)
+            client = get_client(config.for_run(self._id))
             state = client.open_run(self._id)
         except Exception as exc:  # noqa: BLE001 - the spool cannot be written: the run does nothing
             message = "clearml-relay: run %s is disabled, its events are not recorded: %s"

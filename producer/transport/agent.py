@@ -12,11 +12,15 @@ outbox whose producer is gone, with the producer's own transport (:class:`Client
 - a delivered outbox is deleted, as its producer would have; one that is not yet (no collector)
   is retried until it is, and stays on disk if the agent stops;
 - the spool is scanned every ``scan_every`` seconds; ``stop`` (SIGTERM) ends it within a second,
-  leaving every outbox as it stands on disk for the next agent.
+  leaving every outbox as it stands on disk for the next agent;
+- with several collectors (a comma-separated endpoint list), each outbox goes to the collector it
+  records (its run's home, chosen when it was made), also one that has left the list since:
+  one client per collector, each adopting only its own outboxes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 
 from producer.config import ProducerConfig
 from producer.transport.client import Client
-from producer.transport.outbox import Outbox
+from producer.transport.outbox import Outbox, home, list_outboxes
 from producer.transport.runstate import RunState
 
 log = logging.getLogger("producer.agent")
@@ -65,6 +69,12 @@ class _AgentClient(Client):
         self.agent_stats.delivered.add(state.run_id)
 
 
+def _targets(config: ProducerConfig) -> list[str]:
+    """The collectors to deliver to: those of ``config`` and those the spool's outboxes record."""
+    recorded = (home(config.spool_dir, run_id) for run_id in list_outboxes(config.spool_dir))
+    return list(dict.fromkeys([*config.endpoints, *(r for r in recorded if r is not None)]))
+
+
 def run_agent(
     spool_dir: str | os.PathLike[str],
     endpoint: str | None,
@@ -87,11 +97,20 @@ def run_agent(
         config.endpoint,
         scan_every,
     )
-    client = _AgentClient(config, stats, scan_every)
+    clients: dict[str, _AgentClient] = {}
     try:
-        stop.wait()
+        while True:
+            for target in _targets(config):  # each collector of the list, and each one recorded
+                if target not in clients:
+                    log.info("agent: delivering the outboxes whose collector is %s", target)
+                    clients[target] = _AgentClient(
+                        dataclasses.replace(config, endpoint=target), stats, scan_every
+                    )
+            if stop.wait(scan_every):
+                break
     finally:
-        client.stop()
+        for client in clients.values():
+            client.stop()
     log.info(
         "agent: stopped; %d delivered, %d left in %s",
         len(stats.delivered),

@@ -33,6 +33,8 @@ from producer.wire.protocol import FileRef
 from producer.wire.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
 LOCK_NAME: Final = "lock"
+#: The collector endpoint the run goes to, written once as the outbox is made (absent: any).
+HOME_NAME: Final = "home"
 LOG_NAME: Final = "log"
 BLOBS_NAME: Final = "blobs"
 ACKED_NAME: Final = "acked"
@@ -96,6 +98,7 @@ class Outbox:
         create: bool = True,
         segment_bytes: int = SEGMENT_BYTES,
         on_damage: DamageHandler = _ignore,
+        home: str | None = None,
     ) -> Outbox | None:
         """Open (or create) a run's outbox and take its lock without waiting.
 
@@ -105,6 +108,7 @@ class Outbox:
             create: create the directory if missing (False: adopt an existing one only).
             segment_bytes: size at which the log starts a new segment.
             on_damage: called for each damaged stretch found while recovering the log.
+            home: the collector endpoint of the run, recorded in a new outbox (see :func:`home`).
 
         Returns:
             The outbox, or None when another process (or another Outbox in this one) holds the
@@ -118,7 +122,7 @@ class Outbox:
         if not valid_run_dir(run_id):
             raise ValueError(f"run id {run_id!r} cannot name an outbox directory")
         directory = spool_dir / run_id
-        fd = _create_locked(directory) if create and not directory.exists() else -1
+        fd = _create_locked(directory, home) if create and not directory.exists() else -1
         lock_path = directory / LOCK_NAME
         if fd < 0:
             try:
@@ -336,7 +340,19 @@ def _valid_writer(text: str) -> str | None:
     return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
 
 
-def _create_locked(directory: Path) -> int:
+def home(spool_dir: Path, run_id: str) -> str | None:
+    """The collector endpoint an outbox's run goes to; None for an outbox made without one.
+
+    Recorded when the outbox is made and never changed: a run's events, sequence numbers and
+    journal stay on one collector even when the list of collectors changes later.
+    """
+    try:
+        return (spool_dir / run_id / HOME_NAME).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _create_locked(directory: Path, home: str | None = None) -> int:
     """Make a new outbox directory that appears with its lock already held; its lock's fd.
 
     The outbox is built under a dot-name (which no adopter looks at), locked, then renamed into
@@ -347,6 +363,8 @@ def _create_locked(directory: Path) -> int:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".creating-{directory.name}-{uuid.uuid4().hex[:8]}")
     (staging / BLOBS_NAME).mkdir(parents=True)
+    if home is not None:
+        (staging / HOME_NAME).write_text(home + "\n", encoding="utf-8")
     fd = -1
     try:
         fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -28,7 +28,7 @@ import msgspec
 import zmq
 
 from producer.config import ProducerConfig
-from producer.transport.outbox import Outbox, list_outboxes
+from producer.transport.outbox import Outbox, home, list_outboxes
 from producer.transport.refusals import Refusals
 from producer.transport.runstate import RunState
 from producer.transport.stream import Stream
@@ -194,6 +194,9 @@ class Sender:
         for run_id in list_outboxes(self._config.spool_dir):
             if run_id in known:
                 continue
+            recorded = home(self._config.spool_dir, run_id)
+            if recorded is not None and recorded != self._config.endpoint:
+                continue  # another collector's run: the client (or agent) for that one sends it
             try:
                 outbox = Outbox.open(
                     self._config.spool_dir, run_id, create=False, on_damage=self._tally.on_damage(run_id)

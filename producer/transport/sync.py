@@ -21,7 +21,7 @@ from typing import Final
 
 import zmq
 
-from producer.config import ProducerConfig
+from producer.config import ConfigError, ProducerConfig
 from producer.transport.client import Client
 from producer.transport.runstate import RunState
 from producer.wire import protocol
@@ -180,6 +180,11 @@ def sync(
     deadline = start + max(0.0, timeout)
     answer_by = start + max(0.0, connect_timeout)
     config = ProducerConfig.from_env(endpoint=endpoint, spool_dir=spool_dir)
+    if len(config.endpoints) > 1:
+        raise ConfigError(
+            f"sync delivers to one collector, got {config.endpoint!r}: run it once per collector "
+            "(each outbox records its own), or run `clearml-relay agent`, which delivers to each"
+        )
     runs: dict[str, RunState] = {}
     answered = False
     with contextlib.ExitStack() as stack:

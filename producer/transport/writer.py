@@ -235,7 +235,10 @@ class Writer:
         reason = "it is locked by another process"
         try:
             state.outbox = Outbox.open(
-                self._config.spool_dir, state.run_id, on_damage=self._tally.on_damage(state.run_id)
+                self._config.spool_dir,
+                state.run_id,
+                on_damage=self._tally.on_damage(state.run_id),
+                home=self._config.endpoint,
             )
         except (OSError, ValueError) as exc:
             reason = str(exc)

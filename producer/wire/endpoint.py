@@ -12,6 +12,7 @@ variable or an argument).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
@@ -45,6 +46,24 @@ def check_endpoint(raw: object, *, bind: bool = False) -> str:
         if port < 65536 and (bind or (host != "*" and port > 0)):
             return value
     raise EndpointError(EXPECTED)
+
+
+def check_endpoints(raw: object) -> tuple[str, ...]:
+    """A comma-separated list of collector endpoints (one or more), each checked; no duplicates."""
+    parts = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else [raw]
+    endpoints = tuple(check_endpoint(part) for part in parts)
+    if len(set(endpoints)) != len(endpoints):
+        raise EndpointError(f"{EXPECTED}; each collector once")
+    return endpoints
+
+
+def home_of(run_id: str, endpoints: tuple[str, ...]) -> str:
+    """The collector a run goes to: rendezvous (highest random weight) hashing of its id.
+
+    Every producer with the same list picks the same collector for a run; adding a collector
+    takes about 1/N of the runs from each other one, removing one moves only its own runs.
+    """
+    return max(endpoints, key=lambda endpoint: hashlib.sha256(f"{endpoint}\0{run_id}".encode()).digest())
 
 
 def problem(source: str, raw: object, error: object) -> str:

@@ -17,7 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import check_exactly_once, env, free_port, produce, start_collector, stop, wait_for, wait_ready
+from e2e import (
+    check_exactly_once,
+    env,
+    free_port,
+    produce,
+    run_homed_on,
+    start_collector,
+    stop,
+    wait_for,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +44,18 @@ def _agent(spool: Path, endpoint: str, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def _exited_early(spool: Path, work: Path, endpoint: str, names: list[str]) -> None:
-    """Producers that wait 0.3 s for a collector that is not there, then exit 0 undelivered."""
+def _exited_early(spool: Path, work: Path, endpoint: str, names: list[str], homed: bool = False) -> None:
+    """Producers that wait 0.3 s for a collector that is not there, then exit 0 undelivered.
+
+    ``homed``: with several collectors in ``endpoint``, run ids homed on each in turn.
+    """
+    endpoints = tuple(endpoint.split(","))
+    homes = [run_homed_on(endpoints[i % len(endpoints)], endpoints, name) for i, name in enumerate(names)]
     procs = [
         produce(endpoint, spool, work, name, EVENTS, "--file-every", "40", "--model-bytes", "300000",
-                "--flush-timeout", "0.3")
-        for name in names
+                "--flush-timeout", "0.3",
+                *(("--run-id", run) if homed else ()))
+        for run, name in zip(homes, names, strict=True)
     ]  # fmt: skip
     for proc in procs:
         output, _ = proc.communicate(timeout=60)
@@ -132,3 +148,37 @@ def test_two_agents_and_a_live_producer_never_send_one_outbox_twice(tmp_path: Pa
     assert live_run not in adopted, "a live producer's outbox was taken over"
     for name in [*names, "live"]:
         check_exactly_once(data, work / f"{name}.json", EVENTS, model=name != "live")
+
+
+def test_with_several_collectors_each_outbox_goes_to_the_one_it_records(tmp_path: Path) -> None:
+    """Runs homed on two collectors; the agent knows only one of them, the outboxes name both."""
+    from producer.wire.endpoint import home_of
+
+    spool, work = tmp_path / "spool", tmp_path / "work"
+    endpoints = (f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+    names = [f"early-{i}" for i in range(6)]
+    _exited_early(spool, work, ",".join(endpoints), names, homed=True)
+    agent = _agent(spool, endpoints[0], tmp_path / "agent.log")
+    datas = [tmp_path / "collector-0", tmp_path / "collector-1"]
+    collectors = [
+        start_collector(e, d, tmp_path / f"{d.name}.log") for e, d in zip(endpoints, datas, strict=True)
+    ]
+    try:
+        for endpoint, proc in zip(endpoints, collectors, strict=True):
+            wait_ready(endpoint, proc)
+        wait_for(
+            lambda: not _outboxes(spool),
+            60,
+            f"the agent to empty the spool\n{(tmp_path / 'agent.log').read_text()}",
+        )
+        _stopped(agent, tmp_path / "agent.log")
+    finally:
+        for proc in collectors:
+            stop(proc)
+    homes = set()
+    for name in names:
+        run = json.loads((work / f"{name}.json").read_text())["run"]
+        home = endpoints.index(home_of(run, endpoints))
+        homes.add(home)
+        check_exactly_once(datas[home], work / f"{name}.json", EVENTS, model=True)
+    assert homes == {0, 1}

@@ -346,3 +346,11 @@ def fill_up(directory: Path) -> Path:
                 while True:
                     f.write(b"\0" * block)
     return ballast
+
+
+def run_homed_on(endpoint: str, endpoints: tuple[str, ...], name: str) -> str:
+    """A run id (derived from ``name``) whose rendezvous home over ``endpoints`` is ``endpoint``."""
+    from producer.wire.endpoint import home_of
+
+    ids = (hashlib.md5(f"{name}-{i}".encode(), usedforsecurity=False).hexdigest() for i in range(10_000))
+    return next(run for run in ids if home_of(run, endpoints) == endpoint)

@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--flush-timeout", type=float, default=None)
     ap.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     ap.add_argument("--exit-without-close", action="store_true")
+    ap.add_argument("--run-id", help="the run's id (default: a new one)")
     ap.add_argument(
         "--progress",
         action="store_true",
@@ -37,7 +38,9 @@ def main() -> int:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     files: dict[int, str] = {}
-    run = Run(project="e2e", name=args.name, tags=["e2e"], flush_timeout=args.flush_timeout)
+    run = Run(
+        project="e2e", name=args.name, tags=["e2e"], flush_timeout=args.flush_timeout, run_id=args.run_id
+    )
     manifest = args.workdir / f"{args.name}.json"
     if args.progress:
         print(f"run {run.id}", flush=True)
