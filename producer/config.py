@@ -253,6 +253,10 @@ class ProducerConfig:
             pickle goes to the collector, which must allow it: see docs/logger.md).
         curve: CurveZMQ keys (``CLEARML_RELAY_SERVER_KEY`` and this producer's key pair, see
             :mod:`producer.wire.curve`); None: a plain connection.
+        pinned: ``endpoint`` is one run's home among several collectors (:meth:`for_run`): its
+            outboxes record it, and only a client of that collector delivers them. With a single
+            collector nothing is recorded, and any client delivers a leftover outbox (also after
+            the collector's address changed).
 
     """
 
@@ -265,6 +269,7 @@ class ProducerConfig:
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     figures: FigureMode = "render"
     curve: CurveKeys | None = None
+    pinned: bool = False
 
     @classmethod
     def from_env(
@@ -316,7 +321,9 @@ class ProducerConfig:
     def for_run(self, run_id: str) -> ProducerConfig:
         """The config of one run: ``endpoint`` is the one collector ``run_id`` goes to (its home)."""
         endpoints = self.endpoints
-        return self if len(endpoints) == 1 else dataclasses.replace(self, endpoint=home_of(run_id, endpoints))
+        if len(endpoints) == 1:
+            return self
+        return dataclasses.replace(self, endpoint=home_of(run_id, endpoints), pinned=True)
 
 
 def docs_table(settings: tuple[Setting, ...] = SETTINGS) -> str:

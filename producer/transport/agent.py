@@ -103,9 +103,11 @@ def run_agent(
             for target in _targets(config):  # each collector of the list, and each one recorded
                 if target not in clients:
                     log.info("agent: delivering the outboxes whose collector is %s", target)
-                    clients[target] = _AgentClient(
-                        dataclasses.replace(config, endpoint=target), stats, scan_every
-                    )
+                    # One of several collectors (or one only a recorded home names) takes only
+                    # the outboxes that record it; a single collector takes every leftover.
+                    pinned = len(config.endpoints) > 1 or target not in config.endpoints
+                    own = dataclasses.replace(config, endpoint=target, pinned=pinned)
+                    clients[target] = _AgentClient(own, stats, scan_every)
             if stop.wait(scan_every):
                 break
     finally:

@@ -315,7 +315,7 @@ class Client:
 # --------------------------------------------------------------------------------- registry
 
 _registry_lock = threading.Lock()
-_clients: dict[tuple[str, Path], Client] = {}
+_clients: dict[tuple[str, Path, bool], Client] = {}
 # Clients inherited through fork: kept referenced so that garbage collection in the child never
 # touches the parent's ZeroMQ context.
 _inherited: list[Client] = []
@@ -323,7 +323,7 @@ _inherited: list[Client] = []
 
 def get_client(config: ProducerConfig) -> Client:
     """The process's client for ``config``'s endpoint and spool directory, created on first use."""
-    key = (config.endpoint, config.spool_dir.absolute())
+    key = (config.endpoint, config.spool_dir.absolute(), config.pinned)
     with _registry_lock:
         client = _clients.get(key)
         if client is not None and client.pid != os.getpid():

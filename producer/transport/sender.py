@@ -195,8 +195,10 @@ class Sender:
             if run_id in known:
                 continue
             recorded = home(self._config.spool_dir, run_id)
-            if recorded is not None and recorded != self._config.endpoint:
-                continue  # another collector's run: the client (or agent) for that one sends it
+            if recorded != self._config.endpoint and (recorded is not None or self._config.pinned):
+                # Another collector's run: the client (or agent) of that one sends it. One of a
+                # set of collectors takes only the outboxes that record it.
+                continue
             try:
                 outbox = Outbox.open(
                     self._config.spool_dir, run_id, create=False, on_damage=self._tally.on_damage(run_id)

@@ -238,7 +238,7 @@ class Writer:
                 self._config.spool_dir,
                 state.run_id,
                 on_damage=self._tally.on_damage(state.run_id),
-                home=self._config.endpoint,
+                home=self._config.endpoint if self._config.pinned else None,
             )
         except (OSError, ValueError) as exc:
             reason = str(exc)

@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "docker" / "build-image.sh"
 TAG = "clearml-relay-collector:test"
 TRAINER_TAG = "clearml-relay-trainer:test"
+#: The base root filesystem's cache, kept between runs of the suite, outside the user's home
+#: (which the suite must leave as it found it).
+IMAGE_CACHE = "/var/tmp/clearml-relay-image-cache"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 SUPPORT = ROOT / "tests" / "support"
 #: Ultralytics and torch of this suite's environment, mounted into the trainer container (PyPI's
@@ -58,7 +61,12 @@ def image() -> str:
         pytest.skip("podman is not installed and this user cannot install it (not root)")
     result = subprocess.run(
         ["bash", str(BUILD), TAG],
-        env={**os.environ, "TRAINER_TAG": TRAINER_TAG, "TRAINER_ULTRALYTICS": ""},
+        env={
+            **os.environ,
+            "TRAINER_TAG": TRAINER_TAG,
+            "TRAINER_ULTRALYTICS": "",
+            "CLEARML_RELAY_IMAGE_CACHE": IMAGE_CACHE,
+        },
         capture_output=True,
         text=True,
         timeout=1200,

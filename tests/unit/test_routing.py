@@ -36,8 +36,10 @@ def test_every_producer_picks_the_same_home_and_the_runs_spread() -> None:
     assert homes == [home_of(run, (C, A, B)) for run in RUNS], "the order of the list does not matter"
     counts = {endpoint: homes.count(endpoint) for endpoint in (A, B, C)}
     assert all(500 < count < 850 for count in counts.values()), counts
+    assert all(config.for_run(run).pinned for run in RUNS[:10])
     single = ProducerConfig.from_env(endpoint=A)
     assert single.for_run(RUNS[0]) is single
+    assert not single.pinned, "one collector: outboxes record no home, any client delivers them"
 
 
 def test_a_change_of_the_list_moves_only_the_runs_it_must() -> None:

@@ -159,7 +159,10 @@ def test_every_producer_variable_is_in_the_table_and_reaches_its_field(tmp_path:
     }
     keys = {value for name, value in vars(curve).items() if name.startswith("ENV_")}
     assert declared | keys == set(envs), "every variable the producer reads is in the table"
-    fields = {f.name for f in dataclasses.fields(producer_config.ProducerConfig)} - {"curve"}
+    fields = {f.name for f in dataclasses.fields(producer_config.ProducerConfig)} - {
+        "curve",
+        "pinned",
+    }  # not settings
     own = [s for s in table if s.reader == "producer"]
     assert {s.name for s in own} == fields
     assert all(s.reader in ("hooks", "keys") and not s.name for s in table if s not in own)

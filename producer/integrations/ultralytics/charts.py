@@ -47,7 +47,7 @@ _PREFIXES: Final = {"(B)": "Box", "(M)": "Mask", "(P)": "Pose"}
 _CURVE_FILES: Final = {
     "Precision-Recall": "PR", "F1-Confidence": "F1", "Precision-Confidence": "P", "Recall-Confidence": "R",
 }  # fmt: skip
-#: The series Ultralytics' built-in callback (and the hooks) report a plot PNG under.
+#: What ClearML names a matplotlib figure reported with series="": the series of every plot PNG.
 PLOT_SERIES: Final = "plot image"
 
 

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 #: The logger whose lines become the run's console output.
 ULTRALYTICS_LOGGER: Final = "ultralytics"
-_PLOT_SERIES: Final = "plot image"  # what ClearML names a matplotlib figure reported with series=""
 
 
 class Session(Training):
@@ -187,7 +186,7 @@ class YoloReporter(Reporter):
         self.opened.model(best, name=name)
         for path in map(Path, plots):
             if "batch" not in path.name:
-                self.watcher.add(path, "plot", path.stem, _PLOT_SERIES, 0)
+                self.watcher.add(path, "plot", path.stem, charts.PLOT_SERIES, 0)
         for key, value in metrics.results_dict.items():
             self.opened.single_value(key, value)
 
