@@ -45,14 +45,29 @@ def _figure(run: str, seq: int, files: FileStore, data: bytes, series: str) -> p
     )  # fmt: skip
 
 
+def _replayed(
+    tmp_path: Path, files: FileStore, run: str, events: list[p.Event], *, allow_pickled_figures: bool = False
+) -> tuple[Counters, Path]:
+    """Apply ``events`` (ending with the run's close) to a fresh offline backend, each one landing;
+    its counters and the run's offline session."""
+    counters = Counters()
+    backend = ClearMLBackend(
+        tmp_path / "clearml", offline=True, call_timeout=10, counters=counters,
+        allow_pickled_figures=allow_pickled_figures,
+    )  # fmt: skip
+    try:
+        for event in events:
+            backend.apply(run, event, files)
+        assert backend.applied(run) == events[-1].seq
+    finally:
+        backend.close()
+    return counters, session_of(tmp_path / "clearml", run)
+
+
 @pytest.mark.slow
 def test_calls_that_cannot_be_replayed_are_skipped_noted_and_the_run_goes_on(
     tmp_path: Path, files: FileStore
 ) -> None:
-    counters = Counters()
-    backend = ClearMLBackend(
-        tmp_path / "clearml", offline=True, call_timeout=10, counters=counters, allow_pickled_figures=True
-    )
     run = "r1"
     not_a_figure = pickle.dumps({"just": "a dict"})
     spilled = p.Report(
@@ -84,11 +99,8 @@ def test_calls_that_cannot_be_replayed_are_skipped_noted_and_the_run_goes_on(
         scalar(run, 9),
         p.RunClose(run=run, seq=10, status="completed"),
     ]
-    for event in events:
-        backend.apply(run, event, files)
-    assert backend.applied(run) == 10
+    counters, session = _replayed(tmp_path, files, run, events, allow_pickled_figures=True)
     assert counters.get("reports_failed") == 4
-    session = session_of(tmp_path / "clearml", run)
     lines = [line for level, line in console(session) if level == "warning"]
     assert any(
         "report_matplotlib_figure figures / garbage (event 2)" in line and "unpickled" in line
@@ -105,7 +117,6 @@ def test_calls_that_cannot_be_replayed_are_skipped_noted_and_the_run_goes_on(
     assert ("training_debug_image", "images", "array") in landed
     assert ("training_stats_scalar", "loss", "train") in landed
     assert not {("plot", "figures", s) for s in ("garbage", "dict")} & landed
-    backend.close()
 
 
 @pytest.mark.slow
@@ -113,20 +124,15 @@ def test_a_pickled_figure_journaled_before_a_restart_without_the_flag_is_not_unp
     tmp_path: Path, files: FileStore
 ) -> None:
     """The flag gone (the collector restarted without it): nothing journaled earlier is unpickled."""
-    counters = Counters()
-    backend = ClearMLBackend(tmp_path / "clearml", offline=True, call_timeout=10, counters=counters)
     run = "r2"
     marker = tmp_path / "unpickled"
     evil = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
     closing = p.RunClose(run=run, seq=4, status="completed")
-    for event in (opening(run), _figure(run, 2, files, evil, "evil"), scalar(run, 3), closing):
-        backend.apply(run, event, files)
-    assert backend.applied(run) == 4
+    events = [opening(run), _figure(run, 2, files, evil, "evil"), scalar(run, 3), closing]
+    counters, session = _replayed(tmp_path, files, run, events)
     assert not marker.exists(), "the pickle was unpickled"
     assert counters.get("reports_failed") == 1
-    session = session_of(tmp_path / "clearml", run)
     assert any("pickled figures are not allowed" in line for _, line in console(session))
-    backend.close()
 
 
 @pytest.mark.slow
@@ -202,8 +208,6 @@ def test_ultralytics_drawings_land_as_image_plots_and_a_bad_one_is_skipped(
     tmp_path: Path, files: FileStore
 ) -> None:
     """``plots="collector"``: the collector draws each plot into an image plot of Ultralytics' size."""
-    counters = Counters()
-    backend = ClearMLBackend(tmp_path / "clearml", offline=True, call_timeout=10, counters=counters)
     run = "r4"
     events: list[p.Event] = [
         opening(run),
@@ -211,11 +215,8 @@ def test_ultralytics_drawings_land_as_image_plots_and_a_bad_one_is_skipped(
         scalar(run, 9),
         p.RunClose(run=run, seq=10, status="completed"),
     ]
-    for event in events:
-        backend.apply(run, event, files)
-    assert backend.applied(run) == 10
+    counters, session = _replayed(tmp_path, files, run, events)
     assert counters.get("reports_failed") == 1  # the 2x2 matrix of 3 labels (seq 7)
-    session = session_of(tmp_path / "clearml", run)
     assert any(
         "(event 7)" in line and "needs shape (3, 3), got (2, 2)" in line for _, line in console(session)
     )
@@ -236,4 +237,3 @@ def test_ultralytics_drawings_land_as_image_plots_and_a_bad_one_is_skipped(
         with Image.open(path) as image:
             assert image.size == size, title
     assert plots["labels"]["variant"] == "plot image"
-    backend.close()

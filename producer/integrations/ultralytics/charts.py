@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,10 +41,9 @@ CONFUSION_SERIES: Final = ("Counts", "Normalized")
 TABLE_TITLE: Final = "Per-Class Metrics"
 TABLE_SERIES: Final = "final validation"
 MAX_CLASSES: Final = 256
-#: Which of the metrics' parts a curve name's suffix belongs to (for its classes' order).
-_PARTS: Final = {"(B)": "box", "(M)": "seg", "(P)": "pose"}
-#: The file names Ultralytics gives the curves: a prefix per part, a name per curve.
-_PREFIXES: Final = {"(B)": "Box", "(M)": "Mask", "(P)": "Pose"}
+#: A curve name's suffix: the metrics' part that holds its classes, and the prefix of its PNG.
+_PARTS: Final = {"(B)": ("box", "Box"), "(M)": ("seg", "Mask"), "(P)": ("pose", "Pose")}
+#: The file names Ultralytics gives the curves, after the prefix.
 _CURVE_FILES: Final = {
     "Precision-Recall": "PR", "F1-Confidence": "F1", "Precision-Confidence": "P", "Recall-Confidence": "R",
 }  # fmt: skip
@@ -51,11 +51,70 @@ _CURVE_FILES: Final = {
 PLOT_SERIES: Final = "plot image"
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One curve of the final validation: ``y`` holds a row per class with labels (``names``)."""
+
+    title: str
+    x: Any
+    y: Any
+    xlabel: str
+    ylabel: str
+    names: list[str]  # one per row of y; empty when the rows cannot be named
+    ap: Any  # each row's AP@0.5 for a precision-recall curve, else None
+
+    @property
+    def pr(self) -> bool:
+        return self.title.startswith("Precision-Recall")
+
+    @property
+    def file(self) -> str:
+        """``Precision-Recall(B)`` -> ``BoxPR_curve``: the stem Ultralytics saves the curve under."""
+        base, _, suffix = self.title.partition("(")
+        part, name = _PARTS.get(f"({suffix}"), _CURVE_FILES.get(base)
+        return f"{part[1]}{name}_curve" if part and name else self.title
+
+
+def curves(metrics: Any) -> list[Curve]:
+    """The curves of ``metrics.curves_results``, each with its classes' names (malformed ones left out)."""
+    import numpy as np  # noqa: PLC0415 - the training's own dependency
+
+    names = _names(getattr(metrics, "names", None))
+    out = []
+    for title, (xs, ys, xlabel, ylabel) in zip(metrics.curves, metrics.curves_results, strict=False):
+        x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        if y.ndim != 2 or y.shape[1] != x.shape[0] or not len(y):
+            continue
+        part = _part(metrics, str(title))
+        index = getattr(part, "ap_class_index", None)
+        classes = [int(c) for c in index] if index is not None else []
+        ap = None
+        if str(title).startswith("Precision-Recall") and part is not None:
+            ap = np.asarray(part.all_ap, dtype=np.float64)[:, 0]
+        out.append(
+            Curve(
+                title=str(title),
+                x=x,
+                y=y,
+                xlabel=str(xlabel),
+                ylabel=str(ylabel),
+                names=[names.get(c, str(c)) for c in classes] if len(classes) == len(y) else [],
+                ap=ap if ap is not None and ap.shape == (len(y),) else None,
+            )
+        )
+    return out
+
+
+def confusion_labels(confusion: Any) -> tuple[list[str], bool]:
+    """A confusion matrix's class names and whether it has a ``background`` row and column."""
+    background = getattr(confusion, "task", "detect") not in ("classify", "semantic")
+    return list(_names(getattr(confusion, "names", None)).values()), background
+
+
 def report(logger: Logger, metrics: Any) -> None:
     """Report the curves, the confusion matrix and the per-class table of ``metrics``."""
-    names = _names(getattr(metrics, "names", None))
-    for title, curve in zip(metrics.curves, metrics.curves_results, strict=False):
-        report_curve(logger, str(title), curve, _classes(metrics, str(title)), names)
+    for curve in curves(metrics):
+        report_curve(logger, curve)
     matrix = getattr(metrics, "confusion_matrix", None)
     if matrix is not None:
         report_confusion(logger, matrix)
@@ -67,29 +126,24 @@ def report(logger: Logger, metrics: Any) -> None:
         )
 
 
-def report_curve(
-    logger: Logger, title: str, curve: Sequence[Any], classes: Sequence[int], names: dict[int, str]
-) -> None:
-    """One curve (``[x, y per class, xlabel, ylabel]``) as a line plot: each class, and all."""
-    import numpy as np  # noqa: PLC0415 - the training's own dependency
+def report_curve(logger: Logger, curve: Curve) -> None:
+    """One curve as a line plot: each class (up to :data:`MAX_CLASSES`), and all classes."""
+    import numpy as np  # noqa: PLC0415
 
-    x, y, xlabel, ylabel = curve
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if y.ndim != 2 or y.shape[1] != x.shape[0] or not len(y):
-        return
-    series = []
-    if len(y) == len(classes) and len(y) <= MAX_CLASSES:
+    x, series = curve.x, []
+    if curve.names and len(curve.names) <= MAX_CLASSES:
         series = [
-            SeriesInfo(names.get(c, str(c)), np.column_stack([x, row]))
-            for c, row in zip(classes, y, strict=True)
+            SeriesInfo(n, np.column_stack([x, row])) for n, row in zip(curve.names, curve.y, strict=True)
         ]
-    mean = y.mean(0)
-    if not title.startswith("Precision-Recall"):
+    mean = curve.y.mean(0)
+    if not curve.pr:
         from ultralytics.utils.metrics import smooth  # noqa: PLC0415 - as Ultralytics draws it
 
         mean = smooth(mean, 0.1)
     series.append(SeriesInfo(ALL_CLASSES, np.column_stack([x, mean])))
-    logger.report_line_plot(title, series, xaxis=str(xlabel), yaxis=str(ylabel), mode="lines", iteration=0)
+    logger.report_line_plot(
+        curve.title, series, xaxis=curve.xlabel, yaxis=curve.ylabel, mode="lines", iteration=0
+    )
 
 
 def report_confusion(logger: Logger, confusion: Any) -> None:
@@ -97,9 +151,8 @@ def report_confusion(logger: Logger, confusion: Any) -> None:
     import numpy as np  # noqa: PLC0415
 
     counts = np.asarray(confusion.matrix, dtype=np.float64)
-    labels = list(_names(getattr(confusion, "names", None)).values())
-    if getattr(confusion, "task", "detect") not in ("classify", "semantic"):
-        labels.append("background")
+    names, background = confusion_labels(confusion)
+    labels = [*names, "background"] if background else names
     if counts.ndim != 2 or counts.shape != (len(labels), len(labels)):
         log.info(
             "clearml-relay: confusion matrix of shape %s and %d labels: left to its PNG",
@@ -117,31 +170,23 @@ def report_confusion(logger: Logger, confusion: Any) -> None:
         )  # fmt: skip
 
 
-def draw_final(logger: Logger, metrics: Any, *, curves: bool, confusion: bool) -> None:
+def draw_final(logger: Logger, metrics: Any, *, with_curves: bool, confusion: bool) -> None:
     """``plots="collector"``: the final validation's curves and confusion matrices, to be drawn."""
     import numpy as np  # noqa: PLC0415
 
-    names = _names(getattr(metrics, "names", None))
-    for title, curve in zip(metrics.curves, metrics.curves_results, strict=False) if curves else ():
-        x, y, xlabel, ylabel = curve
-        classes = _classes(metrics, str(title))
-        y = np.asarray(y, dtype=np.float64)
-        pr = str(title).startswith("Precision-Recall")
-        part = _part(metrics, str(title))
-        ap = np.asarray(part.all_ap, dtype=np.float64)[:, 0] if pr and part is not None else None
+    for curve in curves(metrics) if with_curves else ():
         call = reports.YoloCurve(
-            x=snapshot.array("x", np.asarray(x, dtype=np.float64), dims=(1,)),
-            y=snapshot.array("y", y, dims=(2,)),
-            names=[names.get(c, str(c)) for c in classes] if len(classes) == len(y) else [],
-            xlabel=str(xlabel),
-            ylabel=str(ylabel),
-            ap=None if ap is None or ap.shape != (len(y),) else snapshot.array("ap", ap, dims=(1,)),
+            x=snapshot.array("x", curve.x, dims=(1,)),
+            y=snapshot.array("y", curve.y, dims=(2,)),
+            names=curve.names,
+            xlabel=curve.xlabel,
+            ylabel=curve.ylabel,
+            ap=None if curve.ap is None else snapshot.array("ap", curve.ap, dims=(1,)),
         )
-        report_call(logger, _curve_file(str(title)), PLOT_SERIES, 0, call)
+        report_call(logger, curve.file, PLOT_SERIES, 0, call)
     matrix = getattr(metrics, "confusion_matrix", None)
     if confusion and matrix is not None:
-        labels = list(_names(getattr(matrix, "names", None)).values())
-        background = getattr(matrix, "task", "detect") not in ("classify", "semantic")
+        labels, background = confusion_labels(matrix)
         counts = snapshot.array("matrix", np.asarray(matrix.matrix, dtype=np.float64), dims=(2,))
         for normalize in (True, False):  # Ultralytics' order
             drawing = reports.YoloConfusion(
@@ -172,15 +217,10 @@ def draw_results(logger: Logger, csv: Path) -> None:
     report_call(logger, "results", PLOT_SERIES, 0, reports.YoloResults(csv=csv.read_text(encoding="utf-8")))
 
 
-def _curve_file(title: str) -> str:
-    """``Precision-Recall(B)`` -> ``BoxPR_curve``: the stem Ultralytics saves the curve under."""
-    base, _, suffix = title.partition("(")
-    prefix, name = _PREFIXES.get(f"({suffix}"), _CURVE_FILES.get(base)
-    return f"{prefix}{name}_curve" if prefix and name else title
-
-
 def _part(metrics: Any, title: str) -> Any:
-    part = next((getattr(metrics, p, None) for suffix, p in _PARTS.items() if title.endswith(suffix)), None)
+    part = next(
+        (getattr(metrics, p, None) for suffix, (p, _) in _PARTS.items() if title.endswith(suffix)), None
+    )
     return part if part is not None else getattr(metrics, "box", None)
 
 
@@ -190,9 +230,3 @@ def _names(names: Any) -> dict[int, str]:
     if isinstance(names, list | tuple):
         return {i: str(v) for i, v in enumerate(names)}
     return {}
-
-
-def _classes(metrics: Any, title: str) -> list[int]:
-    """The class of each row of a curve: its part's ``ap_class_index`` (classes with labels)."""
-    index = getattr(_part(metrics, title), "ap_class_index", None)
-    return [int(c) for c in index] if index is not None else []

@@ -194,7 +194,7 @@ class YoloReporter(Reporter):
         charts.report(self.opened.logger, metrics)
         if offloaded is not None:
             charts.draw_final(
-                self.opened.logger, metrics, curves=offloaded.curves, confusion=offloaded.confusion
+                self.opened.logger, metrics, with_curves=offloaded.curves, confusion=offloaded.confusion
             )
 
     def draw_labels(self, labels: list[dict[str, Any]], names: dict[int, str]) -> None:
