@@ -5,6 +5,8 @@
 #   docker/build-image.sh [TAG]        # default: clearml-relay-collector:latest (make image)
 #   TRAINER_TAG=clearml-relay-trainer docker/build-image.sh   # and docker/trainer.Dockerfile too
 #   (TRAINER_ULTRALYTICS= leaves Ultralytics out of the trainer: the suite mounts its own)
+#   CLEARML_RELAY_IMAGE_PULL=0: never try a registry for the base image (the suite: no traffic
+#   off the machine but the package indexes the build installs from)
 #
 # 1. podman: installed from Debian (podman, runc, mmdebstrap) when missing, as root only.
 # 2. What podman needs here and nothing else, as a drop-in file it names
@@ -92,7 +94,7 @@ ensure_base() {
             return
         fi
         say "base image $BASE was made from other inputs ($label): making it again"
-    elif timeout 60 podman pull -q "$BASE" >/dev/null 2>&1; then
+    elif [ "${CLEARML_RELAY_IMAGE_PULL:-1}" != 0 ] && timeout 60 podman pull -q "$BASE" >/dev/null 2>&1; then
         say "pulled $BASE"
         return
     fi

@@ -66,6 +66,7 @@ def image() -> str:
             "TRAINER_TAG": TRAINER_TAG,
             "TRAINER_ULTRALYTICS": "",
             "CLEARML_RELAY_IMAGE_CACHE": IMAGE_CACHE,
+            "CLEARML_RELAY_IMAGE_PULL": "0",  # no registry is tried: the suite sends nothing off the machine
         },
         capture_output=True,
         text=True,
