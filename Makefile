@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,collector,ultralytics]'
+	$(PY) -m pip install --quiet -e '.[dev,collector,ultralytics,lightning,transformers,tensorboard]'
 	touch $@
 
 demo: $(VENV)/.installed

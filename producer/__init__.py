@@ -2,7 +2,10 @@
 
 Importing it loads only the standard library, pyzmq and msgspec: never clearml, torch,
 matplotlib or ultralytics. ``attach`` and ``callbacks`` are the Ultralytics hooks
-(:mod:`producer.integrations.ultralytics`).
+(:mod:`producer.integrations.ultralytics`); ``capture_tensorboard`` forwards TensorBoard's
+``SummaryWriter`` (:mod:`producer.integrations.tensorboard`). Lightning's logger and
+Transformers' callback import their framework, so they are imported from their own modules:
+:mod:`producer.integrations.lightning`, :mod:`producer.integrations.transformers`.
 """
 
 from collections.abc import Callable
@@ -10,6 +13,7 @@ from typing import Any
 
 from producer.config import ConfigError, ProducerConfig
 from producer.integrations import ultralytics as hooks
+from producer.integrations.tensorboard import capture_tensorboard, release_tensorboard
 from producer.integrations.ultralytics import RelayHooks, attach
 from producer.run import Run
 from producer.transport.client import Client, get_client
@@ -36,5 +40,7 @@ __all__ = [
     "SyncResult",
     "attach",
     "callbacks",
+    "capture_tensorboard",
     "get_client",
+    "release_tensorboard",
 ]

@@ -349,7 +349,7 @@ class Run(TaskCalls):
             self._reject("flush", type(exc).__name__, f"unexpected error: {exc!r}")
             return False
 
-    def close(self, status: str = "completed", error: str = "") -> bool:
+    def close(self, status: str = "completed", error: str = "", *, wait: bool = True) -> bool:
         """End the run and wait (at most the flush timeout) for the collector to hold it all.
 
         Idempotent: later calls only wait again.
@@ -357,11 +357,14 @@ class Run(TaskCalls):
         Args:
             status: ``completed``, ``failed`` or ``aborted``.
             error: what went wrong, for a failed run.
+            wait: False hands the end over and returns at once (a trainer's end hook): the
+                process's exit still waits, at most the flush timeout, for what is not acked.
 
         Returns:
             True when every event of the run was acknowledged; False otherwise: not yet
-            (the events stay in the outbox and are delivered later), refused by the collector
-            (kept in the outbox), or lost on this side (its disk, its bounds; each is logged).
+            (the events stay in the outbox and are delivered later; always so with
+            ``wait=False``), refused by the collector (kept in the outbox), or lost on this
+            side (its disk, its bounds; each is logged).
 
         """
         try:
@@ -372,7 +375,7 @@ class Run(TaskCalls):
                 self._reject("close", "forked", "called in a forked child process; only the parent reports")
                 return False
             self._end(client, state, self._status(status), str(error))
-            return self.flush()
+            return self.flush() if wait else False
         except Exception as exc:  # noqa: BLE001 - close runs in teardown hooks and at exit
             self._reject("close", type(exc).__name__, f"unexpected error: {exc!r}")
             return False

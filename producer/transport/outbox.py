@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from producer.transport import package
 from producer.wire.protocol import FileRef
 from producer.wire.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
@@ -161,7 +162,8 @@ class Outbox:
     def spool_file(self, seq: int, source: str | os.PathLike[str], *, fsync: bool = False) -> FileRef:
         """Copy ``source`` to ``blobs/<seq>`` in 1 MiB chunks, hashing it on the way.
 
-        A failed copy leaves nothing behind.
+        A directory is packed into ``<name>.zip`` as it is copied (:mod:`.package`). A failed
+        copy leaves nothing behind.
 
         Raises:
             SpoolWriteError: the copy cannot be written into the outbox (a full spool...).
@@ -170,21 +172,38 @@ class Outbox:
         """
         target = self.blob_path(seq)
         digest = hashlib.sha256()
-        buf = bytearray(COPY_BYTES)
-        view = memoryview(buf)
         size = 0
+
+        def put(fd: int, data: memoryview) -> None:
+            nonlocal size
+            digest.update(data)
+            _spool_call(_write_all, fd, data)
+            size += len(data)
+
+        directory = os.path.isdir(source)
         try:
-            with open(source, "rb") as src:
+            if directory:  # a checkpoint folder: packed on the way (producer.transport.package)
                 fd = _spool_call(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
                 try:
-                    while n := src.readinto(buf):
-                        digest.update(view[:n])
-                        _spool_call(_write_all, fd, view[:n])
-                        size += n
+                    package.pack(source, lambda data: put(fd, data))
                     if fsync:
                         _spool_call(os.fsync, fd)
                 finally:
                     os.close(fd)
+            else:
+                buf = bytearray(COPY_BYTES)
+                view = memoryview(buf)
+                with open(source, "rb") as src:
+                    fd = _spool_call(
+                        os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+                    )
+                    try:
+                        while n := src.readinto(buf):
+                            put(fd, view[:n])
+                        if fsync:
+                            _spool_call(os.fsync, fd)
+                    finally:
+                        os.close(fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 target.unlink(missing_ok=True)
@@ -193,8 +212,8 @@ class Outbox:
             self._blobs.append(seq)
             self._blob_sizes[seq] = size
             self.bytes_held += size
-        name = os.path.basename(os.fspath(source))[:255] or "file"
-        return FileRef(sha256=digest.hexdigest(), size=size, name=name)
+        name = package.packed_name(source) if directory else os.path.basename(os.fspath(source))
+        return FileRef(sha256=digest.hexdigest(), size=size, name=name[:255] or "file")
 
     def spool_bytes(
         self, seq: int, data: bytes | bytearray | memoryview, name: str, *, fsync: bool = False

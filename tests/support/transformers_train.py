@@ -1,0 +1,127 @@
+"""A tiny Hugging Face ``Trainer`` run that logs through ``RelayCallback`` (tests/e2e/test_frameworks.py).
+
+A BERT classifier built from a config made here (randomly initialised: nothing is downloaded) on a
+generated dataset, two epochs, an evaluation and a checkpoint each epoch, then one more
+``trainer.evaluate()``. Writes ``--result`` (JSON): the run id, ``trainer.state.log_history``
+(what the Trainer logged), ``args.to_dict()``, the model's config, the checkpoints saved, and
+each relay hook's slowest call in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+from producer.integrations.transformers import RelayCallback
+
+HOOKS = ("on_train_begin", "on_log", "on_evaluate", "on_save", "on_train_end")
+slowest: dict[str, float] = {}
+
+
+def timed(name: str, method: Any) -> Any:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            slowest[name] = max(slowest.get(name, 0.0), time.perf_counter() - start)
+
+    return wrapper
+
+
+for hook in HOOKS:
+    setattr(RelayCallback, hook, timed(hook, getattr(RelayCallback, hook)))
+
+
+class Generated(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Token sequences whose label is whether token 7 occurs: learnable, and the same every run."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 30, (n, 12), generator=g)
+        self.labels = (self.ids == 7).any(dim=1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(12, dtype=torch.long),
+            "labels": self.labels[i],
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--logger", choices=("relay", "clearml", "none"), default="relay")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=64)
+    opts = parser.parse_args()
+    config = BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    args = TrainingArguments(
+        output_dir=str(opts.output),
+        num_train_epochs=opts.epochs,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=5e-3,
+        logging_steps=2,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        report_to="clearml" if opts.logger == "clearml" else "none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    callback = RelayCallback(project="frameworks", name="transformers", log_model=True, tags=["e2e"])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Generated(opts.examples, 1),
+        eval_dataset=Generated(32, 2),
+        callbacks=[callback] if opts.logger == "relay" else [],
+    )
+    trainer.train()
+    trainer.evaluate()
+    run = callback.run
+    opts.result.write_text(
+        json.dumps(
+            {
+                "run": run.id if run is not None else None,
+                "log_history": trainer.state.log_history,
+                "args": args.to_dict(),
+                "config": model.config.to_dict(),
+                "checkpoints": sorted(p.name for p in opts.output.glob("checkpoint-*")),
+                "slowest": slowest,
+            },
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
