@@ -17,9 +17,10 @@ call                the run
 ``add_scalar``      a scalar: tag ``a/b/c`` is title ``a/b``, series ``c``; a tag
                     without ``/`` is both
 ``add_scalars``     one scalar per key: title ``main_tag``, series the key
-``add_image``       a debug image (TensorBoard's conversion: ``dataformats``, floats
-                    scaled by 255), titled as ``add_scalar``
-``add_histogram``   a histogram of TensorBoard's own buckets (``bins``, ``max_bins``)
+``add_image``       a debug image: the PNG TensorBoard encoded and wrote (its
+                    ``dataformats``, floats scaled by 255), titled as ``add_scalar``
+``add_histogram``   a histogram of the buckets TensorBoard counted and wrote (its
+                    ``bins``, ``max_bins``), not counted again
 ``add_text``        a ``.txt`` media file; a tag without ``/`` is titled ``Text``
 ``add_figure``      the matplotlib figure itself, taken before the writer closes it
                     and drawn by the collector (``report_matplotlib_figure``); a
@@ -43,8 +44,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from producer.integrations import framework
+from producer.logger import snapshot
+from producer.logger.base import report_encoded_image, report_later
 from producer.once import Once
 from producer.run import Run
+from producer.wire import reports
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,14 @@ TEXT_TITLE: Final = "Text"
 
 _lock = threading.Lock()
 _originals: dict[str, Callable[..., Any]] = {}
+#: The summary makers of ``torch.utils.tensorboard.writer`` that ``add_histogram`` and ``add_image``
+#: call, replaced while captured by keepers of what they make (the originals are kept here).
+_MAKERS: Final = ("histogram", "image")
+_makers: dict[str, Callable[..., Any]] = {}
 _target: list[Run | None] = [None]
-_inside = threading.local()  # add_figure's own add_image is not forwarded twice
+#: Per thread: inside add_figure (its own add_image is not forwarded twice); the summary the
+#: writer's call made (``kept``), so that its buckets or PNG are forwarded, not made again.
+_inside = threading.local()
 _once = Once()
 
 
@@ -74,10 +84,15 @@ def capture_tensorboard(run: Run | None = None) -> None:
     Calling it again changes the run and wraps nothing twice. Imports torch's TensorBoard
     writer (it needs the ``tensorboard`` package).
     """
-    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - only when asked for
+    import torch.utils.tensorboard.writer as module  # noqa: PLC0415 - only when asked for
+    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
     with _lock:
         _target[0] = run
+        for maker in _MAKERS:
+            if maker not in _makers and callable(getattr(module, maker, None)):
+                _makers[maker] = getattr(module, maker)
+                setattr(module, maker, functools.partial(_keep, _makers[maker]))
         for name in METHODS:
             if name not in _originals:
                 original = getattr(SummaryWriter, name)
@@ -90,17 +105,34 @@ def release_tensorboard() -> None:
     with _lock:
         if not _originals:
             return
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - imported by capture already
+        import torch.utils.tensorboard.writer as module  # noqa: PLC0415 - imported by capture already
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
         for name, original in _originals.items():
             setattr(SummaryWriter, name, original)
         _originals.clear()
+        for maker, original in _makers.items():
+            setattr(module, maker, original)
+        _makers.clear()
         _target[0] = None
 
 
 def captured() -> bool:
     """Whether ``SummaryWriter`` is captured now."""
     return bool(_originals)
+
+
+def _keep(maker: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A summary TensorBoard makes, made as ever, and kept for the forwarding that follows."""
+    summary = maker(*args, **kwargs)
+    _inside.kept = summary
+    return summary
+
+
+def _kept() -> Any:
+    """The summary the writer's call made (None: none was kept), taken."""
+    summary, _inside.kept = getattr(_inside, "kept", None), None
+    return summary
 
 
 def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,6 +148,7 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
                 return original(writer, *args, **kwargs)
             finally:
                 _inside.figure = False
+        _inside.kept = None
         result = original(writer, *args, **kwargs)
         if not (name == "add_image" and getattr(_inside, "figure", False)):
             _forward(name, forward, writer, args, kwargs)
@@ -193,6 +226,13 @@ def _image(  # noqa: PLR0917 - SummaryWriter.add_image's signature
     walltime: Any = None,
     dataformats: str = "CHW",
 ) -> None:
+    title, series = framework.split_tag(str(tag))
+    summary = _kept()
+    if summary is not None:  # the PNG the writer just wrote
+        png = summary.value[0].image.encoded_image_string
+        report_encoded_image(run.logger, title, series, _step(global_step), data=png, name="image.png")
+        return
+    # A torch whose add_image does not call writer.image: convert as it does.
     import numpy as np  # noqa: PLC0415 - torch brought it
     from torch.utils.tensorboard._convert_np import make_np  # noqa: PLC0415
     from torch.utils.tensorboard._utils import convert_to_HWC  # noqa: PLC0415
@@ -200,10 +240,9 @@ def _image(  # noqa: PLR0917 - SummaryWriter.add_image's signature
     array = convert_to_HWC(make_np(img_tensor), dataformats)  # type: ignore[no-untyped-call]
     scale = 1 if array.dtype == np.uint8 else 255
     pixels = (array.astype(np.float32) * scale).clip(0, 255).astype(np.uint8)
-    if pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    title, series = framework.split_tag(str(tag))
-    run.logger.report_image(title, series, _step(global_step), image=pixels)
+    run.logger.report_image(
+        title, series, _step(global_step), image=pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    )
 
 
 def _histogram(  # noqa: PLR0917 - SummaryWriter.add_histogram's signature
@@ -216,20 +255,34 @@ def _histogram(  # noqa: PLR0917 - SummaryWriter.add_histogram's signature
     walltime: Any = None,
     max_bins: Any = None,
 ) -> None:
-    from torch.utils.tensorboard._convert_np import make_np  # noqa: PLC0415
-    from torch.utils.tensorboard.summary import make_histogram  # noqa: PLC0415
-
-    if isinstance(bins, str) and bins == "tensorflow":
-        bins = writer.default_bins  # what the writer used
-    proto = make_histogram(make_np(values).astype(float), bins, max_bins)  # type: ignore[no-untyped-call]
     title, series = framework.split_tag(str(tag))
-    run.logger.report_histogram(
-        title,
-        series,
-        list(proto.bucket),
-        _step(global_step),
-        xlabels=[f"{x:.6g}" for x in proto.bucket_limit],
-    )
+    summary = _kept()
+    if summary is not None:  # the buckets the writer just wrote
+        histo = summary.value[0].histo
+        counts, limits, size = histo.bucket, histo.bucket_limit, 16 * len(histo.bucket)
+    else:  # a torch whose add_histogram does not call writer.histogram: count them as it does
+        import numpy as np  # noqa: PLC0415 - torch brought it
+        from torch.utils.tensorboard._convert_np import make_np  # noqa: PLC0415
+
+        samples = np.array(make_np(values))  # a copy: the caller may change its tensor next step
+        if isinstance(bins, str) and bins == "tensorflow":
+            bins = writer.default_bins
+        counts = limits = None
+        size = samples.nbytes
+
+    def buckets() -> reports.Call:
+        """(writer thread) The buckets, as ``report_histogram`` takes them."""
+        nonlocal counts, limits
+        if counts is None:
+            from torch.utils.tensorboard.summary import make_histogram  # noqa: PLC0415
+
+            proto = make_histogram(samples.astype(float), bins, max_bins)  # type: ignore[no-untyped-call]
+            counts, limits = proto.bucket, proto.bucket_limit
+        return reports.Histogram(
+            values=snapshot.array("values", list(counts)), xlabels=[f"{x:.6g}" for x in limits]
+        )
+
+    report_later(run.logger, title, series, _step(global_step), size=size, make_call=buckets)
 
 
 def _text(

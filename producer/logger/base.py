@@ -176,5 +176,49 @@ def report_call(
     logger._report(title, series, iteration, call)
 
 
+#: Stands in for a call the writer thread makes (``Report.call`` until ``Payload.make`` sets it).
+LATER: Final = reports.ImageUrl(url="pending")
+
+
+def report_later(
+    logger: LoggerBase,
+    title: str,
+    series: str,
+    iteration: int | None,
+    *,
+    size: int,
+    make_call: Callable[[], reports.Call],
+) -> None:
+    """Send a Report whose call ``make_call`` builds on the writer thread, from a snapshot it holds.
+
+    For integrations whose arguments take work to become a call (TensorBoard's histogram
+    buckets): the training thread only copies what ``make_call`` reads (``size`` bytes, counted
+    against the producer's memory bound) and hands it off.
+    """
+    where = logger._where(title, series, iteration)
+    event = protocol.Report(**logger._event_base(), **where, call=LATER)
+
+    def make(event: protocol.Event) -> None:
+        assert isinstance(event, protocol.Report)
+        event.call = make_call()
+
+    logger._emit(event, Payload("call", size, make))
+
+
+def report_encoded_image(
+    logger: LoggerBase, title: str, series: str, iteration: int | None, *, data: bytes, name: str
+) -> None:
+    """Send an image already encoded (``name``: ``image.png``...) as ``report_image`` sends a file.
+
+    For integrations that hold the encoded picture (TensorBoard's PNG): no decoding, no copy of
+    the pixels; the bytes go into the outbox as the debug image's file.
+    """
+    where = logger._where(title, series, iteration)
+    slot = logger._slot(where["title"], where["series"], None)
+    pending = protocol.FileRef(sha256="0" * 64, size=len(data), name=name)
+    event = protocol.DebugImage(**logger._event_base(), **where, file=pending, slot=slot)
+    logger._emit(event, Payload(name, len(data), lambda _: data))
+
+
 def text_or_none(value: object) -> str | None:
     return None if value is None else str(value)[:255]

@@ -29,7 +29,7 @@ log = logging.getLogger("producer.run")
 
 _PENDING_FILE: Final = protocol.FileRef(sha256="0" * 64, size=0, name="pending")
 #: Stands in for a call the writer thread makes from a snapshot (a table, a plotly figure).
-_LATER: Final = reports.ImageUrl(url="pending")
+_LATER: Final = base.LATER
 
 
 class SeriesInfo(NamedTuple):

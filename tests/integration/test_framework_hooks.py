@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from producer_helpers import FakeCollector
@@ -254,9 +255,11 @@ def released() -> Iterator[None]:
 def test_capture_wraps_once_forwards_to_the_given_run_and_release_restores(
     fake: FakeCollector, tmp_path: Path
 ) -> None:
+    import torch.utils.tensorboard.writer as module
     from torch.utils.tensorboard import SummaryWriter
 
     own = {name: SummaryWriter.__dict__[name] for name in ("add_scalar", "add_image", "add_figure")}
+    histogram = module.histogram
     newest = Run("proj", "newest", endpoint=fake.endpoint)
     target = Run("proj", "target", endpoint=fake.endpoint)
     writer = SummaryWriter(str(tmp_path / "tb"))  # made before the capture: captured all the same
@@ -265,6 +268,7 @@ def test_capture_wraps_once_forwards_to_the_given_run_and_release_restores(
     writer.add_scalar("loss", 1.5, 2)
     producer.release_tensorboard()
     assert all(SummaryWriter.__dict__[name] is fn for name, fn in own.items())
+    assert module.histogram is histogram
     writer.add_scalar("loss", 9.0, 3)  # released: TensorBoard's only
     writer.close()
     newest.close()
@@ -315,3 +319,64 @@ def test_a_forwarding_failure_is_logged_once_and_the_writers_own_error_is_its_ow
     said = [r for r in caplog.records if "SummaryWriter.add_scalar not forwarded" in r.getMessage()]
     assert len(said) == 1
     assert "a bug in the relay" in said[0].getMessage()
+
+
+@pytest.mark.usefixtures("released")
+def test_histograms_carry_tensorboards_buckets_whether_kept_or_counted_again(
+    fake: FakeCollector, tmp_path: Path
+) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import histogram
+
+    from producer.integrations import tensorboard
+    from producer.wire import reports
+
+    values = torch.randn(300, generator=torch.Generator().manual_seed(3))
+    run = Run("proj", "tb", endpoint=fake.endpoint)
+    producer.capture_tensorboard(run)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    writer.add_histogram("w/kept", values, 1)  # the buckets of the summary the writer made
+    tensorboard._FORWARDS["add_histogram"](run, writer, "w/counted", values, 2)  # none made: counted here
+    writer.add_histogram("w/bins", values, 3, bins=7)
+    writer.close()
+    run.close()
+    expected = histogram("w", values.numpy().astype(float), writer.default_bins).value[0].histo
+    seven = histogram("w", values.numpy().astype(float), 7).value[0].histo
+    reports_by_series = {e.series: e.call for e in _events(fake, run.id) if isinstance(e, protocol.Report)}
+    for series, histo in (("kept", expected), ("counted", expected), ("bins", seven)):
+        call = reports_by_series[series]
+        assert isinstance(call, reports.Histogram)
+        assert list(np.frombuffer(call.values.data, dtype=call.values.dtype)) == list(histo.bucket), series
+        assert call.xlabels == [f"{x:.6g}" for x in histo.bucket_limit], series
+
+
+@pytest.mark.usefixtures("released")
+def test_images_carry_tensorboards_png_and_are_converted_as_it_does_when_none_is_kept(
+    fake: FakeCollector, tmp_path: Path
+) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import image
+
+    from producer.integrations import tensorboard
+
+    picture = torch.linspace(0, 1, 3 * 5 * 7).reshape(3, 5, 7)
+    run = Run("proj", "tb", endpoint=fake.endpoint)
+    producer.capture_tensorboard(run)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    writer.add_image("img/kept", picture, 1)
+    tensorboard._FORWARDS["add_image"](run, writer, "img/converted", picture, 2)  # none made: converted here
+    writer.close()
+    run.close()
+    events = {
+        e.series: e for e in _events(fake, run.id) if isinstance(e, protocol.DebugImage | protocol.ImageArray)
+    }
+    kept, converted = events["kept"], events["converted"]
+    assert isinstance(kept, protocol.DebugImage)
+    assert kept.file.name == "image.png"
+    png = image("img", picture, dataformats="CHW").value[0].image.encoded_image_string
+    assert bytes(fake.files[kept.file.sha256].data) == png, "the very PNG TensorBoard wrote"
+    assert isinstance(converted, protocol.ImageArray)
+    assert converted.shape == [5, 7, 3]
+    pixels = np.frombuffer(bytes(fake.files[converted.file.sha256].data), dtype=np.uint8).reshape(5, 7, 3)
+    expected = (picture.permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(pixels, expected)
