@@ -13,14 +13,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import free_port, sync
+from e2e import env, free_port, status, sync, wait_for
 from frameworks import (
+    SUPPORT,
     Collector,
     collector,
     events,
@@ -188,6 +191,42 @@ def test_transformers_lands_the_log_history_the_arguments_the_config_and_the_che
         session = running.session(result["run"])
     _check_transformers(session, result)
     assert max(result["slowest"].values()) < NEVER_WAITS, result["slowest"]
+
+
+def test_a_training_that_raises_ends_its_run_as_failed_with_the_error(tmp_path: Path) -> None:
+    result_file = tmp_path / "work" / "result.json"
+    (tmp_path / "work").mkdir()
+    with collector(tmp_path) as running:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(SUPPORT / "transformers_train.py"),
+                "--output",
+                str(tmp_path / "output"),
+                "--result",
+                str(result_file),
+                "--fail",
+            ],
+            cwd=tmp_path / "work",
+            env=env(CLEARML_RELAY_ENDPOINT=running.endpoint),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "stopped on purpose" in done.stderr
+        run = json.loads(result_file.read_text())["run"]
+        wait_for(lambda: _state(running.endpoint, run) == "failed", 60, f"run {run} to end as failed")
+        session = running.session_of(run)
+    message = task(session)["status_message"]
+    assert message == "failed: RuntimeError: stopped on purpose after training", message
+
+
+def _state(endpoint: str, run: str) -> str | None:
+    reply = status(endpoint)
+    info = next((r for r in reply.runs if r.run == run), None) if reply else None
+    return info.state if info is not None and info.applied >= info.journaled else None
 
 
 # -------------------------------------------------------------------------------- TensorBoard

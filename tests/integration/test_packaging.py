@@ -59,6 +59,12 @@ def test_the_sdist_and_the_wheel_build_offline_without_a_warning(tmp_path: Path)
     assert "collector/service/cli.py" in names
     assert not [n for n in names if n.startswith("tests/")]
     assert "License-Expression: Apache-2.0" in headers.splitlines()
+    assert "producer/integrations/lightning.py" in names
+    assert "producer/integrations/transformers.py" in names
+    extras = {line.split(": ", 1)[1] for line in headers.splitlines() if line.startswith("Provides-Extra: ")}
+    assert {"collector", "ultralytics", "lightning", "transformers", "tensorboard"} <= extras, extras
+    assert 'Requires-Dist: lightning>=2.0; extra == "lightning"' in headers.splitlines()
+    assert 'Requires-Dist: transformers>=4.40; extra == "transformers"' in headers.splitlines()
     with tarfile.open(sdist) as archive:
         members = archive.getnames()
     assert any(m.endswith("/pyproject.toml") for m in members)

@@ -43,6 +43,10 @@ class Collector:
     def session(self, run: str, timeout: float = 120) -> Path:
         """The offline session of ``run``, once the run is completed and wholly applied."""
         wait_for(lambda: completed(self.endpoint, run), timeout, f"run {run} to be applied and completed")
+        return self.session_of(run)
+
+    def session_of(self, run: str) -> Path:
+        """The offline session of ``run`` as it is now."""
         state = clearml_state.load(self.data / "clearml", run)
         assert state is not None, f"the backend never saw run {run}"
         return Path(state.session)

@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--logger", choices=("relay", "clearml", "none"), default="relay")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--fail", action="store_true", help="raise after training, before the result")
     opts = parser.parse_args()
     config = BertConfig(
         vocab_size=32,
@@ -106,8 +107,11 @@ def main() -> None:
         callbacks=[callback] if opts.logger == "relay" else [],
     )
     trainer.train()
-    trainer.evaluate()
     run = callback.run
+    if opts.fail:
+        opts.result.write_text(json.dumps({"run": run.id if run is not None else None}))
+        raise RuntimeError("stopped on purpose after training")
+    trainer.evaluate()
     opts.result.write_text(
         json.dumps(
             {
