@@ -100,6 +100,8 @@ def source_size(source: str | Payload) -> int | None:
     if isinstance(source, Payload):
         return source.size
     try:
+        if os.path.isdir(source):  # a folder packed as a zip: about the sum of its files
+            return sum(os.stat(os.path.join(d, f)).st_size for d, _, files in os.walk(source) for f in files)
         return os.stat(source).st_size
     except OSError:
         return None

@@ -5,7 +5,8 @@ runs a collector (ClearML backend, offline) in this process and each training in
 process, offline and in private directories, round-robin over ``--rounds`` rounds (the order
 rotated each round):
 
-- **Lightning**: a small MLP on random tensors, logging every step; no logger, ``RelayLogger``,
+- **Lightning**: a small MLP on random tensors, logging every step; no logger, a logger that does
+  nothing (what Lightning's own logging costs: it turns each metric into a float), ``RelayLogger``,
   Lightning's ``MLFlowLogger`` (local store) and ``WandbLogger`` (offline).
 - **Transformers**: a tiny BERT from a config on generated tokens, ``logging_steps=1``; no
   callback, ``RelayCallback``, Transformers' ``ClearMLCallback`` (ClearML offline, in process),
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib.util
-import inspect
 import json
 import multiprocessing
 import os
@@ -43,6 +42,9 @@ from pathlib import Path
 from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+
+from hook_timing import own_methods, time_methods
 
 from collector.config import CollectorConfig
 from collector.service import demo
@@ -50,7 +52,7 @@ from collector.service.server import Collector
 
 #: Per framework: the loggers compared, and the package each needs (None: always there).
 LOGGERS: Final[dict[str, dict[str, str | None]]] = {
-    "lightning": {"none": None, "relay": None, "mlflow": "mlflow", "wandb": "wandb"},
+    "lightning": {"none": None, "noop": None, "relay": None, "mlflow": "mlflow", "wandb": "wandb"},
     "transformers": {"none": None, "relay": None, "clearml": "clearml", "mlflow": "mlflow", "wandb": "wandb"},
     "tensorboard": {"none": None, "relay": None, "clearml": "clearml"},
 }
@@ -81,18 +83,7 @@ class Timing:
 
 def _time_methods(cls: type, seconds: list[float]) -> None:
     """Time every method ``cls`` defines itself (its hooks), adding each call's seconds to ``seconds``."""
-    for name, member in list(vars(cls).items()):
-        if name.startswith("__") or not inspect.isfunction(member):
-            continue
-
-        def timed(*args: Any, __original: Callable[..., Any] = member, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return __original(*args, **kwargs)
-            finally:
-                seconds.append(time.perf_counter() - start)
-
-        setattr(cls, name, functools.wraps(member)(timed))
+    time_methods(cls, own_methods(cls), lambda _, duration: seconds.append(duration))
 
 
 def _offline(work: Path, logger: str) -> None:
@@ -131,7 +122,21 @@ def _lightning(endpoint: str, work: Path, logger: str, timing: Timing) -> None:
             return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
     chosen: Any = False
-    if logger == "relay":
+    if logger == "noop":  # a logger that does nothing: what Lightning's own logging costs (metrics to floats)
+        from lightning.pytorch.loggers import Logger
+
+        class Noop(Logger):
+            name, version = "noop", "0"
+
+            def log_metrics(self, metrics: Any, step: Any = None) -> None:
+                pass
+
+            def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        _time_methods(Noop, timing.hooks)
+        chosen = Noop()
+    elif logger == "relay":
         from producer.integrations.lightning import RelayLogger
 
         _time_methods(RelayLogger, timing.hooks)
@@ -167,8 +172,6 @@ def _transformers(endpoint: str, work: Path, logger: str, timing: Timing) -> Non
     import torch
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
     from transformers.integrations import integration_utils
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
     from transformers_train import Generated
 
     callbacks: list[Any] = []

@@ -28,11 +28,12 @@ from frameworks import (
     collector,
     events,
     hyperparams,
-    run_script,
     same_scalars,
     scalars,
     single_values,
     task,
+    train,
+    trained,
 )
 from sessions import file_content, local_file
 
@@ -86,34 +87,14 @@ def _check_lightning(session: Path, result: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("flavour", ["lightning", "pytorch_lightning"])
 def test_lightning_lands_every_metric_the_hparams_and_the_checkpoints(tmp_path: Path, flavour: str) -> None:
-    with collector(tmp_path) as running:
-        result = run_script(
-            "lightning_train.py",
-            "--root",
-            str(tmp_path / "root"),
-            "--flavour",
-            flavour,
-            workdir=tmp_path / "work",
-            CLEARML_RELAY_ENDPOINT=running.endpoint,
-        )
-        session = running.session(result["run"])
+    result, session = trained("lightning", tmp_path, "--flavour", flavour)
     assert Path(result["checkpoint_dir"]).parent.name == result["run"], "the logger's version is the run id"
     _check_lightning(session, result)
     assert max(result["slowest"].values()) < NEVER_WAITS, result["slowest"]
 
 
 def test_lightning_log_model_all_reports_each_checkpoint_as_it_is_saved(tmp_path: Path) -> None:
-    with collector(tmp_path) as running:
-        result = run_script(
-            "lightning_train.py",
-            "--root",
-            str(tmp_path / "root"),
-            "--log-model",
-            "all",
-            workdir=tmp_path / "work",
-            CLEARML_RELAY_ENDPOINT=running.endpoint,
-        )
-        session = running.session(result["run"])
+    _, session = trained("lightning", tmp_path, "--log-model", "all")
     names = sorted(m["init"]["name"] for m in task(session)["offline_output_models"])
     # Epoch 0 saves epoch=0-step=8.ckpt and last.ckpt; epoch 1 a new best and last.ckpt again.
     assert names == ["epoch=0-step=8.ckpt", "epoch=1-step=16.ckpt", "last.ckpt", "last.ckpt"]
@@ -180,15 +161,7 @@ def _check_transformers(session: Path, result: dict[str, Any]) -> None:
 def test_transformers_lands_the_log_history_the_arguments_the_config_and_the_checkpoints(
     tmp_path: Path,
 ) -> None:
-    with collector(tmp_path) as running:
-        result = run_script(
-            "transformers_train.py",
-            "--output",
-            str(tmp_path / "output"),
-            workdir=tmp_path / "work",
-            CLEARML_RELAY_ENDPOINT=running.endpoint,
-        )
-        session = running.session(result["run"])
+    result, session = trained("transformers", tmp_path)
     _check_transformers(session, result)
     assert max(result["slowest"].values()) < NEVER_WAITS, result["slowest"]
 
@@ -306,26 +279,19 @@ def _check_tensorboard(session: Path, record: dict[str, Any]) -> None:
 
 
 def test_tensorboard_capture_lands_every_call_and_leaves_the_writer_as_it_was(tmp_path: Path) -> None:
-    plain = run_script(
-        "tensorboard_script.py",
-        "--logdir",
-        str(tmp_path / "plain"),
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    plain = train(
+        "tensorboard",
+        tmp_path / "plain",
         "--no-capture",
-        workdir=tmp_path / "plain-work",
-        CLEARML_RELAY_ENDPOINT=f"tcp://127.0.0.1:{free_port()}",
+        CLEARML_RELAY_ENDPOINT=nowhere,
         CLEARML_RELAY_FLUSH_TIMEOUT="0",
     )
-    with collector(tmp_path) as running:
-        result = run_script(
-            "tensorboard_script.py",
-            "--logdir",
-            str(tmp_path / "logs"),
-            workdir=tmp_path / "work",
-            CLEARML_RELAY_ENDPOINT=running.endpoint,
-        )
-        session = running.session(result["run"])
+    result, session = trained("tensorboard", tmp_path)
     record = _tensorboard_record(tmp_path / "logs")
-    assert record == _tensorboard_record(tmp_path / "plain"), "the writer writes what it writes uncaptured"
+    assert record == _tensorboard_record(tmp_path / "plain" / "logs"), (
+        "the writer writes what it writes uncaptured"
+    )
     assert "after_release" in record["after"]["scalars"]
     assert not plain["slowest"], "an uncaptured writer forwards nothing"
     _check_tensorboard(session, record)
@@ -346,29 +312,19 @@ def test_with_the_collector_down_training_never_waits_and_sync_delivers_the_run_
         "CLEARML_RELAY_SPOOL_DIR": str(spool),
         "CLEARML_RELAY_FLUSH_TIMEOUT": DOWN_FLUSH_TIMEOUT,
     }
-    work = tmp_path / "work"
-    if framework == "lightning":
-        result = run_script("lightning_train.py", "--root", str(tmp_path / "root"), workdir=work, **down)
-    elif framework == "transformers":
-        result = run_script(
-            "transformers_train.py", "--output", str(tmp_path / "output"), workdir=work, **down
-        )
-    else:
-        result = run_script("tensorboard_script.py", "--logdir", str(tmp_path / "logs"), workdir=work, **down)
+    result = train(framework, tmp_path, **down)
     assert max(result["slowest"].values()) < NEVER_WAITS, result["slowest"]
     output = result["output"]
     assert "not fully delivered" in output, output
     assert "clearml-relay sync" in output, output
-    assert "Traceback" not in result["output"], result["output"]
+    assert "Traceback" not in output, output
     running = Collector(tmp_path, endpoint=endpoint).start()
     try:
         sync(endpoint, spool)
         session = running.session(result["run"])
     finally:
         running.stop()
-    if framework == "lightning":
-        _check_lightning(session, result)
-    elif framework == "transformers":
-        _check_transformers(session, result)
-    else:
+    if framework == "tensorboard":
         _check_tensorboard(session, _tensorboard_record(tmp_path / "logs"))
+    else:
+        {"lightning": _check_lightning, "transformers": _check_transformers}[framework](session, result)

@@ -175,19 +175,21 @@ def test_a_spool_that_fills_up_and_frees_loses_nothing_after_recovery(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
 @pytest.mark.parametrize("free", [True, False])
 def test_a_model_without_room_in_the_spool_waits_for_it(
-    tmp_path: Path, collector: Collector, free: bool
+    tmp_path: Path, collector: Collector, free: bool, folder: bool
 ) -> None:
     spool, prefix = small_spool(tmp_path, "3m")
     work = tmp_path / "work"
     work.mkdir()
-    args = ["model-without-room", "--workdir", str(work), "--flush-timeout", "6"]
+    args = ["model-without-room", "--workdir", str(work), "--flush-timeout", "6", *(["--folder"] * folder)]
     outcome = run_script(collector, spool, *args, *(["--free"] if free else []), prefix=prefix)
     assert outcome.returncode == 0, outcome.output
     run = outcome.result["run"]
+    name = "checkpoint-1" if folder else "best.pt"
     assert f"no room in the spool {spool}" in outcome.output
-    assert "free, the file is 2.1 MB" in outcome.output
+    assert "free, the file is 2.1 MB" in outcome.output, "a folder: the size of its files"
     wait_for(lambda: closed(collector, run), 60, "the run to be applied")
     events = events_of(collector, run)
     kinds = [e["t"] for e in events]
@@ -196,16 +198,18 @@ def test_a_model_without_room_in_the_spool_waits_for_it(
     assert events[-1].get("status", "completed") == "completed"  # the default is not sent
     if free:
         assert outcome.result["delivered"] is True
-        assert kinds.count("model") == 1, "the model must land once room is freed"
+        (model,) = [e for e in events if e["t"] == "model"]
+        assert model["name"] == name, "the model must land once room is freed"
+        assert model["file"]["name"] == (f"{name}.zip" if folder else name)
     else:
         # The run ends without its model, and says so: a gap at the collector, False from close().
         assert outcome.result["delivered"] is False
         assert kinds.count("model") == 0
         gaps = [e for e in events if e["t"] == "gap"]
         assert len(gaps) == 1
-        assert "Model best.pt was not recorded: no room in the spool" in gaps[0]["reason"]
+        assert f"Model {name} was not recorded: no room in the spool" in gaps[0]["reason"]
         assert outcome.result["stats"]["files_dropped_no_room"] == 1
-        assert f"run {run} ends without its model best.pt" in outcome.output
+        assert f"run {run} ends without its model {name}" in outcome.output
 
 
 # ---------------------------------------------------------------------- an unusable spool

@@ -74,15 +74,21 @@ def full_then_free(args: argparse.Namespace) -> None:
 def model_without_room(args: argparse.Namespace) -> None:
     """A model handed over while the spool has no room for it; room comes back (or not)."""
     spool = Path(os.environ["CLEARML_RELAY_SPOOL_DIR"])
-    model = Path(args.workdir) / "best.pt"
-    model.write_bytes(os.urandom(args.model_bytes))
+    if args.folder:  # a checkpoint folder: packed into a zip as it is copied
+        model = Path(args.workdir) / "checkpoint-1"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(os.urandom(args.model_bytes))
+        (model / "config.json").write_text('{"layers": 2}')
+    else:
+        model = Path(args.workdir) / "best.pt"
+        model.write_bytes(os.urandom(args.model_bytes))
     run = Run(project="faults", name=args.name, flush_timeout=args.flush_timeout)
     scalars(run, 0, 10)
     if not run.flush(30):
         raise SystemExit("the first events were not delivered")
     ballast = fill_up(spool)
     os.truncate(ballast, ballast.stat().st_size - 64 * 1024)  # room for events, not for the model
-    run.model(model, name="best.pt")
+    run.model(model, name=model.name)
     scalars(run, 10, 10)
     wait_for(lambda: stats(run).get("waiting_for_room", 0) >= 1, 60.0, "the model to wait for room")
     wait_for(
@@ -126,6 +132,7 @@ def main() -> None:
     ap.add_argument("--model-bytes", type=int, default=2 * 1024 * 1024)
     ap.add_argument("--flush-timeout", type=float, default=None)
     ap.add_argument("--free", action="store_true")
+    ap.add_argument("--folder", action="store_true", help="model-without-room: a checkpoint folder")
     ap.add_argument("--user-handler", action="store_true")
     args = ap.parse_args()
     {

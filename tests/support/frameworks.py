@@ -81,6 +81,27 @@ def run_script(script: str, *args: str, workdir: Path, **extra_env: str) -> dict
     return outcome
 
 
+#: Each framework's training script and the folder option it writes into (``tmp_path / <folder>``).
+SCRIPTS = {
+    "lightning": ("lightning_train.py", "--root", "root"),
+    "transformers": ("transformers_train.py", "--output", "output"),
+    "tensorboard": ("tensorboard_script.py", "--logdir", "logs"),
+}
+
+
+def train(framework: str, tmp_path: Path, *args: str, **extra_env: str) -> dict[str, Any]:
+    """Run ``framework``'s script (:data:`SCRIPTS`) writing below ``tmp_path``; its result."""
+    script, option, folder = SCRIPTS[framework]
+    return run_script(script, option, str(tmp_path / folder), *args, workdir=tmp_path / "work", **extra_env)
+
+
+def trained(framework: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], Path]:
+    """:func:`train` through a collector (ClearML, offline): the result and the run's session."""
+    with collector(tmp_path) as running:
+        result = train(framework, tmp_path, *args, CLEARML_RELAY_ENDPOINT=running.endpoint)
+        return result, running.session(result["run"])
+
+
 def scalars(session: Path) -> Counter[tuple[str, str, int, float]]:
     """Every scalar of the session (not the single values) as (title, series, iteration, value)."""
     return Counter(

@@ -12,14 +12,13 @@ slowest call in seconds.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from hook_timing import slowest_into, time_methods
 from torch.utils.data import DataLoader, TensorDataset
 
 from producer.integrations.lightning import RelayLogger
@@ -28,20 +27,7 @@ HOOKS = ("log_hyperparams", "log_metrics", "after_save_checkpoint", "finalize")
 slowest: dict[str, float] = {}
 
 
-def timed(name: str, method: Any) -> Any:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            slowest[name] = max(slowest.get(name, 0.0), time.perf_counter() - start)
-
-    return wrapper
-
-
-for hook in HOOKS:
-    setattr(RelayLogger, hook, timed(hook, getattr(RelayLogger, hook)))
+time_methods(RelayLogger, HOOKS, slowest_into(slowest))
 
 
 def main() -> None:

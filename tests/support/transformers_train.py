@@ -10,17 +10,15 @@ each relay hook's slowest call in seconds.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
+from hook_timing import slowest_into, time_methods
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from producer.integrations.transformers import RelayCallback
@@ -29,20 +27,7 @@ HOOKS = ("on_train_begin", "on_log", "on_evaluate", "on_save", "on_train_end")
 slowest: dict[str, float] = {}
 
 
-def timed(name: str, method: Any) -> Any:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            slowest[name] = max(slowest.get(name, 0.0), time.perf_counter() - start)
-
-    return wrapper
-
-
-for hook in HOOKS:
-    setattr(RelayCallback, hook, timed(hook, getattr(RelayCallback, hook)))
+time_methods(RelayCallback, HOOKS, slowest_into(slowest))
 
 
 class Generated(torch.utils.data.Dataset):  # type: ignore[type-arg]
