@@ -65,11 +65,11 @@ class LazyRun:
         return self._run
 
     def get(self) -> Run | None:
-        """The run, made now if it is not yet; None when it cannot be made (logged once)."""
-        if self._run is not None or self._failed:
+        """The run, made now if it is not yet; None when it cannot be made (logged once) or has ended."""
+        if self._run is not None or self._failed or self._ended:
             return self._run
         with self._lock:
-            if self._run is None and not self._failed:
+            if self._run is None and not self._failed and not self._ended:
                 try:
                     self._run = Run(**self._args)
                 except ValueError as exc:  # a bad setting: the training goes on, unlogged

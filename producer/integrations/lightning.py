@@ -51,8 +51,6 @@ from producer.integrations import framework
 from producer.integrations.framework import guarded
 from producer.run import Run
 
-_STATUS = {"success": "completed", "finished": "completed", "failed": "failed"}
-
 
 class RelayLogger(Logger):
     """Lightning's ``Logger`` interface onto a clearml-relay run.
@@ -148,7 +146,7 @@ class RelayLogger(Logger):
     def finalize(self, status: str) -> None:
         if self._checkpoint_callback is not None:
             self._report_checkpoints(self._checkpoint_callback)
-        if _STATUS.get(status) == "failed":
+        if status == "failed":  # Lightning's other statuses, "success" and "finished", end nothing
             self._run.end("failed", "the Lightning trainer stopped on an exception")
 
     @rank_zero_only

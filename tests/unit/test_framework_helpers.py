@@ -126,3 +126,17 @@ def test_a_dangling_link_is_left_out_and_a_write_error_passes_through(tmp_path: 
 
     with pytest.raises(OSError, match="No space left"):
         package.pack(root, refuse)
+
+
+def test_a_lazy_run_ended_before_it_was_made_is_never_made() -> None:
+    lazy = framework.LazyRun(project="p", name="n", endpoint="tcp://127.0.0.1:9")
+    lazy.end("failed", "before any event")
+    assert lazy.get() is None
+    assert lazy.started is None
+
+
+def test_a_lazy_run_with_a_bad_setting_is_tried_once(caplog: pytest.LogCaptureFixture) -> None:
+    lazy = framework.LazyRun(project="", name="n")
+    assert lazy.get() is None
+    assert lazy.get() is None
+    assert sum("the run cannot be made" in r.getMessage() for r in caplog.records) == 1
