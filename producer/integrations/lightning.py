@@ -117,7 +117,7 @@ class RelayLogger(Logger):
         if run is None:
             return
         values = vars(params) if isinstance(params, Namespace) else dict(params or {})
-        run.hyperparams("General", framework.flatten(_plain_keys(values)))
+        run.hyperparams("General", framework.flatten(values))  # keys become text as they are joined
 
     @rank_zero_only
     @guarded
@@ -166,8 +166,3 @@ class RelayLogger(Logger):
             value = framework.number(score)
             comment = f"{monitor}={value}" if monitor and value is not None else ""
             run.update_output_model(path, name=Path(path).name, tags=[tag], comment=comment)
-
-
-def _plain_keys(values: Mapping[Any, Any]) -> dict[str, Any]:
-    """String keys throughout (Lightning's ``AttributeDict``s and integer keys included)."""
-    return {str(k): _plain_keys(v) if isinstance(v, Mapping) else v for k, v in values.items()}

@@ -29,7 +29,6 @@ log = logging.getLogger("producer.run")
 
 _PENDING_FILE: Final = protocol.FileRef(sha256="0" * 64, size=0, name="pending")
 #: Stands in for a call the writer thread makes from a snapshot (a table, a plotly figure).
-_LATER: Final = base.LATER
 
 
 class SeriesInfo(NamedTuple):
@@ -188,7 +187,7 @@ class Logger(PlotCalls):
             figure = figure.to_plotly_json()
         encoded = snapshot.plain_bytes("figure", figure)
         where = self._where(title, series, iteration)
-        event = protocol.Report(**self._event_base(), **where, call=_LATER)
+        event = protocol.Report(**self._event_base(), **where, call=base.LATER)
 
         def make(event: protocol.Event) -> None:
             assert isinstance(event, protocol.Report)
@@ -212,7 +211,7 @@ class Logger(PlotCalls):
         given = one_of("report_table", table_plot=table_plot, csv=csv, url=url)
         where = self._where(title, series, iteration)
         layout, data = snapshot.plain("extra_layout", extra_layout), snapshot.plain("extra_data", extra_data)
-        event = protocol.Report(**self._event_base(), **where, call=_LATER)
+        event = protocol.Report(**self._event_base(), **where, call=base.LATER)
         size, later = 0, None
         if given == "table_plot" and isinstance(table_plot, (list, tuple)):
             event.call = reports.Table(rows=snapshot.rows(table_plot), extra_layout=layout, extra_data=data)
