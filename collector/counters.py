@@ -78,16 +78,19 @@ class Counters:
         with self._lock:
             return dict(self._counts)
 
-    def observe(self, name: str, seconds: float) -> None:
-        """Record one duration in the histogram ``name``."""
-        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+    def observe(self, name: str, seconds: float, *, count: int = 1) -> None:
+        """Record a duration in the histogram ``name``: ``count`` things that took ``seconds`` together.
+
+        Each of them is recorded as taking ``seconds / count`` (a batch of events applied in one go).
+        """
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds / count)
         with self._lock:
             histogram = self._latencies.get(name)
             if histogram is None:
                 histogram = self._latencies[name] = _Histogram()
-            histogram.buckets[index] += 1
+            histogram.buckets[index] += count
             histogram.total += seconds
-            histogram.count += 1
+            histogram.count += count
 
     def latencies(self) -> dict[str, Latency]:
         with self._lock:

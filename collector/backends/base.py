@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -41,6 +42,39 @@ class Rewind(Exception):  # noqa: N818  (a signal to the applier, not an error i
     """
 
 
+class PartlyApplied(Exception):  # noqa: N818  (a report to the applier, with the cause chained)
+    """:meth:`Backend.apply_batch` applied the first ``count`` events, then failed (see ``__cause__``).
+
+    The applier counts those ``count`` as applied and retries the batch from the next one.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"the first {count} events of the batch were applied")
+        self.count = count
+
+
+def apply_each(
+    apply: Callable[[str, protocol.Event, FileStore], None],
+    run: str,
+    events: Sequence[protocol.Event],
+    files: FileStore,
+) -> None:
+    """``apply`` each event in turn: :meth:`Backend.apply_batch` for a backend that has no bulk path.
+
+    A failure after the first event raises :class:`PartlyApplied` from it; a :class:`Rewind` (or a
+    failure of the first event) is raised as it is.
+    """
+    for done, event in enumerate(events):
+        try:
+            apply(run, event, files)
+        except Rewind:
+            raise
+        except Exception as exc:
+            if not done:
+                raise
+            raise PartlyApplied(done) from exc
+
+
 class Backend(Protocol):
     """What the appliers need from a backend; calls for one run come from one thread at a time."""
 
@@ -54,6 +88,15 @@ class Backend(Protocol):
         Raising means "not applied": the applier retries the same event later. The position may
         advance only at the next :meth:`checkpoint`; after a crash the events since the last
         checkpoint are applied again, and the backend must make that harmless.
+        """
+        ...
+
+    def apply_batch(self, run: str, events: Sequence[protocol.Event], files: FileStore) -> None:
+        """Apply consecutive events of one kind, the first following ``applied(run)``, in order.
+
+        As :meth:`apply` for each; in one go where the backend can (the ClearML backend writes a
+        batch of scalars as one request). Raising means "none applied"; :class:`PartlyApplied`
+        means "the first ``count`` applied"; :func:`apply_each` does this for any backend.
         """
         ...
 
@@ -137,6 +180,9 @@ class JsonlBackend:
             with self._lock:
                 del self._files[run]
             os.close(state.fd)
+
+    def apply_batch(self, run: str, events: Sequence[protocol.Event], files: FileStore) -> None:
+        apply_each(self.apply, run, events, files)
 
     def checkpoint(self, run: str) -> None:
         """Nothing to do: every line is durable (against a process crash) once written."""

@@ -2,12 +2,15 @@
 
 Each run with events to apply has its own thread, so a slow, failing or hung run never stalls
 another. A thread waits until the journal is ahead of the backend, reads the run's journal from
-the backend's applied position + 1 and applies each event in order:
+the backend's applied position + 1 (up to :data:`~collector.pipeline.records.BATCH_EVENTS` records
+at a time) and applies the events in order, each stretch of one kind as one batch
+(``Backend.apply_batch``; :mod:`collector.pipeline.records` makes the batches):
 
 - a jump in seq (journal damage the checksum caught) is applied as a synthesized ``Gap`` and
   counted, so the run goes on and the loss is visible in its task;
-- an exception from the backend is logged and counted, and the *same* event is retried with a
-  capped exponential backoff that :meth:`Appliers.stop` interrupts;
+- an exception from the backend is logged and counted, and the *same* batch is retried (from
+  the event that failed, when the backend says it applied the ones before it) with a capped
+  exponential backoff that :meth:`Appliers.stop` interrupts;
 - the backend is asked to make its work durable (``checkpoint``) every :data:`CHECKPOINT_EVENTS`
   events or :data:`CHECKPOINT_SECONDS`, whichever comes first, also when the run has caught up
   and nothing more comes (a lone event after a quiet spell: at once); only then are
@@ -24,7 +27,8 @@ the backend's applied position + 1 and applies each event in order:
 - a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
 
 Every applied event is counted per kind (``applied.<kind>``) and the backend's time for it is
-recorded (``apply.<kind>``, and ``checkpoint``): for images, plots and models that is the upload.
+recorded (``apply.<kind>``: a batch's time shared out over its events; and ``checkpoint``). The
+counters are touched once per batch, not per event: they are shared by every run's thread.
 Log lines about one run carry ``run`` (and ``kind`` where an event is involved) as fields.
 
 Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backends.base`).
@@ -39,16 +43,15 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from collector.backends.base import Backend, Rewind
+from collector.backends.base import Backend, PartlyApplied, Rewind
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
-from collector.storage.journal import Journal, kind, through
+from collector.pipeline.records import BATCH_EVENTS, batches, events_from
+from collector.storage.journal import Journal, through
 from producer.wire import protocol
-from producer.wire.recordlog import Record
 
 log = logging.getLogger(__name__)
 
-_READ_RECORDS: Final = 256
 #: Checkpoint after this many events or seconds, whichever comes first (2 s: the period at which
 #: ClearML's own reporter sends; a checkpoint per event cost 3 ms of CPU per event at a trickle).
 CHECKPOINT_EVENTS: Final = 500
@@ -282,13 +285,15 @@ class Appliers:
                         state.abort_reason = None
                 continue
             # Only what the journal committed: a failed append's tail is cut back, never applied.
-            records = reader.read(max_records=_READ_RECORDS, max_seq=journaled)
+            records = reader.read(max_records=BATCH_EVENTS, max_seq=journaled)
             if not records:
                 # The position moved before the bytes became readable (or the tail is damaged).
                 self._stop.wait(_REREAD_SECONDS)
                 continue
-            for record in records:
-                if not self._apply_record(state, record):
+            with self._lock:
+                applied = state.applied
+            for name, batch in batches(events_from(state.run, records, applied, self.counters)):
+                if not self._apply_batch(state, name, batch):
                     return
             if not self._maybe_checkpoint(state):
                 return
@@ -346,56 +351,35 @@ class Appliers:
                 state.wake.wait(remaining)
             return not self._stop.is_set()
 
-    def _apply_record(self, state: _Run, record: Record) -> bool:
-        """Apply one journal record (after a Gap for any seqs missing before it)."""
-        expected = state.applied + 1
-        if record.seq < expected:
-            return True  # already applied (a reader restarted behind the position)
-        if record.seq > expected:
-            self.counters.incr("journal_gaps")
-            log.warning(
-                "run %s: journal lost seq %d..%d, applying a gap",
-                state.run,
-                expected,
-                record.seq - 1,
-                extra={"run": state.run, "kind": "gap"},
-            )
-            gap = protocol.Gap(
-                run=state.run, seq=expected, last=record.seq - 1, reason="journal damage on the collector"
-            )
-            if not self._apply(state, gap):
-                return False
-        event: protocol.Event | None
-        try:
-            event, reason = protocol.decode_event(record.body), ""
-        except protocol.ProtocolError as exc:
-            event, reason = None, exc.reason
-        if event is not None and (event.run != state.run or event.seq != record.seq):
-            reason = f"record {record.seq} holds event {event.run}/{event.seq}"
-            event = None
-        if event is None:
-            self.counters.incr("journal_undecodable")
-            log.error(
-                "run %s: journal record %d cannot be applied: %s",
-                state.run,
-                record.seq,
-                reason,
-                extra={"run": state.run},
-            )
-            event = protocol.Gap(run=state.run, seq=record.seq, last=record.seq, reason=reason[:1000])
-        return self._apply(state, event)
+    def _apply_batch(self, state: _Run, name: str, events: list[protocol.Event]) -> bool:
+        """Apply consecutive events of one kind with retries until done; False if stopping first.
 
-    def _apply(self, state: _Run, event: protocol.Event) -> bool:
-        """Apply with retries until it succeeds; False if the appliers stop first."""
-        name = kind(event)
-        apply = self._timed(f"apply.{name}", self.backend.apply, state.run, event, self.files)
-        if not self._retry(state, f"applying seq {event.seq} ({name})", apply, name):
-            return False
-        self.counters.incr_many({"applied": 1, f"applied.{name}": 1})
+        What the backend applied of a batch that then failed (:class:`PartlyApplied`) is counted,
+        and the retry starts at the event that failed.
+        """
+        batch = _Batch(name, events)
+
+        def call() -> None:
+            started = time.perf_counter()
+            try:
+                self.backend.apply_batch(state.run, batch.events, self.files)
+            except PartlyApplied as partly:
+                self._applied(state, name, batch.events[: partly.count], time.perf_counter() - started)
+                batch.events = batch.events[partly.count :]
+                raise partly.__cause__ or RuntimeError("the backend gave no cause") from None
+            self._applied(state, name, batch.events, time.perf_counter() - started)
+
+        return self._retry(state, batch, call, name)
+
+    def _applied(self, state: _Run, name: str, events: list[protocol.Event], seconds: float) -> None:
+        """Count ``events`` as applied (their time shared out in ``apply.<kind>``) and advance."""
+        if not events:
+            return
+        self.counters.incr_many({"applied": len(events), f"applied.{name}": len(events)})
+        self.counters.observe(f"apply.{name}", seconds, count=len(events))
         with self._lock:
-            state.applied = through(event)
+            state.applied = through(events[-1])
             self._progress.notify_all()
-        return True
 
     def _timed(self, name: str, call: Callable[..., None], *args: object) -> Callable[[], None]:
         """``call(*args)``, its duration recorded as ``name`` when it succeeds."""
@@ -407,7 +391,9 @@ class Appliers:
 
         return timed
 
-    def _retry(self, state: _Run, what: str, call: Callable[[], None], event_kind: str | None = None) -> bool:
+    def _retry(
+        self, state: _Run, what: object, call: Callable[[], None], event_kind: str | None = None
+    ) -> bool:
         """Call until it succeeds, backing off between failures; False if the appliers stop first.
 
         A :class:`Rewind` is passed on to :meth:`_apply_journal` after the backoff (doubling
@@ -461,6 +447,19 @@ class Appliers:
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, self.retry_max)
+
+
+class _Batch:
+    """The events of a batch still to apply; says which in a log line (``str``)."""
+
+    def __init__(self, name: str, events: list[protocol.Event]) -> None:
+        self.name = name
+        self.events = events
+
+    def __str__(self) -> str:
+        first, last = self.events[0].seq, through(self.events[-1])
+        seqs = f"seq {first}" if first == last else f"seqs {first}..{last}"
+        return f"applying {seqs} ({self.name})"
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

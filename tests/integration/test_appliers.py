@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from collector_helpers import DEADLINE, Producer, close_event, run_events, runni
 from waiting import wait_for
 
 from collector.backends.base import JsonlBackend, Rewind
-from collector.pipeline import appliers
+from collector.pipeline import appliers, records
 from collector.pipeline.files import FileStore
 from producer.wire import protocol
 from producer.wire.recordlog import list_segments
@@ -216,3 +217,54 @@ def test_a_run_whose_position_the_backend_cannot_tell_does_not_stop_the_others(t
         producer.until_acked("bad", 5)
         wait_for(lambda: len(backend.records("bad")) == 5, what="the other run to go on")
         assert [r["seq"] for r in backend.records("good")] == [1, 2, 3]
+
+
+class FailingAt(JsonlBackend):
+    """Fails the event ``seq`` ``times`` times; records every batch it is handed."""
+
+    def __init__(self, directory: Path, seq: int, times: int) -> None:
+        super().__init__(directory)
+        self.seq, self.left = seq, times
+        self.batches: list[tuple[str, int, int]] = []
+
+    def apply_batch(self, run: str, events: Sequence[protocol.Event], files: FileStore) -> None:
+        self.batches.append((type(events[0]).__name__, events[0].seq, events[-1].seq))
+        super().apply_batch(run, events, files)
+
+    def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
+        if event.seq == self.seq and self.left:
+            self.left -= 1
+            raise ConnectionError(f"server hiccup at {event.seq}")
+        super().apply(run, event, files)
+
+
+def test_a_batch_that_fails_midway_counts_what_landed_and_retries_from_the_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    backend = FailingAt(data / "records", seq=150, times=2)
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        producer.submit([*run_events("r", 300), close_event("r", 301)])
+        producer.until_acked("r", 301)
+        assert collector.wait_applied("r", 301, DEADLINE)
+        counters = collector.status().counters
+    assert [r["seq"] for r in backend.records("r")] == list(range(1, 302))  # each once, in order
+    assert counters["applied"] == 301
+    assert counters["applied.scalar"] == 299
+    assert counters["apply_error"] == 2
+    # One batch per kind; the scalars' batch again from the event that failed, twice.
+    scalars = [b for b in backend.batches if b[0] == "Scalar"]
+    assert scalars[0][1] == 2
+    assert scalars[-1][2] == 300
+    assert [b[1] for b in scalars[1:]] == [150, 150]
+    assert "applying seqs 150..300 (scalar) failed" in caplog.text
+    assert ("RunOpen", 1, 1) in backend.batches
+    assert ("RunClose", 301, 301) in backend.batches
+
+
+def test_batches_hold_one_kind_each_and_at_most_a_read(tmp_path: Path) -> None:
+    events: list[protocol.Event] = [scalar("r", seq) for seq in range(1, records.BATCH_EVENTS + 11)]
+    events.append(close_event("r", records.BATCH_EVENTS + 11))
+    cut = [(name, len(batch)) for name, batch in records.batches(events)]
+    assert cut == [("scalar", records.BATCH_EVENTS), ("scalar", 10), ("close", 1)]
+    assert list(records.batches([])) == []

@@ -100,11 +100,12 @@ def test_restart_keeps_positions_and_never_applies_twice(tmp_path: Path) -> None
 
 def test_events_journaled_but_not_applied_apply_once_after_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    release = threading.Event()
+    release, stuck = threading.Event(), threading.Event()
 
     class Stuck(JsonlBackend):
         def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
             if event.seq > 2:
+                stuck.set()
                 release.wait()
                 raise RuntimeError("backend is down")
             super().apply(run, event, files)
@@ -113,8 +114,10 @@ def test_events_journaled_but_not_applied_apply_once_after_restart(tmp_path: Pat
     with collector, Producer(collector.bound_endpoint) as producer:
         producer.submit(run_events("r", 5))
         producer.until_acked("r", 5)
-        assert collector.wait_applied("r", 2, DEADLINE)
+        assert stuck.wait(DEADLINE)
+        # The events are applied as one batch: the first two count once the third has failed.
         release.set()  # the stuck apply raises and the stop interrupts its retry
+        assert collector.wait_applied("r", 2, DEADLINE)
     assert applied_seqs(data, "r") == [1, 2]
     with running(data) as collector:
         assert collector.wait_applied("r", 5, DEADLINE)

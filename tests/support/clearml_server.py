@@ -140,6 +140,7 @@ class Call:
         path: The request path (for the trap: the target host or URL).
         headers: Request headers (lower-case names).
         body: Decoded JSON (a list for json-lines), or the raw bytes when not JSON.
+        raw: The body's bytes as received.
         status: The HTTP status answered (None while unanswered, or if never answered).
 
     """
@@ -150,6 +151,8 @@ class Call:
     headers: dict[str, str]
     body: Any
     ts: float = field(default_factory=time.time)
+    #: The body as it came (after any chunked transfer encoding): what the SDK sent, byte for byte.
+    raw: bytes = b""
     status: int | None = None
 
 
@@ -572,6 +575,7 @@ class ClearMLServerDouble:
             path=path,
             headers={k.lower(): v for k, v in handler.headers.items()},
             body=raw if kind == "files" else _decode(raw),
+            raw=raw,
         )
         closing = handler.server.closing
         with self._lock:

@@ -73,17 +73,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from clearml import Task
 
-from collector.backends.base import Rewind
+from collector.backends.base import PartlyApplied, Rewind, apply_each
 from collector.backends.clearml import compat
 from collector.backends.clearml import state as clearml_state
 from collector.backends.clearml.calls import TimedCalls
 from collector.backends.clearml.live import LiveRun
-from collector.backends.clearml.mapping import EventMapper
+from collector.backends.clearml.mapping import SCALAR_EVENTS, EventMapper
 from collector.backends.clearml.state import RunState
 from collector.config import NonfinitePolicy
 from collector.counters import Counters
@@ -229,6 +230,34 @@ class ClearMLBackend:
             self._finish(live, event.status)
         elif isinstance(event, _CHECKPOINTED):
             self._checkpoint(live)
+
+    def apply_batch(self, run: str, events: Sequence[protocol.Event], files: FileStore) -> None:
+        """Apply consecutive events of one kind: scalars in one go, other kinds one by one.
+
+        A batch of scalars, single values or machine stats is one queued write of the task's
+        (see :mod:`~collector.backends.clearml.scalars`); a run without an open task opens it with
+        the first event of the batch, as :meth:`apply` does.
+        """
+        live = self._get_live(run)
+        if not isinstance(events[0], SCALAR_EVENTS) or (live is not None and live.closing):
+            apply_each(self.apply, run, events, files)
+            return
+        done = 0
+        if live is None:
+            self.apply(run, events[0], files)  # opens or re-attaches the task; raises: none applied
+            done, live = 1, self._get_live(run)
+            assert live is not None
+        applied = live.applied
+        rest = [event for event in events[done:] if through(event) > applied]
+        if not rest:
+            return
+        try:
+            self._mapper.apply_scalars(live, rest)  # type: ignore[arg-type]  # one kind, checked above
+        except Exception as exc:
+            if done:
+                raise PartlyApplied(done) from exc
+            raise
+        live.applied = through(rest[-1])
 
     def checkpoint(self, run: str) -> None:
         """Make everything applied so far durable, then persist the position."""

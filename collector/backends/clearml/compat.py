@@ -16,9 +16,12 @@ long-lived service holding many tasks, and replaces ``OutputModel.published`` (s
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
+import math
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,11 +33,18 @@ _MISSING: BaseException | None = None
 try:  # what a clearml that moved these would fail on: install() says which version it is
     from clearml import OutputModel, Task
     from clearml.backend_api.services import tasks as api_tasks
-    from clearml.backend_interface.metrics.events import ImageEvent, MediaEvent, UploadEvent
+    from clearml.backend_interface.metrics.events import ImageEvent, MediaEvent, ScalarEvent, UploadEvent
     from clearml.backend_interface.metrics.interface import Metrics
     from clearml.config import ConfigWrapper, get_offline_dir
     from clearml.storage.helper import _StorageHelper
     from clearml.utilities.plotly_reporter import create_image_plot
+
+    from collector.backends.clearml.scalars import (
+        ScalarRows,
+        scalar_request,
+        scalar_request_extra,
+        write_rows,
+    )
 
     #: ``OutputModel.published`` as clearml ships it (before :func:`install` replaces it).
     ORIGINAL_PUBLISHED: Any = OutputModel.__dict__["published"]
@@ -158,10 +168,14 @@ def start_shared_pools() -> None:
 
 
 def _watch_metrics(metrics: Any, lost: list[str]) -> None:
-    """Record in ``lost`` every event of this task's metrics writer that did not land."""
+    """Record in ``lost`` every event of this task's metrics writer that did not land.
+
+    It also writes the :class:`ScalarRows` among the events (which the SDK's own writer does not
+    know), each stretch of them as one request, in their place between the SDK's events.
+    """
     write = metrics._do_write_events  # bound to this instance; write_events calls it by name
 
-    def checked(events: list[Any], storage_uri: str | None = None) -> Any:
+    def checked_sdk(events: list[Any], storage_uri: str | None) -> Any:
         count = len(events)
         try:
             result = write(events, storage_uri)
@@ -173,6 +187,16 @@ def _watch_metrics(metrics: Any, lost: list[str]) -> None:
             lost.append(f"{dropped} of {count} events lost their file upload")
         if result is not None and not result.ok():
             lost.append(f"the server refused {count - dropped} events: {result.meta}")
+        return result
+
+    def checked(events: list[Any], storage_uri: str | None = None) -> Any:
+        result = None
+        for rows, group in itertools.groupby(events, key=lambda ev: isinstance(ev, ScalarRows)):
+            stretch = list(group)
+            if rows:
+                result = write_rows(metrics, [row for ev in stretch for row in ev.rows], lost) or result
+            else:
+                result = checked_sdk(stretch, storage_uri) or result
         return result
 
     metrics._do_write_events = checked
@@ -225,6 +249,39 @@ class TaskWriters:
         _watch_metrics(self.reporter._metrics, self.lost)
         log_service = self.console._background_log
         log_service.session = _WatchedSession(log_service.session, self.lost)
+        #: What scalar requests carry besides the event (None: the SDK's own path, see above).
+        self._scalar_extra = scalar_request_extra(self.reporter._metrics)
+
+    def report_scalars(self, scalars: list[tuple[str, str, float, int]]) -> None:
+        """``Logger.report_scalar`` for each ``(title, series, value, iteration)``, queued as one event."""
+        if self._scalar_extra is None:
+            for title, series, value, iteration in scalars:
+                self.logger.report_scalar(title, series, value, iteration)
+            return
+        normalize, touch, extra = (
+            self.reporter._normalize_name,
+            self.logger._touch_title_series,
+            self._scalar_extra,
+        )
+        now = int(time.time() * 1000)
+        rows = []
+        for title, series, value, iteration in scalars:
+            touch(title, series)
+            number = float(value)
+            if not math.isfinite(number):
+                number = ScalarEvent._convert_np_nan_inf(number)  # the SDK's stand-in value
+            rows.append(
+                scalar_request(
+                    extra,
+                    timestamp=now,
+                    metric=normalize(title),
+                    variant=normalize(series),
+                    value=number,
+                    iteration=iteration,
+                )
+            )
+        if rows:
+            self.reporter._report(ScalarRows(rows))
 
     def drain(self) -> None:
         """Write every event reported so far (session files offline, the server online)."""

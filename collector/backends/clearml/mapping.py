@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -49,8 +50,11 @@ log = logging.getLogger("collector.backends.clearml.backend")  # split out of it
 #: The titles ClearML's own resource monitor reports under.
 MONITOR_MACHINE: Final = ":monitor:machine"
 MONITOR_GPU: Final = ":monitor:gpu"
-#: The title ClearML reports single values under.
+#: The title ClearML reports single values under, and their iteration (``Logger.report_single_value``).
 SUMMARY: Final = "Summary"
+SINGLE_VALUE_ITERATION: Final = -(2**31)
+#: Events that are scalars in ClearML: a batch of them is reported in one go (``apply_scalars``).
+SCALAR_EVENTS: Final = (protocol.Scalar, protocol.SingleValue, protocol.MachineStats)
 #: Width of the image plot made over a plot's PNG (its height follows the PNG's aspect).
 PLOT_WIDTH: Final = 640
 
@@ -116,12 +120,8 @@ class EventMapper:
         logger = live.logger
         if isinstance(event, protocol.RunOpen):
             self.apply_open(live, event)  # a RunOpen again (a restarted producer): refresh
-        elif isinstance(event, protocol.Scalar):
-            if self._reportable(live, event.title, event.series, event.value, event.iteration):
-                logger.report_scalar(event.title, event.series, event.value, event.iteration)
-        elif isinstance(event, protocol.SingleValue):
-            if self._reportable(live, SUMMARY, event.name, event.value, None):
-                logger.report_single_value(event.name, event.value)
+        elif isinstance(event, SCALAR_EVENTS):
+            self.apply_scalars(live, [event])
         elif isinstance(event, protocol.Hyperparams):
             self._set_section(live, event.section, event.values)
         elif isinstance(event, protocol.DebugImage):
@@ -138,14 +138,6 @@ class EventMapper:
             self._apply_configuration(live, event)
         elif isinstance(event, protocol.ConsoleText):
             logger.report_text(event.text, level=_LEVELS[event.level], print_console=False)
-        elif isinstance(event, protocol.MachineStats):
-            iteration = event.iteration
-            if iteration is None:
-                iteration = max(0, int(event.ts - live.state.opened_ts))
-            for key, value in event.values.items():
-                title = MONITOR_GPU if key.startswith("gpu") else MONITOR_MACHINE
-                if self._reportable(live, title, key, value, iteration):
-                    logger.report_scalar(title, key, value, iteration)
         elif isinstance(event, protocol.RunClose):
             self.set_status(live, event.status, event.error)  # first: a timed-out call is retried
             if event.error:
@@ -161,6 +153,32 @@ class EventMapper:
                 level=logging.WARNING,
                 print_console=False,
             )
+
+    def apply_scalars(
+        self, live: LiveRun, events: Sequence[protocol.Scalar | protocol.SingleValue | protocol.MachineStats]
+    ) -> None:
+        """Report every scalar of ``events`` in one go (``Logger.report_scalar`` each, as a batch).
+
+        A single value is a scalar of ``Summary`` at iteration -2**31 (``Logger.report_single_value``);
+        machine stats are scalars of ClearML's monitor titles.
+        """
+        rows: list[tuple[str, str, float, int]] = []
+        for event in events:
+            if isinstance(event, protocol.Scalar):
+                if self._reportable(live, event.title, event.series, event.value, event.iteration):
+                    rows.append((event.title, event.series, event.value, event.iteration))
+            elif isinstance(event, protocol.SingleValue):
+                if self._reportable(live, SUMMARY, event.name, event.value, None):
+                    rows.append((SUMMARY, event.name, event.value, SINGLE_VALUE_ITERATION))
+            else:
+                iteration = event.iteration
+                if iteration is None:
+                    iteration = max(0, int(event.ts - live.state.opened_ts))
+                for key, value in event.values.items():
+                    title = MONITOR_GPU if key.startswith("gpu") else MONITOR_MACHINE
+                    if self._reportable(live, title, key, value, iteration):
+                        rows.append((title, key, value, iteration))
+        live.writers.report_scalars(rows)
 
     def _reportable(
         self, live: LiveRun, title: str, series: str, value: float, iteration: int | None
