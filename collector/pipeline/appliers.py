@@ -1,10 +1,11 @@
 """Appliers: move journaled events into the backend, in order, one thread per run.
 
 Each run with events to apply has its own thread, so a slow, failing or hung run never stalls
-another. A thread waits until the journal is ahead of the backend, reads the run's journal from
-the backend's applied position + 1 (up to :data:`~collector.pipeline.records.BATCH_EVENTS` records
-at a time) and applies the events in order, each stretch of one kind as one batch
-(``Backend.apply_batch``; :mod:`collector.pipeline.records` makes the batches):
+another. A thread waits until the journal is ahead of the backend (then up to
+:data:`GATHER_SECONDS` more, to fill a batch), takes the events after the backend's applied
+position (as the latest commits decoded them, else read back from the journal: see
+:class:`~collector.pipeline.records.Recent`) and applies them in order, each stretch of one kind
+as one batch (``Backend.apply_batch``):
 
 - a jump in seq (journal damage the checksum caught) is applied as a synthesized ``Gap`` and
   counted, so the run goes on and the loss is visible in its task;
@@ -26,11 +27,9 @@ at a time) and applies the events in order, each stretch of one kind as one batc
   is applied;
 - a thread with nothing to do for ``idle_exit`` seconds ends; the next event starts a new one.
 
-Every applied event is counted per kind (``applied.<kind>``) and the backend's time for it is
-recorded (``apply.<kind>``: a batch's time shared out over its events; and ``checkpoint``). The
-counters are touched once per batch, not per event: they are shared by every run's thread.
-Log lines about one run carry ``run`` (and ``kind`` where an event is involved) as fields.
-
+Applied events are counted per kind (``applied.<kind>``), once per batch, and the backend's time
+recorded (``apply.<kind>``: a batch's time shared out over its events; ``checkpoint``). Log
+lines about one run carry ``run`` (and ``kind`` where an event is involved) as fields.
 Exactly-once rests on the backend: it owns the applied position (see :mod:`collector.backends.base`).
 """
 
@@ -40,22 +39,26 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from collector.backends.base import Backend, PartlyApplied, Rewind
 from collector.counters import Counters
 from collector.pipeline.files import FileStore
-from collector.pipeline.records import BATCH_EVENTS, batches, events_from
-from collector.storage.journal import Journal, through
+from collector.pipeline.records import BATCH_EVENTS, Pending, Recent, batches, events_from
+from collector.storage.journal import Entry, Journal, through
 from producer.wire import protocol
+from producer.wire.recordlog import LogReader
 
 log = logging.getLogger(__name__)
 
 #: Checkpoint after this many events or seconds, whichever comes first (2 s: the period at which
 #: ClearML's own reporter sends; a checkpoint per event cost 3 ms of CPU per event at a trickle).
-CHECKPOINT_EVENTS: Final = 500
+CHECKPOINT_EVENTS: Final = 2000
 CHECKPOINT_SECONDS: Final = 2.0
+#: How long a run's thread waits for more events to fill a batch once there is work (the most
+#: it adds to an event's way into the backend).
+GATHER_SECONDS: Final = 0.05
 #: How long to wait before looking again when the journal is ahead but nothing is readable yet.
 _REREAD_SECONDS: Final = 0.5
 
@@ -73,6 +76,12 @@ class _Run:
         #: The backend lost what it applied since its checkpoint: restart from its position.
         self.rewind = False
         self.rewinds = 0  # in a row, for the backoff; reset by a checkpoint that holds
+        #: The thread waits for more events to fill a batch (see ``Appliers._gather``).
+        self.gathering = False
+        #: The events the latest commits journaled, as the ingest thread decoded them.
+        self.recent = Recent()
+        #: The run's journal, read by its thread where ``recent`` does not hold what comes next.
+        self.reader: LogReader | None = None
         self.wake = threading.Condition(lock)
         self.thread: threading.Thread | None = None
 
@@ -141,8 +150,8 @@ class Appliers:
             state.rewind = True  # the run's thread asks the backend (and retries) before applying
             return state
 
-    def notify(self, run: str, position: int) -> None:
-        """The journal of ``run`` now reaches ``position`` (a journal listener)."""
+    def notify(self, run: str, position: int, entries: Sequence[Entry] = ()) -> None:
+        """The journal of ``run`` now reaches ``position`` with ``entries`` (a journal listener)."""
         if self._stop.is_set():
             return
         with self._lock:
@@ -152,10 +161,11 @@ class Appliers:
                 # outlived the journal (a wiped data dir), so ask.
                 state = self._runs[run] = self._new_run(run, position)
             state.journaled = max(state.journaled, position)
+            state.recent.add(entries, state.applied)
             if state.thread is None:
                 if state.journaled > state.applied or state.rewind:
                     self._spawn(state)
-            else:
+            elif not state.gathering or state.journaled - state.applied >= BATCH_EVENTS:
                 state.wake.notify()
 
     def abort(self, run: str, reason: str) -> None:
@@ -263,9 +273,7 @@ class Appliers:
             return
 
     def _apply_from_journal(self, state: _Run) -> None:
-        with self._lock:
-            start = state.applied + 1
-        reader = self.journal.reader(state.run, start)
+        state.reader = None  # a fresh one at the position (after a rewind, say)
         while self._wait_for_work(state):
             with self._lock:
                 behind = state.applied < state.journaled
@@ -284,19 +292,32 @@ class Appliers:
                     if state.abort_reason == reason:
                         state.abort_reason = None
                 continue
-            # Only what the journal committed: a failed append's tail is cut back, never applied.
-            records = reader.read(max_records=BATCH_EVENTS, max_seq=journaled)
-            if not records:
+            events = self._next_events(state, journaled)
+            if not events:
                 # The position moved before the bytes became readable (or the tail is damaged).
                 self._stop.wait(_REREAD_SECONDS)
                 continue
-            with self._lock:
-                applied = state.applied
-            for name, batch in batches(events_from(state.run, records, applied, self.counters)):
+            for name, batch in batches(events):
                 if not self._apply_batch(state, name, batch):
                     return
             if not self._maybe_checkpoint(state):
                 return
+
+    def _next_events(self, state: _Run, journaled: int) -> list[protocol.Event]:
+        """The events after the applied position: kept from the commits, else read from the journal."""
+        with self._lock:
+            applied = state.applied
+            events = state.recent.take(applied + 1, BATCH_EVENTS)
+            kept = state.recent.first()
+        if events:
+            return events
+        if kept is not None:
+            journaled = min(journaled, kept - 1)  # what follows is in memory
+        if state.reader is None or state.reader.next_seq != applied + 1:
+            state.reader = self.journal.reader(state.run, applied + 1)
+        # Only what the journal committed: a failed append's tail is cut back, never applied.
+        records = state.reader.read(max_records=BATCH_EVENTS, max_seq=journaled)
+        return events_from(state.run, records, applied, self.counters)
 
     def _maybe_checkpoint(self, state: _Run) -> bool:
         """Checkpoint when due, then reclaim what is durable; False if stopping.
@@ -349,7 +370,31 @@ class Appliers:
                         state.thread = None  # under the lock: notify() starts a new one if needed
                         return False
                 state.wake.wait(remaining)
+            if state.applied < state.journaled:
+                self._gather(state)
             return not self._stop.is_set()
+
+    def _gather(self, state: _Run) -> None:
+        """Let more events come for up to :data:`GATHER_SECONDS` (under the lock), up to a batch.
+
+        A run fed a few events per commit (one of 100 busy runs) then applies batches, not a
+        wake-up per commit: 100 threads woken per commit took the interpreter lock from the
+        ingest thread. Commits that do not fill a batch do not wake it (see :meth:`notify`).
+        """
+        until = time.monotonic() + GATHER_SECONDS
+        state.gathering = True
+        try:
+            while (
+                state.journaled - state.applied < BATCH_EVENTS
+                and state.abort_reason is None
+                and not self._stop.is_set()
+            ):
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return
+                state.wake.wait(remaining)
+        finally:
+            state.gathering = False
 
     def _apply_batch(self, state: _Run, name: str, events: list[protocol.Event]) -> bool:
         """Apply consecutive events of one kind with retries until done; False if stopping first.
@@ -357,7 +402,7 @@ class Appliers:
         What the backend applied of a batch that then failed (:class:`PartlyApplied`) is counted,
         and the retry starts at the event that failed.
         """
-        batch = _Batch(name, events)
+        batch = Pending(name, events)
 
         def call() -> None:
             started = time.perf_counter()
@@ -447,19 +492,6 @@ class Appliers:
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, self.retry_max)
-
-
-class _Batch:
-    """The events of a batch still to apply; says which in a log line (``str``)."""
-
-    def __init__(self, name: str, events: list[protocol.Event]) -> None:
-        self.name = name
-        self.events = events
-
-    def __str__(self) -> str:
-        first, last = self.events[0].seq, through(self.events[-1])
-        seqs = f"seq {first}" if first == last else f"seqs {first}..{last}"
-        return f"applying {seqs} ({self.name})"
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

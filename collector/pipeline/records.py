@@ -15,12 +15,14 @@ is shared by the batch's events in the ``apply.<kind>`` histogram.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Final
 
 from collector.counters import Counters
-from collector.storage.journal import kind, through
+from collector.storage.journal import Entry, kind, through
 from producer.wire import protocol
 from producer.wire.recordlog import Record
 
@@ -28,6 +30,60 @@ log = logging.getLogger("collector.pipeline.appliers")  # split out of appliers:
 
 #: The most events in one batch (what one journal read returns at most).
 BATCH_EVENTS: Final = 1024
+#: The most events, and bytes of their journal records, a run keeps from its latest commits
+#: (see :class:`Recent`).
+RECENT_EVENTS: Final = 2 * BATCH_EVENTS
+RECENT_BYTES: Final = 1024 * 1024
+
+
+class Recent:
+    """The events a run's latest journal commits hold, decoded, while they wait to be applied.
+
+    The ingest thread decoded every event it journaled; an applier that is keeping up takes them
+    from here instead of reading its journal back and decoding it again (on the benchmark's load
+    that read, its checksums and the second decode were a fifth of the collector's CPU). Only a
+    contiguous stretch of seqs is kept, at most :data:`RECENT_EVENTS` events and
+    :data:`RECENT_BYTES` of their journal records: a commit that does not follow it, or does not
+    fit, is not kept, and the applier reads those events from the journal (as after a restart or
+    a rewind), up to the stretch. Guarded by the appliers' lock.
+    """
+
+    def __init__(self) -> None:
+        self._events: collections.deque[protocol.Event] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()
+        self._bytes = 0
+
+    def add(self, entries: Sequence[Entry], applied: int) -> None:
+        """Keep a commit's events if they follow what is kept; first drop what is applied."""
+        self._drop_below(applied + 1)
+        kept = self._events
+        size = sum(len(entry.body) for entry in entries)
+        if not entries or len(kept) + len(entries) > RECENT_EVENTS or self._bytes + size > RECENT_BYTES:
+            return
+        if kept and entries[0].seq != through(kept[-1]) + 1:
+            return
+        # Perhaps after a stretch only the journal holds: the applier reads up to it first.
+        kept.extend(entry.event for entry in entries)
+        self._sizes.extend(len(entry.body) for entry in entries)
+        self._bytes += size
+
+    def take(self, start: int, limit: int) -> list[protocol.Event]:
+        """Up to ``limit`` kept events from seq ``start`` on; [] if ``start`` is not kept."""
+        self._drop_below(start)
+        kept = self._events
+        if not kept or kept[0].seq != start:
+            return []
+        return list(itertools.islice(kept, limit))
+
+    def _drop_below(self, seq: int) -> None:
+        kept = self._events
+        while kept and through(kept[0]) < seq:
+            kept.popleft()
+            self._bytes -= self._sizes.popleft()
+
+    def first(self) -> int | None:
+        """The first seq kept (None if nothing is): the journal is read up to it, not beyond."""
+        return self._events[0].seq if self._events else None
 
 
 def events_from(
@@ -88,3 +144,19 @@ def batches(events: Sequence[protocol.Event]) -> Iterator[tuple[str, list[protoc
         batch.append(event)
     if batch:
         yield batch_kind, batch
+
+
+class Pending:
+    """The events of a batch still to apply (after a partial failure: from the one that failed).
+
+    ``str`` says which, for a log line.
+    """
+
+    def __init__(self, name: str, events: list[protocol.Event]) -> None:
+        self.name = name
+        self.events = events
+
+    def __str__(self) -> str:
+        first, last = self.events[0].seq, through(self.events[-1])
+        seqs = f"seq {first}" if first == last else f"seqs {first}..{last}"
+        return f"applying {seqs} ({self.name})"

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 META: Final = "meta.json"
 
-Listener = Callable[[str, int], None]
+#: Called as ``listener(run, position, entries)`` after a commit: ``entries`` are what it journaled.
+Listener = Callable[[str, int, Sequence["Entry"]], None]
 
 
 class Entry(NamedTuple):
@@ -213,7 +214,7 @@ class Journal:
         return LogReader(paths.run_dir(self.directory, run), start_seq=start_seq, on_damage=self._damage)
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(run, position)`` after every group commit that advanced ``run``."""
+        """Call ``listener(run, position, entries)`` after every group commit that advanced ``run``."""
         self._listeners.append(listener)
 
     # ---------------------------------------------------------------------------------- writing
@@ -259,7 +260,7 @@ class Journal:
             advanced = [(name, self._runs[name].position) for name in batch if name not in failed]
         for name, position in advanced:
             for listener in self._listeners:
-                listener(name, position)
+                listener(name, position, batch[name])
         return failed
 
     def _append(self, name: str, entries: Sequence[Entry]) -> _Run:

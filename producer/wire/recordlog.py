@@ -129,11 +129,13 @@ def _next_valid(buf: bytes, view: memoryview, start: int) -> int:
     return pos
 
 
-def _parse(buf: bytes, min_seq: int, *, final: bool) -> _Parse:
+def _parse(buf: bytes, min_seq: int, *, final: bool, limit: int | None = None) -> _Parse:
     """Parse records out of ``buf``.
 
     ``final``: nothing will be appended to this data (a dead writer's file, or a segment that
     has a successor), so a record that runs past the end is damage, not a write in progress.
+    ``limit``: stop after that many records at or above ``min_seq`` (what the reader asked for:
+    the rest of the chunk is parsed, and its checksums checked, by a later read).
     """
     records: list[tuple[Record, int]] = []
     damage: list[tuple[int, int, str]] = []
@@ -147,6 +149,8 @@ def _parse(buf: bytes, min_seq: int, *, final: bool) -> _Parse:
             if seq >= min_seq:
                 records.append((Record(seq, buf[pos + HEADER_BYTES : valid_end]), valid_end))
             pos = valid_end
+            if limit is not None and len(records) >= limit:
+                break
             continue
         if size < 0 and not final and _next_valid(buf, view, pos + 1) < 0:
             # Runs past the end and nothing valid follows: a record still being written.
@@ -332,16 +336,19 @@ class LogReader:
                 return path
         return None
 
-    def _read_segment(self, path: Path, size: int) -> tuple[bytes, _Parse]:
-        """About ``size`` bytes of ``path`` from the current offset, parsed (more for a big record)."""
+    def _read_segment(self, path: Path, size: int, limit: int) -> tuple[bytes, _Parse]:
+        """About ``size`` bytes of ``path`` from the current offset, parsed up to ``limit`` records.
+
+        More than ``size`` for a record larger than that.
+        """
         with open(path, "rb") as f:
             f.seek(self._offset)
             chunk = f.read(size)
-            parsed = _parse(chunk, self.next_seq, final=False)
+            parsed = _parse(chunk, self.next_seq, final=False, limit=limit)
             if chunk and not parsed.consumed:
                 # A record larger than one read, or still being written: read all there is.
                 chunk += f.read()
-                parsed = _parse(chunk, self.next_seq, final=False)
+                parsed = _parse(chunk, self.next_seq, final=False, limit=limit)
         return chunk, parsed
 
     def _take(
@@ -370,7 +377,9 @@ class LogReader:
                 break
             assert self._path is not None
             try:
-                chunk, parsed = self._read_segment(self._path, max(_READ_BYTES, max_bytes - size))
+                # One bounded chunk at a time: a read for 1,000 records of a segment of 8 MiB
+                # must not read (and check) all of it, then drop what it did not return.
+                chunk, parsed = self._read_segment(self._path, _READ_BYTES, max_records - len(out))
             except FileNotFoundError:
                 # Dropped under us (acked and cleaned up): start again from the segment list.
                 self._path = None
@@ -382,7 +391,7 @@ class LogReader:
                 if successor is None:
                     break  # caught up with the writer (or it is in the middle of a write)
                 if chunk:  # a torn tail in a segment that has a successor: damage
-                    parsed = _parse(chunk, self.next_seq, final=True)
+                    parsed = _parse(chunk, self.next_seq, final=True, limit=max_records - len(out))
                 else:
                     self._path, self._offset = successor, 0
                     continue

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -39,8 +39,11 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "tests" / "benchmarks")]
 
 from bench_transport import percentile, scalar_bursts  # noqa: E402
+from clearml_server import ClearMLServerDouble  # noqa: E402
 from e2e import env, free_port, start_collector, status, stop, wait_for, wait_ready  # noqa: E402
+from sampling import Profile, Sampler  # noqa: E402
 
+from collector.backends.base import PartlyApplied  # noqa: E402
 from collector.pipeline.files import FileStore  # noqa: E402
 from producer.wire import protocol  # noqa: E402
 
@@ -73,10 +76,22 @@ class LatencyRecorder:
         return position
 
     def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
-        self.inner.apply(run, event, files)
-        if isinstance(event, protocol.Scalar):
-            self.applied_s.append(time.time() - event.ts)
-            self._pending.setdefault(run, []).append(event.ts)
+        self.apply_batch(run, [event], files)
+
+    def apply_batch(self, run: str, events: Sequence[protocol.Event], files: FileStore) -> None:
+        try:
+            self.inner.apply_batch(run, events, files)
+        except PartlyApplied as partly:
+            self._record(run, events[: partly.count])
+            raise
+        self._record(run, events)
+
+    def _record(self, run: str, events: Sequence[protocol.Event]) -> None:
+        now = time.time()
+        for event in events:
+            if isinstance(event, protocol.Scalar):
+                self.applied_s.append(now - event.ts)
+                self._pending.setdefault(run, []).append(event.ts)
 
     def checkpoint(self, run: str) -> None:
         pending = self._pending.pop(run, [])
@@ -116,14 +131,19 @@ def _clearml_environ(tmp: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def clearml_collector(tmp: Path, record: Path | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A collector process with the ClearML backend, offline, in ``tmp``; stopped on exit.
+def clearml_collector(
+    tmp: Path, record: Path | None = None, server: Any = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A collector process with the ClearML backend in ``tmp``; stopped on exit.
 
-    With ``record``, it is :func:`serve_recording` and writes its timings there when stopped.
+    Offline, or online against ``server`` (a ``ClearMLServerDouble``). With ``record``, it is
+    :func:`serve_recording` (offline) and writes its timings there when stopped.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     environ = _clearml_environ(tmp)
+    if server is not None:
+        environ = {**environ, **server.env()}
     if record is None:
         proc = start_collector(
             endpoint,
@@ -131,7 +151,7 @@ def clearml_collector(tmp: Path, record: Path | None = None) -> Iterator[tuple[s
             tmp / "collector.log",
             "--backend",
             "clearml",
-            "--offline",
+            *(["--offline"] if server is None else []),
             environ=environ,
         )
     else:
@@ -309,17 +329,33 @@ class Throughput:
     cpu_s_per_1000: float
     collector_peak_mb: float
     producers_peak_mb: float
+    #: ``offline`` (session on disk) or ``online`` (the ClearML server double, in this process).
+    mode: str = "offline"
+    #: A sampling profile of the collector over the measurement (None without py-spy).
+    profile: Profile | None = None
 
 
-def throughput(tmp: Path, producers: int, total: int) -> Throughput:
-    """``total`` scalars split over ``producers`` processes, each as fast as it can."""
+def throughput(
+    tmp: Path, producers: int, total: int, *, online: bool = False, profile: bool = False
+) -> Throughput:
+    """``total`` scalars split over ``producers`` processes, each as fast as it can.
+
+    ``online``: into the ClearML server double (run in this process); ``profile``: the collector
+    sampled by py-spy from the start signal until everything was applied.
+    """
     import psutil
 
-    with clearml_collector(tmp) as (endpoint, proc):
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(ClearMLServerDouble()) if online else None
+        endpoint, proc = stack.enter_context(clearml_collector(tmp, server=server))
         collector = psutil.Process(proc.pid)
         with Producers(endpoint, tmp, producers, total // producers, rate=0) as load:
             peak = _PeakSum([proc.pid], load.pids())
             cpu0 = _cpu_s(collector)
+            mode = "online" if online else "offline"
+            sampler = (
+                Sampler(proc.pid, tmp / "profile.txt", f"{producers} producers, {mode}") if profile else None
+            )
             load.start()
             ended = load.finish()
             acked = sum(n for _, n, _ in ended)
@@ -327,6 +363,7 @@ def throughput(tmp: Path, producers: int, total: int) -> Throughput:
             _wait_applied(endpoint, producers, acked, timeout=900)
             applied_s = time.time() - load.started
             cpu = _cpu_s(collector) - cpu0
+            sampled = sampler.stop() if sampler is not None else None
             collector_peak, producers_peak = peak.stop()
     return Throughput(
         producers,
@@ -336,6 +373,8 @@ def throughput(tmp: Path, producers: int, total: int) -> Throughput:
         cpu / acked * 1000,
         collector_peak,
         producers_peak,
+        mode,
+        sampled,
     )
 
 

@@ -46,7 +46,7 @@ class Sampler:
         exe = py_spy()
         self.proc = None
         if exe is not None:
-            command = [exe, "record", "-p", str(pid), "-r", str(RATE), "--nonblocking"]
+            command = [exe, "record", "-p", str(pid), "-r", str(RATE), "--nonblocking", "--gil"]
             self.proc = subprocess.Popen(
                 [*command, "--format", "raw", "-o", str(out)],
                 stdout=subprocess.DEVNULL,

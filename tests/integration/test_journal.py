@@ -30,7 +30,7 @@ def entries(events: list[protocol.Event]) -> list[Entry]:
 def test_positions_and_meta_survive_reopen(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     seen: list[tuple[str, int]] = []
-    journal.add_listener(lambda run, position: seen.append((run, position)))
+    journal.add_listener(lambda run, position, _entries: seen.append((run, position)))
     assert journal.append_batch({"a": entries(run_events("a", 3)), "b": entries([open_event("b")])}) == set()
     assert seen == [("a", 3), ("b", 1)]
     journal.append_batch({"a": entries([close_event("a", 4)])})
