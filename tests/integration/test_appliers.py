@@ -262,9 +262,28 @@ def test_a_batch_that_fails_midway_counts_what_landed_and_retries_from_the_failu
     assert ("RunClose", 301, 301) in backend.batches
 
 
-def test_batches_hold_one_kind_each_and_at_most_a_read(tmp_path: Path) -> None:
-    events: list[protocol.Event] = [scalar("r", seq) for seq in range(1, records.BATCH_EVENTS + 11)]
-    events.append(close_event("r", records.BATCH_EVENTS + 11))
-    cut = [(name, len(batch)) for name, batch in records.batches(events)]
-    assert cut == [("scalar", records.BATCH_EVENTS), ("scalar", 10), ("close", 1)]
-    assert list(records.batches([])) == []
+def test_a_run_far_behind_reads_its_journal_then_takes_the_commits_in_memory(tmp_path: Path) -> None:
+    """A backend held up while thousands of events come: the journal first, then memory; each once."""
+    data = tmp_path / "data"
+    release = threading.Event()
+
+    class Held(JsonlBackend):
+        def apply(self, run: str, event: protocol.Event, files: FileStore) -> None:
+            release.wait(DEADLINE)
+            super().apply(run, event, files)
+
+    backend = Held(data / "records")
+    total = (records.RECENT_EVENTS * 2 // 250 + 2) * 250  # past what memory keeps, in chunks of 250
+    with running(data, backend=backend) as collector, Producer(collector.bound_endpoint) as producer:
+        events = run_events("r", total)
+        for start in range(0, total, 250):
+            producer.submit(events[start : start + 250])
+            producer.until_acked("r", start + 250)
+        release.set()
+        assert collector.wait_applied("r", total, DEADLINE)
+        for seq in range(total + 1, total + 201):  # caught up: these come from memory
+            producer.submit([scalar("r", seq)])
+            producer.until_acked("r", seq)
+        assert collector.wait_applied("r", total + 200, DEADLINE)
+        assert collector.status().counters["applied"] == total + 200
+    assert [r["seq"] for r in backend.records("r")] == list(range(1, total + 201))
