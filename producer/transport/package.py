@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-#: Read size for each member: the outbox's copy size.
-_CHUNK: Final = 1024 * 1024
+#: Read size for each member: the outbox's copy size (``outbox.COPY_BYTES``).
+_CHUNK: Final = 128 * 1024
 
 
 class _Sink(io.RawIOBase):

@@ -169,40 +169,75 @@ def _model(run: Run, path: Path, i: int) -> None:
 
 @dataclass(frozen=True)
 class Transfer:
-    """One large file delivered: rate, and resident memory of producer and collector."""
+    """Large files delivered: rate, and resident memory of producer and collector."""
 
-    size: int
+    size: int  # of each file
     seconds: float
-    mb_per_s: float
+    mb_per_s: float  # over all files
     growth_mb: tuple[float, float]  # producer, collector
     peak_mb: tuple[float, float]
+    files: int = 1  # each from its own run, all at once
 
 
-def big_file_transfer(endpoint: str, tmp: Path, size: int, collector_pid: int) -> Transfer:
-    """Deliver one ``size``-byte model file of random bytes (copy into the outbox, sha256,
-    transfer, verify) and sample both processes' memory meanwhile."""
-    path = tmp / "big.pt"
+def _random_file(path: Path, size: int) -> None:
     with path.open("wb") as f:
         chunk = os.urandom(1 << 20)
         for start in range(0, size, len(chunk)):
             f.write(chunk[: size - start])
+
+
+def big_file_transfer(endpoint: str, tmp: Path, size: int, collector_pid: int, files: int = 1) -> Transfer:
+    """Deliver ``files`` model files of ``size`` random bytes, each from its own run, all at once.
+
+    Copy into the outbox, sha256, transfer, the collector's write, verify and fsync: from the
+    ``Run.model`` calls to every file acknowledged. Both processes' memory is sampled meanwhile.
+    """
+    paths = [tmp / f"big{i}.pt" for i in range(files)]
+    for path in paths:
+        _random_file(path, size)
+    os.sync()  # the models are on disk before the calls, as saved checkpoints are: not timed
     watch = PeakRss(os.getpid(), collector_pid)
-    run = Run(project="bench", name="big", endpoint=endpoint, flush_timeout=600)
+    runs = [Run(project="bench", name=f"big{i}", endpoint=endpoint, flush_timeout=600) for i in range(files)]
     started = time.perf_counter()
-    run.model(path, name="big.pt")
-    assert run.flush(timeout=600), "the large file was not acknowledged"
+    for run, path in zip(runs, paths, strict=True):
+        run.model(path, name=path.name)
+    for run in runs:
+        assert run.flush(timeout=600), "a large file was not acknowledged"
     seconds = time.perf_counter() - started
     growth = watch.growth_mb()
-    run.close()
-    actual = path.stat().st_size
-    path.unlink()
+    for run in runs:
+        run.close()
+    total = sum(path.stat().st_size for path in paths)
+    for path in paths:
+        path.unlink()
     return Transfer(
-        actual,
+        size,
         seconds,
-        actual / 1e6 / seconds,
+        total / 1e6 / seconds,
         (growth[0], growth[1]),
         (watch.peak[0] / 2**20, watch.peak[1] / 2**20),
+        files,
     )
+
+
+def disk_write_mb_s(tmp: Path, size: int) -> float:
+    """What this disk sustains: ``size`` bytes written and fsynced, twice (the rate of the second)."""
+    block = os.urandom(128 * 1024)
+    rate = 0.0
+    for i in range(2):
+        path = tmp / f"disk{i}"
+        started = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            for _ in range(size // len(block)):
+                os.write(fd, block)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rate = size / 1e6 / (time.perf_counter() - started)
+    for i in range(2):
+        (tmp / f"disk{i}").unlink()
+    return rate
 
 
 def main() -> int:

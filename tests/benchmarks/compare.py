@@ -13,8 +13,10 @@ One command writes ``BENCHMARKS.md`` (and ``benchmarks.png`` beside it) at the r
 2. ``Run.image`` / ``Run.model`` latency against the attached file's size, 1 KB to 1 GB
    (``bench_transport.file_call_latency``).
 3. The collector: acknowledged and applied events/s against 1, 10 and 100 producer processes,
-   hook-to-ClearML latency at a fixed load, CPU seconds per 1,000 events, a 1 GB transfer with
-   both sides' memory (``compare_collector``, ``bench_transport.big_file_transfer``).
+   offline and online (the ClearML server double), with a sampling profile (py-spy) of the
+   collector under the 100-producer load; hook-to-ClearML latency at a fixed load, CPU seconds
+   per 1,000 events, a 1 GB transfer and 10 files of 100 MB from 10 runs at once with both
+   sides' memory (``compare_collector``, ``bench_transport.big_file_transfer``).
 4. Collector memory and CPU against 1 to 200 concurrent runs (``compare_collector.scaling``).
 
 Nothing leaves the machine: every logger runs offline in private directories and, where
@@ -182,9 +184,11 @@ def _training(plan: Plan, tmp: Path, device: str, loggers: list[str], res: Resul
 
 def _files(plan: Plan, tmp: Path, res: Results) -> None:
     """Part 2 and the large file of part 3, through ``bench_transport``'s collector (JSONL backend)."""
-    from bench_transport import big_file_transfer, file_call_latency, transport_collector
+    from bench_transport import big_file_transfer, disk_write_mb_s, file_call_latency, transport_collector
 
     tmp.mkdir(parents=True)
+    res.disk_mb_s = disk_write_mb_s(tmp, plan.big_file)
+    _progress(f"[files] the disk writes {res.disk_mb_s:,.0f} MB/s (fsynced)")
     with transport_collector(tmp) as (endpoint, proc):
         _progress("[files] Run.image / Run.model latency against file size ...")
         res.files = file_call_latency(endpoint, tmp, list(plan.file_sizes))
@@ -192,7 +196,9 @@ def _files(plan: Plan, tmp: Path, res: Results) -> None:
             f"[files] {_size_range(plan.file_sizes)} done; {_size_range((plan.big_file,))} transfer ..."
         )
         res.transfer = big_file_transfer(endpoint, tmp, plan.big_file, proc.pid)
-        _progress(f"[files] {res.transfer}")
+        _progress(f"[files] {res.transfer}; 10 runs at once ...")
+        res.parallel = big_file_transfer(endpoint, tmp, plan.big_file // 10, proc.pid, files=10)
+        _progress(f"[files] {res.parallel}")
     res.commands.append(
         f"{sys.executable} -m collector collector --bind <free port> --data-dir {tmp}/data --backend jsonl"
     )
@@ -206,11 +212,24 @@ def _collector(plan: Plan, tmp: Path, res: Results) -> None:
     """Part 3: throughput against concurrent producers, and latency at a fixed load."""
     from compare_collector import latency, throughput
 
-    for n in plan.producers:
-        what = f"throughput, {n} producers"
-        t = _attempt(what, res.errors, functools.partial(throughput, tmp / f"p{n}", n, plan.events))
-        if t is not None:
-            res.throughput.append(t)
+    for online in (False, True):
+        mode = "online" if online else "offline"
+        for n in plan.producers:
+            what = f"throughput, {n} producers, {mode}"
+            run = functools.partial(
+                throughput,
+                tmp / f"p{n}-{mode}",
+                n,
+                plan.events,
+                online=online,
+                profile=n == max(plan.producers),
+            )
+            t = _attempt(what, res.errors, run)
+            if t is not None:
+                res.throughput.append(t)
+                _progress(
+                    f"[collector] {what}: acked {t.acked_per_s:,.0f}/s, applied {t.applied_per_s:,.0f}/s"
+                )
     producers, rate, seconds = plan.latency
     res.latency = _attempt(
         f"latency, {producers} producers",
