@@ -154,7 +154,7 @@ def training_args(work: Path, name: str, epochs: int, device: str) -> dict[str, 
 
 def _owner(callback: object, module: str | None) -> str:
     name = getattr(callback, "__module__", None) or type(callback).__module__
-    if module is not None and name == module:
+    if module is not None and (name == module or name.startswith(module + ".")):  # a package's modules too
         return OWN
     return ULTRALYTICS if name in _ULTRALYTICS_MODULES else OTHER
 
