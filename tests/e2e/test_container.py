@@ -210,8 +210,10 @@ def test_podman_stop_drains_and_exits_0_within_the_stop_timeout(container: Conta
     state = container.state()
     assert state["ExitCode"] == 0, container.logs()
     assert took < STOP_TIMEOUT, f"stopped after {took:.1f} s"
-    # A backlog that outlasts the drain stays journaled for the next start (the kill test below).
-    assert "stopping with events journaled but not yet applied" in container.logs()
+    # The collector applies 60,000 scalars in about 2 s now, so the drain may finish the backlog
+    # or stop with some of it journaled for the next start (the kill test below covers that).
+    logs = container.logs()
+    assert "Traceback" not in logs, logs
     reply = status(container.endpoint)
     assert reply is None, "still answering"
 
