@@ -69,6 +69,8 @@ class Plan:
     latency: tuple[int, float, float]  # producers, scalars/s each, seconds
     runs: tuple[int, ...]
     window: float
+    #: Throughput measurements per configuration; the report gives the median and the range.
+    repeats: int = 1
 
 
 FULL: Final = Plan(
@@ -81,6 +83,7 @@ FULL: Final = Plan(
     latency=(10, 100.0, 20.0),
     runs=(1, 10, 50, 100, 200),
     window=20.0,
+    repeats=3,
 )
 QUICK: Final = Plan(
     epochs=2,
@@ -210,26 +213,30 @@ def _size_range(sizes: tuple[int, ...]) -> str:
 
 def _collector(plan: Plan, tmp: Path, res: Results) -> None:
     """Part 3: throughput against concurrent producers, and latency at a fixed load."""
-    from compare_collector import latency, throughput
+    from compare_collector import latency, median_throughput, throughput
 
     for online in (False, True):
         mode = "online" if online else "offline"
         for n in plan.producers:
-            what = f"throughput, {n} producers, {mode}"
-            run = functools.partial(
-                throughput,
-                tmp / f"p{n}-{mode}",
-                n,
-                plan.events,
-                online=online,
-                profile=n == max(plan.producers),
-            )
-            t = _attempt(what, res.errors, run)
-            if t is not None:
-                res.throughput.append(t)
-                _progress(
-                    f"[collector] {what}: acked {t.acked_per_s:,.0f}/s, applied {t.applied_per_s:,.0f}/s"
+            tries = []
+            for attempt in range(plan.repeats):
+                what = f"throughput, {n} producers, {mode}, {attempt + 1} of {plan.repeats}"
+                run = functools.partial(
+                    throughput,
+                    tmp / f"p{n}-{mode}-{attempt}",
+                    n,
+                    plan.events,
+                    online=online,
+                    profile=n == max(plan.producers) and attempt == 0,
                 )
+                t = _attempt(what, res.errors, run)
+                if t is not None:
+                    tries.append(t)
+                    _progress(
+                        f"[collector] {what}: acked {t.acked_per_s:,.0f}/s, applied {t.applied_per_s:,.0f}/s"
+                    )
+            if tries:
+                res.throughput.append(median_throughput(tries))
     producers, rate, seconds = plan.latency
     res.latency = _attempt(
         f"latency, {producers} producers",
@@ -299,6 +306,7 @@ def main() -> int:
     )
     ap.add_argument("--rounds", type=int, help="override the number of training rounds")
     ap.add_argument("--epochs", type=int, help="override the epochs per training")
+    ap.add_argument("--repeats", type=int, help="override the measurements per throughput configuration")
     ap.add_argument(
         "--loggers",
         default=",".join(LOGGER_KEYS),
@@ -319,7 +327,7 @@ def main() -> int:
     if "none" not in loggers or not set(loggers) <= set(LOGGER_KEYS):
         ap.error(f"--loggers: a subset of {','.join(LOGGER_KEYS)} that includes none (the baseline)")
     plan = QUICK if args.quick else FULL
-    plan = Plan(**{**plan.__dict__, **{k: v for k in ("rounds", "epochs") if (v := getattr(args, k))}})
+    plan = Plan(**{**plan.__dict__, **{k: v for k in ("rounds", "epochs", "repeats") if (v := getattr(args, k))}})
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.monotonic()
     device = "0" if gpu_available() else "cpu"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -367,6 +368,26 @@ class Throughput:
     producers_cpu_s_per_1000: float = 0.0
     #: Online: of this process, where the server double runs (None offline).
     double_cpu_s_per_1000: float | None = None
+    #: Of :func:`median_throughput`: how many measurements, and the range of acked/s and applied/s.
+    tries: int = 1
+    acked_range: tuple[float, float] = (0.0, 0.0)
+    applied_range: tuple[float, float] = (0.0, 0.0)
+
+
+def median_throughput(tries: Sequence[Throughput]) -> Throughput:
+    """The measurement with the median applied/s (the lower middle of an even count), with the
+    range of all of them and the profile of whichever had one. On shared cores one measurement
+    of 100 producers varies by a quarter between runs of the same code."""
+    ordered = sorted(tries, key=lambda t: t.applied_per_s)
+    middle = ordered[(len(ordered) - 1) // 2]
+    acked = [t.acked_per_s for t in tries]
+    return dataclasses.replace(
+        middle,
+        profile=next((t.profile for t in tries if t.profile is not None), None),
+        tries=len(tries),
+        acked_range=(min(acked), max(acked)),
+        applied_range=(ordered[0].applied_per_s, ordered[-1].applied_per_s),
+    )
 
 
 def throughput(

@@ -124,6 +124,13 @@ class Results:
     errors: list[str] = field(default_factory=list)
 
 
+def _spread(value: float, span: tuple[float, float], tries: int) -> str:
+    """A median with its range when there were several measurements: ``21,000 [18,000-24,000]``."""
+    if tries <= 1:
+        return f"{value:,.0f}"
+    return f"{value:,.0f} [{span[0]:,.0f}-{span[1]:,.0f}]"
+
+
 def _meets(ok: bool | None) -> str:
     return "n/a" if ok is None else ("meets" if ok else "**misses**")
 
@@ -470,7 +477,10 @@ def _collector_section(res: Results) -> list[str]:
         "*CPU s per 1,000 events*: user + system time over that span of the collector process, of the "
         "producer processes (all of them; they stay alive until the measurement ends) and, online, of "
         "the benchmark's own process, where the server double answers. On 2 cores, 2 CPU seconds per "
-        "second are all there is.",
+        "second are all there is. Each configuration is measured several times, each with fresh "
+        "processes (one measurement of 100 producers varies by a quarter between runs of the same code "
+        "here): a row is the measurement with the median applied/s, with the range over all of them in "
+        "brackets.",
         "",
     ]
     rows = [
@@ -478,9 +488,9 @@ def _collector_section(res: Results) -> list[str]:
             t.mode,
             str(t.producers),
             f"{t.events:,}",
-            f"{t.acked_per_s:,.0f}",
+            _spread(t.acked_per_s, t.acked_range, t.tries),
             _meets(t.acked_per_s >= EVENTS_PER_S),
-            f"{t.applied_per_s:,.0f}",
+            _spread(t.applied_per_s, t.applied_range, t.tries),
             f"{t.applied_per_s / t.acked_per_s:.2f}",
             f"{t.cpu_s_per_1000:.3f}",
             f"{t.producers_cpu_s_per_1000:.3f}",
