@@ -327,7 +327,8 @@ def main() -> int:
     if "none" not in loggers or not set(loggers) <= set(LOGGER_KEYS):
         ap.error(f"--loggers: a subset of {','.join(LOGGER_KEYS)} that includes none (the baseline)")
     plan = QUICK if args.quick else FULL
-    plan = Plan(**{**plan.__dict__, **{k: v for k in ("rounds", "epochs", "repeats") if (v := getattr(args, k))}})
+    overrides = {k: v for k in ("rounds", "epochs", "repeats") if (v := getattr(args, k))}
+    plan = Plan(**{**plan.__dict__, **overrides})
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.monotonic()
     device = "0" if gpu_available() else "cpu"
