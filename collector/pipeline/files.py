@@ -223,7 +223,7 @@ class FileStore:
             self.counters.incr("file_sha256_mismatch")
             part.unlink(missing_ok=True)
             # Keep the offer: the producer sends again from 0 without offering again.
-            partial.have, partial.hasher = 0, hashlib.sha256()
+            partial.have, partial.written_back, partial.hasher = 0, 0, hashlib.sha256()
             log.warning("file %s of run %s: received content has sha256 %s", sha256, run, digest)
             return _status(run, sha256, 0, error=f"sha256 mismatch: received content hashes to {digest}")
         if not part.exists():

@@ -76,6 +76,19 @@ def test_a_large_file_is_written_back_as_it_arrives(
     assert advised == [(0, 4500, os.POSIX_FADV_DONTNEED), (4500, 4500, os.POSIX_FADV_DONTNEED)]
 
 
+def test_writeback_starts_again_from_0_after_a_sha256_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advised = _advice_log(monkeypatch)
+    store = FileStore(tmp_path)
+    wrong = b"x" * len(CONTENT)
+    store.offer("r", SHA, len(CONTENT))
+    assert store.chunk("r", SHA, 0, wrong).error.startswith("sha256 mismatch")
+    advised.clear()
+    assert store.chunk("r", SHA, 0, CONTENT).complete  # the resend from 0
+    assert advised == [(0, len(CONTENT), os.POSIX_FADV_DONTNEED)]
+
+
 def test_writeback_advice_that_fails_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     advised = _advice_log(monkeypatch, fail=True)
     store = FileStore(tmp_path)
