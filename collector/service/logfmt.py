@@ -8,9 +8,9 @@ picks the format. In JSON every line has ``time`` (UTC, ISO 8601 with millisecon
 run's lines without parsing messages.
 
 A service in JSON mode also routes what libraries write straight to ``sys.stdout`` and
-``sys.stderr`` (ClearML prints "Offline session stored in ..." and its own logger has handlers of
-its own on both streams) through :class:`LinesToLog`, so that every line the process writes is
-JSON: those lines come out with ``logger`` ``stdout`` or ``stderr``.
+``sys.stderr`` (ClearML's own loggers have handlers of their own on both streams) through
+:class:`LinesToLog`, so that every line the process writes is JSON: those lines come out with
+``logger`` ``stdout`` or ``stderr``.
 """
 
 from __future__ import annotations

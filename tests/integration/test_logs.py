@@ -2,7 +2,7 @@
 
 The collector runs as a subprocess with its stdout and stderr in one file, as a container runtime
 collects them; every line of that file must be one JSON object. With the ClearML backend that
-includes what ClearML itself prints.
+includes what ClearML's own loggers write.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clearml_server import ClearMLServerDouble
 from collector_helpers import Producer, run_events
-from e2e import env, produce, stop, wait_for
+from e2e import check_online_exactly_once, env, produce, stop, wait_for
 from service_helpers import running_service, stuck_backend
 
 from collector.config import ENV_LOG_FORMAT
@@ -66,19 +67,41 @@ def test_json_logs_carry_run_and_kind_and_every_line_parses(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_json_logs_hold_what_clearml_prints_too(tmp_path: Path) -> None:
+def test_json_logs_hold_what_clearml_logs_too(tmp_path: Path) -> None:
+    """Online, the server refuses the first event batch: the SDK's own logger reports it, as JSON.
+
+    ClearML's loggers have handlers of their own on the process's streams; those lines must come
+    out as JSON records too (``logger`` ``stdout`` or ``stderr``), and the run still lands once.
+    """
     spool, work = tmp_path / "spool", tmp_path / "work"
-    args = ("--backend", "clearml", "--offline", "--log-format", "json")
-    with running_service(tmp_path, *args) as service:
-        proc = produce(service.endpoint, spool, work, "run", 10, "--file-every", "5", "--flush-timeout", "30")
-        output = proc.communicate(timeout=120)[0].decode()
-        assert proc.returncode == 0, output
-        run = json.loads((work / "run.json").read_text())["run"]
-        wait_for(lambda: "journal retired" in service.log.read_text(), 60, "the run to finish and retire")
-        assert stop(service.proc) == 0
+    with ClearMLServerDouble() as server:
+        server.fail("events.add_batch", status=500, times=1)
+        args = ("--backend", "clearml", "--log-format", "json")
+        with running_service(tmp_path, *args, environ=server.child_env()) as service:
+            proc = produce(
+                service.endpoint,
+                spool,
+                work,
+                "run",
+                10,
+                "--file-every",
+                "5",
+                "--model-bytes",
+                "100000",
+                "--flush-timeout",
+                "30",
+            )
+            output = proc.communicate(timeout=120)[0].decode()
+            assert proc.returncode == 0, output
+            manifest = json.loads((work / "run.json").read_text())
+            wait_for(lambda: "journal retired" in service.log.read_text(), 60, "the run to finish and retire")
+            assert stop(service.proc) == 0
+        check_online_exactly_once(server, manifest, "run", 10, 5)
+        assert not server.escapes, "nothing may leave this machine"
+    run = manifest["run"]
     records = _json_lines(service.log)
-    printed = [r for r in records if r["logger"] == "stdout"]
-    assert any(r["message"].startswith("ClearML Task: Offline session stored in") for r in printed), records
+    printed = [r["message"] for r in records if r["logger"] in ("stdout", "stderr")]
+    assert any("events.add_batch" in m and "injected failure" in m for m in printed), records
     retired = [r for r in records if "journal retired" in r["message"]]
     assert [r["run"] for r in retired] == [run]
 
