@@ -369,8 +369,12 @@ class LogReader:
 
         ``max_seq``: the writer's committed position (its ``last_seq``). Records beyond it may
         belong to an append that is still failing and will be cut back: they are not returned.
+        A reader already past ``max_seq`` returns [] without touching the disk (the sender asks
+        after every wake-up, most often with nothing new).
         """
         out: list[Record] = []
+        if max_seq is not None and self.next_seq > max_seq:
+            return out
         size = 0
         while len(out) < max_records and size < max_bytes:
             if self._path is None and not self._open_segment():

@@ -190,3 +190,22 @@ def test_last_record_reads_without_repairing(tmp_path: Path) -> None:
     assert record is not None
     assert record.seq == 20
     assert seg.stat().st_size == size + 7, "a read-only look must not cut the tail"
+
+
+def test_a_reader_past_the_writers_position_answers_without_touching_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _fill(tmp_path, 12)
+    reader = LogReader(tmp_path)
+    assert [r.seq for r in reader.read(max_seq=log.last_seq)] == list(range(1, 13))
+
+    def no_disk(*_: object) -> None:
+        raise AssertionError("the reader touched the disk with nothing committed to read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("producer.wire.recordlog.open", no_disk, raising=False)
+        patch.setattr("producer.wire.recordlog.list_segments", no_disk)
+        assert reader.read(max_seq=log.last_seq) == []
+    log.append([(13, b"thirteen")])  # committed: the next read goes to the disk and finds it
+    assert [r.body for r in reader.read(max_seq=log.last_seq)] == [b"thirteen"]
+    log.close()
