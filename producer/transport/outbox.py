@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from producer.transport import package
+from producer.transport import hashcopy, package
 from producer.wire.protocol import FileRef
 from producer.wire.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
@@ -164,6 +164,8 @@ class Outbox:
     def spool_file(self, seq: int, source: str | os.PathLike[str], *, fsync: bool = False) -> FileRef:
         """Copy ``source`` to ``blobs/<seq>`` in :data:`COPY_BYTES` blocks, hashing it on the way.
 
+        A large file is hashed on a helper thread while the next block is copied (:mod:`.hashcopy`).
+
         A directory is packed into ``<name>.zip`` as it is copied (:mod:`.package`). A failed
         copy leaves nothing behind.
 
@@ -200,8 +202,13 @@ class Outbox:
                         os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
                     )
                     try:
-                        while n := src.readinto(buf):
-                            put(fd, view[:n])
+                        if os.fstat(src.fileno()).st_size >= hashcopy.PIPELINE_BYTES:
+                            size = hashcopy.copy_hashed(
+                                src, lambda data: _spool_call(_write_all, fd, data), digest
+                            )
+                        else:
+                            while n := src.readinto(buf):
+                                put(fd, view[:n])
                         if fsync:
                             _spool_call(os.fsync, fd)
                     finally:

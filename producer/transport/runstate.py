@@ -7,7 +7,9 @@ Threads and the state each owns (only the owner writes; the others may read):
 * writer (:mod:`producer.transport.writer`): the hand-off deque's head; of owned runs
   :attr:`~RunState.outbox` and :attr:`~RunState.start_acked`; :attr:`~RunState.next_seq`,
   :attr:`~RunState.held` and its deadline, :attr:`~RunState.failed`, :attr:`~RunState.closed`;
-  the outboxes' log appends and spooled files;
+  the outboxes' log appends and spooled files (a large file's sha256 is computed by a helper
+  thread of the copy, ``clearml-relay-hash``, which shares nothing else and ends with the copy:
+  :mod:`producer.transport.hashcopy`);
 * sender (:mod:`producer.transport.sender`): the socket; every stream (its window, file
   transfer, log reader and open blob); :attr:`~RunState.refused`, :attr:`~RunState.removed`;
   the outboxes' ack cursors and their deletion; the RunStates of adopted outboxes, made for it

@@ -269,11 +269,11 @@ NOTES: Final = (
     "host; here its CPU competes with the training's, which is the worst case for clearml-relay's "
     "whole-run figure.",
     "Runs are opened one at a time in sections 3 and 4 (each once the collector has applied the "
-    "previous one's opening). Found by this benchmark: when about 10 runs open at the same moment, "
-    "the collector with the ClearML backend can spin at 100% CPU in ClearML's task set-up "
-    "(`Metrics._initialize_upload_pools` / `BackgroundMonitor.stop` racing between applier "
-    "threads), stop answering, and ignore SIGTERM (4 of 8 tries with 10 runs here; 0 of 6 when opened "
-    "one at a time). `compare_collector.Producers(..., all_at_once=True)` reproduces it.",
+    "previous one's opening), so that task creation stays out of the timed span. Opening them at "
+    "the same moment once crashed or hung the collector in ClearML's task set-up (its process-wide "
+    "upload pools, created without a lock); the backend now creates them before any applier thread "
+    "(docs/clearml-compat.md, `tests/integration/test_clearml_backend.py`). "
+    "`compare_collector.Producers(..., all_at_once=True)` opens them together.",
     "Ultralytics' ClearML callback crashes every offline training at its end (clearml issue 1243, "
     "docs/clearml-notes.md); its training process here patches `OutputModel.published` to False, as "
     "the collector does, so that its runs complete and log the model.",

@@ -272,10 +272,10 @@ def _producer(
 class Producers:
     """``runs`` runs over at most :data:`MAX_PROCESSES` spawned producer processes.
 
-    Runs are opened one at a time, each once the collector has applied the one before (so each
-    ClearML task is created alone): with several created at the same moment the collector can
-    spin at 100% CPU and stop answering (ClearML's process-wide upload pools; see BENCHMARKS.md).
-    ``all_at_once`` opens them together instead. Leaving the ``with`` block kills what is left.
+    Runs are opened one at a time, each once the collector has applied the one before, so that
+    task creation stays out of what is timed; ``all_at_once`` opens them together instead (6
+    bursts of 10 runs and 2 of 100 ran clean here since the backend creates ClearML's upload
+    pools before any applier thread). Leaving the ``with`` block kills what is left.
     """
 
     def __init__(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import struct
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from e2e import private_tmpfs
 
 from producer.transport.outbox import ACKED_NAME, Outbox, list_outboxes
 from producer.wire import protocol
@@ -200,3 +202,58 @@ def test_a_new_outbox_is_never_adopted_before_its_owner_holds_its_lock(tmp_path:
             scanner.kill()
     assert refused == 0, f"{refused} of {CREATIONS} new outboxes were locked by the scanner first"
     assert not [p for p in spool.iterdir() if p.name.startswith(".")], "staging directories left behind"
+
+
+_FULL_SPOOL = """
+import hashlib, json, os, sys, threading
+from pathlib import Path
+from producer.transport import hashcopy
+from producer.transport.outbox import Outbox, SpoolWriteError
+
+spool, work = Path(sys.argv[1]), Path(sys.argv[2])
+big = work / "big.pt"
+size = 12 * 1024 * 1024 + 5
+assert size >= hashcopy.PIPELINE_BYTES  # the pipelined copy is the one under test
+content = os.urandom(size)
+big.write_bytes(content)
+outbox = Outbox.open(spool, "run-big")
+first = outbox.spool_file(1, big)  # 12 MB of a 16 MB filesystem
+held = outbox.bytes_held
+try:
+    outbox.spool_file(2, big)  # no room for a second copy: fails part way
+    failed = None
+except SpoolWriteError as exc:
+    failed = exc.strerror
+print(json.dumps({
+    "first_ok": first.sha256 == hashlib.sha256(content).hexdigest() and first.size == size,
+    "first_intact": outbox.blob_path(1).read_bytes() == content,
+    "held_before": held, "held_after": outbox.bytes_held,
+    "failed": failed, "second_left": outbox.blob_path(2).exists(),
+    "blobs": sorted(os.listdir(outbox.blob_path(1).parent)),
+    "hashers": [t.name for t in threading.enumerate() if t.name == "clearml-relay-hash"],
+}))
+"""
+
+
+def test_a_large_file_that_fills_the_spool_part_way_leaves_the_outbox_as_it_was(tmp_path: Path) -> None:
+    spool, work = tmp_path / "spool", tmp_path / "work"
+    work.mkdir()
+    prefix = private_tmpfs(spool, size="16m")
+    if prefix is None:
+        pytest.skip("this machine cannot mount a private tmpfs (unshare --mount)")
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", _FULL_SPOOL, str(spool), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["first_ok"], "the first copy or its sha256 is wrong"
+    assert out["first_intact"], "the failed copy spoiled the first blob"
+    assert out["failed"] == "No space left on device"
+    assert not out["second_left"], "the failed copy left a partial blob"
+    assert out["blobs"] == ["1"]
+    assert out["held_after"] == out["held_before"] == 12 * 1024 * 1024 + 5, "the counters moved"
+    assert out["hashers"] == [], "the helper thread outlived the failed copy"
