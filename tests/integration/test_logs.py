@@ -78,19 +78,8 @@ def test_json_logs_hold_what_clearml_logs_too(tmp_path: Path) -> None:
         server.fail("events.add_batch", status=500, times=1)
         args = ("--backend", "clearml", "--log-format", "json")
         with running_service(tmp_path, *args, environ=server.child_env()) as service:
-            proc = produce(
-                service.endpoint,
-                spool,
-                work,
-                "run",
-                10,
-                "--file-every",
-                "5",
-                "--model-bytes",
-                "100000",
-                "--flush-timeout",
-                "30",
-            )
+            files = ("--file-every", "5", "--model-bytes", "100000")
+            proc = produce(service.endpoint, spool, work, "run", 10, *files, "--flush-timeout", "30")
             output = proc.communicate(timeout=120)[0].decode()
             assert proc.returncode == 0, output
             manifest = json.loads((work / "run.json").read_text())
