@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-#: Read size for each member: the outbox's copy size (``outbox.COPY_BYTES``).
+#: Read size for each member: the outbox's copy size (``hashcopy.COPY_BYTES``).
 _CHUNK: Final = 128 * 1024
 
 

@@ -7,12 +7,14 @@ import io
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.transport.hashcopy import BLOCK_BYTES, BUFFERS, copy_hashed
+from producer.transport import hashcopy
+from producer.transport.hashcopy import BLOCK_BYTES, BUFFERS, PIPELINE_BYTES, copy_hashed
 
 
 def _hashers() -> list[threading.Thread]:
@@ -79,3 +81,28 @@ def test_a_failing_read_passes_through_once_the_helper_has_ended() -> None:
         copy_hashed(Failing(os.urandom(5 * BLOCK_BYTES)), written.extend, hashlib.sha256())
     assert len(written) == 2 * BLOCK_BYTES
     assert not _hashers()
+
+
+@pytest.mark.parametrize(
+    ("size", "pipelined"), [(0, False), (PIPELINE_BYTES - 1, False), (PIPELINE_BYTES, True)]
+)
+def test_copy_takes_the_helper_thread_from_its_size_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, pipelined: bool
+) -> None:
+    calls: list[int] = []
+
+    def counted(*args: Any) -> int:
+        calls.append(1)
+        return copy_hashed(*args)
+
+    monkeypatch.setattr(hashcopy, "copy_hashed", counted)
+    content = os.urandom(size)
+    source = tmp_path / "best.pt"
+    source.write_bytes(content)
+    written = bytearray()
+    digest = hashlib.sha256()
+    with source.open("rb") as src:
+        assert hashcopy.copy(src, written.extend, digest) == size
+    assert bytes(written) == content
+    assert digest.hexdigest() == hashlib.sha256(content).hexdigest()
+    assert calls == ([1] if pipelined else [])
