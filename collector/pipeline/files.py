@@ -8,23 +8,26 @@ on the wire. The store answers every offer and chunk with the number of bytes it
 (``have``), so a producer always knows where to resume, and it never writes past the size the
 file was offered with.
 
-An incremental sha256 of each file in progress is kept in memory (each chunk hashed as it is
-written), so verification costs nothing at the end; after a restart the hash is rebuilt from the
-``.part`` once.
+Chunks are written by :mod:`collector.pipeline.partwrite` (with ``O_DIRECT`` in a durable store,
+where the filesystem allows it). An incremental sha256 of each file in progress is kept in
+memory, each chunk hashed on a helper thread once it is written
+(:mod:`collector.pipeline.chunkhash`), so verification costs nothing at the end; after a restart
+the hash is rebuilt from the ``.part`` once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from collector.counters import Counters
+from collector.pipeline.chunkhash import HashFailedError, Hashing, RunningHash
+from collector.pipeline.partwrite import PartWriter
 from collector.storage import paths
 from producer.wire import protocol
 
@@ -33,24 +36,16 @@ log = logging.getLogger(__name__)
 PART: Final = ".part"
 SIZE: Final = ".size"
 _HASH_READ_BYTES: Final = 1024 * 1024
-#: Bytes of a chunk hashed and written at a time (see ``FileStore._write``).
-_SLICE_BYTES: Final = 128 * 1024
-#: With fsync, the disk is asked to start writing a file's received bytes every this many bytes
-#: (``posix_fadvise(POSIX_FADV_DONTNEED)``: writeback begins, the call does not wait for it), so
-#: the fsync that completes the file waits for the last few MiB instead of all of it (1 GB:
-#: 0.4 s less in the ingest thread here), and received files do not crowd the page cache.
-WRITEBACK_BYTES: Final = 16 * 1024 * 1024
-_ADVISE: Final = getattr(os, "posix_fadvise", None)
 
 
 class _Partial:
     """A file being received: its offered size, the bytes held and their running hash."""
 
-    def __init__(self, size: int, have: int, hasher: Any) -> None:
+    def __init__(self, size: int, have: int, hasher: RunningHash) -> None:
         self.size = size
         self.have = have
         self.hasher = hasher
-        #: Bytes from the start whose writeback was started (see :data:`WRITEBACK_BYTES`).
+        #: Bytes from the start whose writeback was started (see ``partwrite.WRITEBACK_BYTES``).
         self.written_back = have
 
 
@@ -61,18 +56,33 @@ class FileStore:
         directory: Root of the per-run file directories.
         fsync: Whether a completed file is fsynced before it is reported complete.
         counters: Where completions and checksum mismatches are counted.
+        direct: Whether a durable store writes with ``O_DIRECT`` where the filesystem allows it
+            (:mod:`collector.pipeline.partwrite`).
 
     """
 
-    def __init__(self, directory: Path, *, fsync: bool = True, counters: Counters | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, fsync: bool = True, counters: Counters | None = None, direct: bool = True
+    ) -> None:
         self.directory = directory
         self.fsync = fsync
         self.counters = counters if counters is not None else Counters()
         self._partials: dict[tuple[str, str], _Partial] = {}
+        self._hashing = Hashing()
+        self._writer = PartWriter(durable=fsync, direct=direct)
         # Offers and chunks come from the ingest thread only; the lock keeps path() and
         # is_complete() callers on other threads consistent with it.
         self._lock = threading.Lock()
         directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def direct(self) -> bool:
+        """Whether chunks are written with ``O_DIRECT`` (False once the filesystem refused it)."""
+        return self._writer.direct
+
+    def close(self) -> None:
+        """End the hash helper thread (chunks received later are hashed inline)."""
+        self._hashing.close()
 
     def path(self, run: str, sha256: str) -> Path:
         """Where the complete file of ``run`` with content ``sha256`` is (or will be)."""
@@ -94,7 +104,7 @@ class FileStore:
                 return self._finish(run, sha256, partial)
             return _status(run, sha256, partial.have)
 
-    def chunk(self, run: str, sha256: str, offset: int, payload: bytes) -> protocol.FileStatus:
+    def chunk(self, run: str, sha256: str, offset: int, payload: bytes | memoryview) -> protocol.FileStatus:
         """Answer a ``FileChunk``: write it if it starts at ``have``, then report ``have``."""
         final = self.path(run, sha256)
         with self._lock:
@@ -119,18 +129,11 @@ class FileStore:
                     error=f"chunk ends at {offset + len(payload)}, past the offered size {partial.size}",
                 )
             if payload:
-                start = partial.written_back
-                write_back = self.fsync and offset + len(payload) - start >= WRITEBACK_BYTES
-                partial.hasher = self._write(
-                    final.with_name(sha256 + PART),
-                    offset,
-                    payload,
-                    partial.hasher,
-                    start if write_back else None,
+                partial.written_back = self._writer.write(
+                    final.with_name(sha256 + PART), offset, payload, partial.written_back
                 )
+                partial.hasher.update(payload)  # written: hashed on the helper thread meanwhile
                 partial.have += len(payload)
-                if write_back:
-                    partial.written_back = partial.have
             if partial.have == partial.size:
                 return self._finish(run, sha256, partial)
             return _status(run, sha256, partial.have)
@@ -176,7 +179,7 @@ class FileStore:
             log.warning("discarding %s: %d bytes held, file offered with %d", part, have, size)
             part.unlink()
             hasher, have = hashlib.sha256(), 0
-        partial = _Partial(size, have, hasher)
+        partial = _Partial(size, have, self._hashing.running(hasher))
         self._partials[(run, sha256)] = partial
         return partial
 
@@ -187,43 +190,20 @@ class FileStore:
         except (OSError, ValueError):
             return None
 
-    def _write(
-        self, part: Path, offset: int, payload: bytes, hasher: Any, write_back: int | None = None
-    ) -> Any:
-        """Write ``payload`` at ``offset``, hashing it on the way; the hash of the file so far after it.
-
-        Slice by slice (:data:`_SLICE_BYTES`): each is hashed and written while it is in the CPU's
-        cache, twice as fast as hashing and writing the whole chunk in turn. ``hasher`` itself is
-        left as it was, so a failed write changes nothing the store counts on. ``write_back``:
-        start writing the file from there to the chunk's end to disk (advice: not waited for).
-        """
-        hasher = hasher.copy()
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(payload)
-            while view:
-                piece = view[:_SLICE_BYTES]
-                hasher.update(piece)
-                while piece:
-                    written = os.pwrite(fd, piece, offset)
-                    piece, view, offset = piece[written:], view[written:], offset + written
-            if write_back is not None and _ADVISE is not None:
-                with contextlib.suppress(OSError):  # advice: the fsync at the end still makes it durable
-                    _ADVISE(fd, write_back, offset - write_back, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        return hasher
-
     def _finish(self, run: str, sha256: str, partial: _Partial) -> protocol.FileStatus:
         """Verify a fully received file: rename it into place, or discard it."""
         final = self.path(run, sha256)
         part = final.with_name(sha256 + PART)
-        digest = partial.hasher.hexdigest()
+        try:
+            digest = partial.hasher.hexdigest()
+        except HashFailedError:
+            log.exception("file %s of run %s: the received content could not be hashed", sha256, run)
+            digest = "unknown (the collector could not hash it)"
         if digest != sha256:
             self.counters.incr("file_sha256_mismatch")
             part.unlink(missing_ok=True)
             # Keep the offer: the producer sends again from 0 without offering again.
-            partial.have, partial.written_back, partial.hasher = 0, 0, hashlib.sha256()
+            partial.have, partial.written_back, partial.hasher = 0, 0, self._hashing.running()
             log.warning("file %s of run %s: received content has sha256 %s", sha256, run, digest)
             return _status(run, sha256, 0, error=f"sha256 mismatch: received content hashes to {digest}")
         if not part.exists():

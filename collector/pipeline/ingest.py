@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 import zmq
 
@@ -61,9 +61,43 @@ def max_message_size(max_body_bytes: int) -> int:
     return 2 * max_body_bytes + 64 * 1024
 
 
-def _user_id(frames: list[zmq.Frame]) -> str | None:
+#: Frames after the peer's identity received as bytes: frame 0 and the body. Frames after them (a
+#: ``FileChunk``'s payload) stay in ZeroMQ's buffer and are written and hashed from there: a copy
+#: less of every file byte.
+COPIED_FRAMES: Final = 2
+
+
+class Message(NamedTuple):
+    """One message from a producer: its ROUTER identity, the frames after it, its CURVE key."""
+
+    peer: bytes
+    frames: list[bytes | memoryview]
+    key: str | None = None
+
+
+def receive(socket: zmq.Socket[bytes], *, with_key: bool) -> Message:
+    """One message from ``socket`` (``zmq.Again`` if none is waiting).
+
+    ``with_key``: also take the CURVE public key (Z85) the ZAP handler gave the message's
+    connection (None if it has none); otherwise the key is None.
+    """
+    peer = socket.recv(zmq.NOBLOCK)
+    frames: list[bytes | memoryview] = []
+    key = None
+    while socket.getsockopt(zmq.RCVMORE):
+        if len(frames) >= COPIED_FRAMES:
+            frames.append(socket.recv(zmq.NOBLOCK, copy=False).buffer)
+        elif with_key and not frames:
+            first = socket.recv(zmq.NOBLOCK, copy=False)  # metadata rides on each frame
+            key = _user_id(first)
+            frames.append(first.bytes)
+        else:
+            frames.append(socket.recv(zmq.NOBLOCK))
+    return Message(peer, frames, key)
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
     """The CURVE public key (Z85) the ZAP handler gave the connection a message came from."""
-    frame = frames[1] if len(frames) > 1 else frames[0]  # metadata rides on the message's frames
     try:
         return str(frame.get("User-Id"))
     except zmq.ZMQError:
@@ -166,20 +200,15 @@ class Ingest:
                     self.counters.incr("internal_error")
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
-            messages: list[list[bytes]] = []
-            keys: list[str | None] = []
+            messages: list[Message] = []
+            with_key = self.owners is not None
             while len(messages) < DRAIN_MESSAGES:
                 try:
-                    if self.owners is None:
-                        messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
-                    else:
-                        frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                        keys.append(_user_id(frames))
-                        messages.append([frame.bytes for frame in frames])
+                    messages.append(receive(self.socket, with_key=with_key))
                 except zmq.Again:
                     break
             try:
-                self.handle(messages, keys or None)
+                self.handle(messages)
             except Exception:  # e.g. a socket error while replying: keep serving
                 log.exception("internal error handling a batch of %d messages", len(messages))
                 self.counters.incr("internal_error")
@@ -189,23 +218,19 @@ class Ingest:
 
     # ------------------------------------------------------------------------------- one batch
 
-    def handle(self, messages: list[list[bytes]], keys: list[str | None] | None = None) -> None:
-        """Handle one batch of received messages (identity frame first), commit, then reply.
-
-        ``keys``: each message's producer key (CURVE), None without CURVE.
-        """
+    def handle(self, messages: list[Message]) -> None:
+        """Handle one batch of received messages, commit, then reply."""
         held = self.journal.size_bytes()
         batch = Batch(self.journal, held >= self.max_journal_bytes, self.counters)
         if batch.over_quota:
             self.journal_cap.failed(f"{held} bytes held, cap {self.max_journal_bytes}")
         else:
             self.journal_cap.fits()
-        for index, frames in enumerate(messages):
-            peer = frames[0]
+        for peer, frames, key in messages:
             self.counters.incr("messages")
-            batch.key = keys[index] if keys is not None else None
+            batch.key = key
             try:
-                self._message(peer, frames[1:], batch)
+                self._message(peer, frames, batch)
             except protocol.ProtocolError as exc:
                 batch.refuse(peer, exc.code, exc.reason, run=exc.run)
             except Exception:  # one bad message must not stop the collector
@@ -257,7 +282,7 @@ class Ingest:
                 )
         return failed
 
-    def _message(self, peer: bytes, frames: list[bytes], batch: Batch) -> None:
+    def _message(self, peer: bytes, frames: list[bytes | memoryview], batch: Batch) -> None:
         request, payload = protocol.decode_request(frames, self.max_body_bytes)
         if isinstance(request, protocol.Submit):
             for raw in request.events:

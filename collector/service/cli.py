@@ -222,12 +222,14 @@ def _collector(args: argparse.Namespace) -> int:
     # Imported here: `clearml-relay sync` on a training node needs none of the collector.
     import zmq  # noqa: PLC0415
 
+    from collector.service import heap  # noqa: PLC0415
     from collector.service.server import Collector, DataDirBusyError  # noqa: PLC0415
 
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         return _config_error(str(exc))
+    heap.keep_freed_memory()
     collector = Collector(config)
     signals = 0
 

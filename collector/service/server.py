@@ -411,6 +411,8 @@ class Collector:
             return
         if self._ingest is not None:
             self._ingest.close()
+        if self._files is not None:
+            self._files.close()
         if self._allow is not None:
             self._allow.stop()
         if self._context is not None:

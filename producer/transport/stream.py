@@ -92,9 +92,12 @@ class Stream:
         self.transfer = FileTransfer(entry.seq, entry.file, now)
         return self.transfer
 
-    def read_chunk(self, offset: int) -> bytes:
-        """The chunk of the file in transfer at ``offset`` (b"" past the blob's end)."""
-        return os.pread(self._fd, protocol.CHUNK_BYTES, offset)
+    def read_chunk(self, offset: int, buffer: bytearray) -> memoryview:
+        """Read the chunk of the file in transfer at ``offset`` into ``buffer``: a view of what was read.
+
+        Empty past the blob's end. ``buffer`` holds :data:`~producer.wire.protocol.CHUNK_BYTES`.
+        """
+        return memoryview(buffer)[: os.preadv(self._fd, [buffer], offset)]
 
     def end_transfer(self) -> None:
         if self.transfer is not None:

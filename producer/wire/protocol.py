@@ -9,6 +9,7 @@ numbers) is ``docs/protocol.md``; the structs below are its definition.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -432,18 +433,23 @@ def _classify(body: bytes, exc: Exception, invalid: RefuseCode = "malformed") ->
     return ProtocolError("malformed", str(exc))
 
 
-def decode_request(frames: list[bytes], max_body: int = MAX_BODY_BYTES) -> tuple[Request, bytes | None]:
-    """Decode ``[frame 0, body, payload?]`` from a producer into (request, payload)."""
+def decode_request(
+    frames: Sequence[bytes | memoryview], max_body: int = MAX_BODY_BYTES
+) -> tuple[Request, bytes | memoryview | None]:
+    """Decode ``[frame 0, body, payload?]`` from a producer into (request, payload).
+
+    The payload is returned as given (the collector's is a view of ZeroMQ's buffer).
+    """
     if not 2 <= len(frames) <= 3:
         raise ProtocolError("malformed", f"expected 2 or 3 frames, got {len(frames)}")
-    check_header(frames[0])
+    check_header(bytes(frames[0]))
     body = frames[1]
     if len(body) > max_body:
         raise ProtocolError("too_large", f"message body is {len(body)} bytes, limit {max_body}")
     try:
         request = _request_decoder.decode(body)
     except _DECODE_ERRORS as exc:
-        raise _classify(body, exc) from None
+        raise _classify(bytes(body), exc) from None
     payload = frames[2] if len(frames) == 3 else None
     if isinstance(request, FileChunk) != (payload is not None):
         raise ProtocolError("malformed", "a payload frame comes with FileChunk and nothing else")

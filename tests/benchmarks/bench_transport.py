@@ -179,6 +179,11 @@ class Transfer:
     files: int = 1  # each from its own run, all at once
 
 
+def median_transfer(transfers: list[Transfer]) -> Transfer:
+    """The transfer of median rate (the lower middle of an even count)."""
+    return sorted(transfers, key=lambda t: t.mb_per_s)[(len(transfers) - 1) // 2]
+
+
 def _random_file(path: Path, size: int) -> None:
     with path.open("wb") as f:
         chunk = os.urandom(1 << 20)

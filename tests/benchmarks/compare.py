@@ -71,6 +71,9 @@ class Plan:
     window: float
     #: Throughput measurements per configuration; the report gives the median and the range.
     repeats: int = 1
+    #: Transfers of the large file, and of the 10 files at once; the report gives the median and
+    #: every rate (this machine's memory is sometimes several times slower for a while).
+    file_repeats: int = 1
 
 
 FULL: Final = Plan(
@@ -84,6 +87,7 @@ FULL: Final = Plan(
     runs=(1, 10, 50, 100, 200),
     window=20.0,
     repeats=3,
+    file_repeats=5,
 )
 QUICK: Final = Plan(
     epochs=2,
@@ -187,7 +191,13 @@ def _training(plan: Plan, tmp: Path, device: str, loggers: list[str], res: Resul
 
 def _files(plan: Plan, tmp: Path, res: Results) -> None:
     """Part 2 and the large file of part 3, through ``bench_transport``'s collector (JSONL backend)."""
-    from bench_transport import big_file_transfer, disk_write_mb_s, file_call_latency, transport_collector
+    from bench_transport import (
+        big_file_transfer,
+        disk_write_mb_s,
+        file_call_latency,
+        median_transfer,
+        transport_collector,
+    )
 
     tmp.mkdir(parents=True)
     res.disk_mb_s = disk_write_mb_s(tmp, plan.big_file)
@@ -198,10 +208,15 @@ def _files(plan: Plan, tmp: Path, res: Results) -> None:
         _progress(
             f"[files] {_size_range(plan.file_sizes)} done; {_size_range((plan.big_file,))} transfer ..."
         )
-        res.transfer = big_file_transfer(endpoint, tmp, plan.big_file, proc.pid)
-        _progress(f"[files] {res.transfer}; 10 runs at once ...")
-        res.parallel = big_file_transfer(endpoint, tmp, plan.big_file // 10, proc.pid, files=10)
-        _progress(f"[files] {res.parallel}")
+        for _ in range(plan.file_repeats):
+            res.transfers.append(big_file_transfer(endpoint, tmp, plan.big_file, proc.pid))
+            _progress(f"[files] {res.transfers[-1]}")
+        res.transfer = median_transfer(res.transfers)
+        _progress("[files] 10 runs at once ...")
+        for _ in range(plan.file_repeats):
+            res.parallels.append(big_file_transfer(endpoint, tmp, plan.big_file // 10, proc.pid, files=10))
+            _progress(f"[files] {res.parallels[-1]}")
+        res.parallel = median_transfer(res.parallels)
     res.commands.append(
         f"{sys.executable} -m collector collector --bind <free port> --data-dir {tmp}/data --backend jsonl"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from collector_helpers import DEADLINE, Producer, open_event, records, running
 
-from collector.pipeline import files as files_module
+from collector.pipeline import partwrite
 from collector.pipeline.files import FileStore
 from collector.storage.paths import UnsafeNameError
 from producer.wire import protocol
@@ -51,8 +51,8 @@ def _advice_log(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> list[
             raise OSError(errno.EINVAL, "advice refused")
         real(fd, offset, length, advice)
 
-    monkeypatch.setattr(files_module, "_ADVISE", advise)
-    monkeypatch.setattr(files_module, "WRITEBACK_BYTES", 4096)
+    monkeypatch.setattr(partwrite, "_ADVISE", advise)
+    monkeypatch.setattr(partwrite, "WRITEBACK_BYTES", 4096)
     return advised
 
 
@@ -65,7 +65,7 @@ def test_a_large_file_is_written_back_as_it_arrives(
     The fsync that completes the file then waits for the last stretch only.
     """
     advised = _advice_log(monkeypatch)
-    store = FileStore(tmp_path, fsync=fsync)
+    store = FileStore(tmp_path, fsync=fsync, direct=False)
     store.offer("r", SHA, len(CONTENT))
     for offset in range(0, len(CONTENT), 1500):
         store.chunk("r", SHA, offset, CONTENT[offset : offset + 1500])
@@ -80,7 +80,7 @@ def test_writeback_starts_again_from_0_after_a_sha256_mismatch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     advised = _advice_log(monkeypatch)
-    store = FileStore(tmp_path)
+    store = FileStore(tmp_path, direct=False)
     wrong = b"x" * len(CONTENT)
     store.offer("r", SHA, len(CONTENT))
     assert store.chunk("r", SHA, 0, wrong).error.startswith("sha256 mismatch")
@@ -91,7 +91,7 @@ def test_writeback_starts_again_from_0_after_a_sha256_mismatch(
 
 def test_writeback_advice_that_fails_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     advised = _advice_log(monkeypatch, fail=True)
-    store = FileStore(tmp_path)
+    store = FileStore(tmp_path, direct=False)
     store.offer("r", SHA, len(CONTENT))
     assert store.chunk("r", SHA, 0, CONTENT[:5000]).have == 5000
     assert store.chunk("r", SHA, 5000, CONTENT[5000:]).complete

@@ -317,24 +317,39 @@ def damage_log(directory: Path, seq: int) -> None:
         f.write(torn)
 
 
-def private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
-    """A command prefix that mounts a small tmpfs on each directory, seen only by the command.
+def private_mounts(*mounts: tuple[str, Path]) -> tuple[str, ...] | None:
+    """A command prefix that runs ``mount <arguments> <directory>`` for each pair, seen only by the command.
 
     The command runs in a mount namespace of its own (``unshare``), so nothing is mounted for
     anyone else, and the mounts vanish with it. None where this machine does not allow it.
     """
-    mounts = " && ".join(f'mount -t tmpfs -o size={size} tmpfs "${i + 1}"' for i in range(len(directories)))
+    script = " && ".join(f'mount {arguments} "${i + 1}"' for i, (arguments, _) in enumerate(mounts))
     prefix = (
         "unshare", "--mount", "--propagation", "private", "sh", "-c",
-        f'{mounts} && shift {len(directories)} && exec "$@"', "small-fs", *map(str, directories),
+        f'{script} && shift {len(mounts)} && exec "$@"', "small-fs", *(str(d) for _, d in mounts),
     )  # fmt: skip
-    for directory in directories:
+    for _, directory in mounts:
         directory.mkdir(parents=True, exist_ok=True)
     try:
         probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False)
     except FileNotFoundError:
         return None
     return prefix if probe.returncode == 0 else None
+
+
+def private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
+    """:func:`private_mounts` of a small tmpfs on each directory."""
+    return private_mounts(*((f"-t tmpfs -o size={size} tmpfs", d) for d in directories))
+
+
+def ext4_image(image: Path, size: str) -> str:
+    """A fresh ext4 filesystem of ``size`` in the file ``image``: its :func:`private_mounts` arguments.
+
+    A real disk filesystem (a loop device) where tmpfs will not do: ``O_DIRECT``, for one.
+    """
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    return f'-o loop "{image}"'
 
 
 def fill_up(directory: Path) -> Path:
