@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import struct
 import subprocess
@@ -10,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e import private_tmpfs
+from e2e import private_tmpfs, script_in
 
 from producer.transport.outbox import ACKED_NAME, Outbox, list_outboxes
 from producer.wire import protocol
@@ -241,15 +240,7 @@ def test_a_large_file_that_fills_the_spool_part_way_leaves_the_outbox_as_it_was(
     prefix = private_tmpfs(spool, size="16m")
     if prefix is None:
         pytest.skip("this machine cannot mount a private tmpfs (unshare --mount)")
-    result = subprocess.run(
-        [*prefix, sys.executable, "-c", _FULL_SPOOL, str(spool), str(work)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out, _ = script_in(prefix, _FULL_SPOOL, str(spool), str(work))
     assert out["first_ok"], "the first copy or its sha256 is wrong"
     assert out["first_intact"], "the failed copy spoiled the first blob"
     assert out["failed"] == "No space left on device"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from e2e import ext4_image, private_mounts
+from e2e import ext4_image, private_mounts, script_in
 
 _SCRIPT = r"""
 import ctypes, ctypes.util, errno, hashlib, json, logging, mmap, os, sys
@@ -120,15 +117,7 @@ def test_chunks_go_to_the_disk_directly_and_a_full_disk_or_a_refusing_filesystem
     prefix = private_mounts((ext4_image(tmp_path / "disk.img", "40M"), disk), ("-t ramfs ramfs", ram))
     if prefix is None:
         pytest.skip("this machine cannot mount private filesystems (unshare --mount, loop devices)")
-    result = subprocess.run(
-        [*prefix, sys.executable, "-c", _SCRIPT, str(disk), str(ram)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out, stderr = script_in(prefix, _SCRIPT, str(disk), str(ram))
     size = 4 * 1024 * 1024 + 100
 
     complete, direct, resident, same = out["direct"]
@@ -162,4 +151,4 @@ def test_chunks_go_to_the_disk_directly_and_a_full_disk_or_a_refusing_filesystem
     assert complete
     assert same
     assert not direct, "the store did not notice the filesystem refused O_DIRECT"
-    assert result.stderr.count("refuses O_DIRECT") == 1, result.stderr
+    assert stderr.count("refuses O_DIRECT") == 1, stderr

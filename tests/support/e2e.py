@@ -342,6 +342,22 @@ def private_tmpfs(*directories: Path, size: str) -> tuple[str, ...] | None:
     return private_mounts(*((f"-t tmpfs -o size={size} tmpfs", d) for d in directories))
 
 
+def script_in(prefix: tuple[str, ...], script: str, *args: str, timeout: float = 120) -> tuple[Any, str]:
+    """Run the Python ``script`` with ``args`` behind ``prefix`` (:func:`private_mounts`).
+
+    Returns what it printed as JSON, and its stderr; its failure fails the test with its stderr.
+    """
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
 def ext4_image(image: Path, size: str) -> str:
     """A fresh ext4 filesystem of ``size`` in the file ``image``: its :func:`private_mounts` arguments.
 
