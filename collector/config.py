@@ -250,7 +250,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("fsync", ENV_FSYNC, "--fsync", _choice(*FSYNC_POLICIES), "batch", "journal fsync policy",
             choices=FSYNC_POLICIES,
             doc="`batch`: fsync every touched journal once per group commit, before acknowledging; "
-            "`never`: rely on the page cache (survives `kill -9`, not a power loss)."),
+            "`never`: rely on the page cache (survives `kill -9`, not a power loss). With `batch`, received "
+            "files are also fsynced before they are reported complete, and written with `O_DIRECT` where "
+            "the filesystem allows it (no page cache taken for them; the log says once if the filesystem "
+            "refuses)."),
     Setting("max_body_bytes", ENV_MAX_BODY_BYTES, "--max-body-bytes", _bytes, protocol.MAX_BODY_BYTES,
             "largest message body and file chunk accepted", unit="bytes"),
     Setting("max_journal_bytes", ENV_MAX_JOURNAL_BYTES, "--max-journal-bytes", _bytes, 10 * 1024**3,
