@@ -16,12 +16,9 @@ thread (a hand-off would cost more than the hash), after the file's queued chunk
 from __future__ import annotations
 
 import hashlib
-import logging
 import queue
 import threading
 from typing import Any, Final
-
-log = logging.getLogger(__name__)
 
 #: Chunks queued for the helper thread at most, over all files (1 MiB chunks: 8 MiB held).
 QUEUE_CHUNKS: Final = 8

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from producer.transport import hashcopy, package
-from producer.transport.hashcopy import COPY_BYTES
 from producer.wire.protocol import FileRef
 from producer.wire.recordlog import HEADER_BYTES, DamageHandler, LogReader, RecordLog
 
@@ -226,8 +225,8 @@ class Outbox:
         try:
             fd = _spool_call(os.open, target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                for start in range(0, len(view), COPY_BYTES):
-                    _spool_call(_write_all, fd, view[start : start + COPY_BYTES])
+                for start in range(0, len(view), hashcopy.COPY_BYTES):
+                    _spool_call(_write_all, fd, view[start : start + hashcopy.COPY_BYTES])
                 if fsync:
                     _spool_call(os.fsync, fd)
             finally:

@@ -15,13 +15,12 @@ import os
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
+
+from producer.transport.hashcopy import COPY_BYTES
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
-
-#: Read size for each member: the outbox's copy size (``hashcopy.COPY_BYTES``).
-_CHUNK: Final = 128 * 1024
 
 
 class _Sink(io.RawIOBase):
@@ -68,5 +67,5 @@ def pack(directory: str | os.PathLike[str], write: Callable[[memoryview], None])
             info = zipfile.ZipInfo.from_file(path, path.relative_to(root).as_posix())
             info.compress_type = zipfile.ZIP_STORED
             with open(path, "rb") as src, archive.open(info, "w", force_zip64=True) as dest:
-                while chunk := src.read(_CHUNK):
+                while chunk := src.read(COPY_BYTES):  # the outbox's copy size
                     dest.write(chunk)
